@@ -1,0 +1,46 @@
+# usage-consumer: every target sets up what it needs from a fresh clone.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.deps-stamp
+PYTEST_FLAGS ?= -q
+
+.PHONY: help setup kafka-jars lint typecheck unit integration test demo clean
+
+help:
+	@echo "make demo   - run the pipeline end to end on a local broker and emulators"
+	@echo "make test   - set up everything, then ruff, mypy, unit and integration tests"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP) kafka-jars
+
+kafka-jars: $(STAMP)
+	@$(PY) scripts/local_kafka.py fetch >/dev/null
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)
+
+integration: setup
+	$(BIN)/pytest tests/integration $(PYTEST_FLAGS)
+
+test: setup lint typecheck unit integration
+
+demo: setup
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .local

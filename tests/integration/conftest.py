@@ -1,0 +1,55 @@
+"""The real Kafka broker for integration tests.
+
+``KAFKA_BOOTSTRAP_SERVERS`` in the environment makes the tests use that broker; otherwise one local
+broker is started for the whole session by ``scripts/local_kafka.py`` and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+from local_kafka import LocalKafka
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if existing:
+        yield existing
+        return
+    broker = LocalKafka(tie_to_parent=True)
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def make_topic(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
+    """Create uniquely named topics for one test; deleted afterwards."""
+    created: list[str] = []
+
+    def make(partitions: int = 1, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        futures = kafka_admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for future in kafka_admin.delete_topics(created).values():
+            try:
+                future.result(timeout=30)
+            except Exception as exc:  # deletion is best effort; the broker is temporary anyway
+                print(f"topic deletion failed: {exc}")
