@@ -290,8 +290,9 @@ class LocalKafka:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         shutil.rmtree(self.work_dir / "data", ignore_errors=True)
         proc = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                       "-c", str(self.work_dir / "server.properties")),
+            # "=" form: a random cluster id may start with "-", which argparse would take for a flag.
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                       f"--config={self.work_dir / 'server.properties'}"),
             capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
