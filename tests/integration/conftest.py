@@ -16,17 +16,31 @@ from local_kafka import LocalKafka
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+
+    def say(line: str) -> None:
+        """Shown even under output capture: the run's log should show the broker's start and stop."""
+        if capture is None:
+            print(f"[local-kafka] {line}")
+            return
+        with capture.global_and_fixture_disabled():
+            print(f"\n[local-kafka] {line}", flush=True)
+
     existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if existing:
+        say(f"using the existing broker at {existing} (KAFKA_BOOTSTRAP_SERVERS)")
         yield existing
         return
     broker = LocalKafka(tie_to_parent=True)
     broker.start()
+    say(f"broker started at {broker.bootstrap} (pid {broker.pid})")
     try:
         yield broker.bootstrap
     finally:
+        pid = broker.pid
         broker.stop()
+        say(f"broker pid {pid} stopped")
 
 
 @pytest.fixture(scope="session")
