@@ -178,7 +178,7 @@ def _is_our_broker(pid: int) -> bool:
     return b"kafka.Kafka" in cmdline
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: the kernel sends SIGKILL when the parent thread exits."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     pr_set_pdeathsig = 1
@@ -334,7 +334,7 @@ class LocalKafka:
         self.process = subprocess.Popen(
             self._java("kafka.Kafka", str(self.work_dir / "server.properties")),
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent if self.tie_to_parent else None,
+            start_new_session=True, preexec_fn=die_with_parent if self.tie_to_parent else None,
         )
         log_file.close()
         registry = _registry()

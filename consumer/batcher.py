@@ -1,0 +1,102 @@
+"""Collect mapped outputs into batches that close on event count, uncompressed bytes or age.
+
+A batch carries the :class:`~consumer.offsets.Work` its messages are tracked against, so the offsets it
+makes committable travel with the data. All outputs of one message go into the same batch: a batch only
+closes between messages.
+
+Freshsuccess batches are built as the NDJSON body itself: each output is serialized by orjson straight
+into one reused ``bytearray`` (no per-event ``bytes`` objects, see docs/performance.md). Freshpaint
+batches keep the output objects, because every event is its own request and the sink adds the token.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from consumer.offsets import Work
+
+_APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
+_batch_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Batch:
+    """Outputs bound for one destination, and the work their messages wait on."""
+
+    destination: str
+    work: Work
+    opened_at: float
+    batch_id: int = field(default_factory=lambda: next(_batch_ids))
+    events: int = 0
+    messages: int = 0
+    body: bytearray = field(default_factory=bytearray)
+    """Freshsuccess: the NDJSON request body (one JSON object per line)."""
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    """Freshpaint: one event object per request, without the token."""
+    sources: list[Any] = field(default_factory=list)
+    """Freshpaint: the Kafka message each output came from, for dead-lettering a rejected event."""
+    spans: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    """(topic, partition) -> [first offset, last offset] of the messages in the batch, for logs."""
+
+
+class Batcher:
+    """Fills one open batch at a time for one destination."""
+
+    def __init__(self, destination: str, *, max_events: int, max_bytes: int, max_wait_s: float,
+                 clock: Callable[[], float], serialize: bool) -> None:
+        self.destination = destination
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_wait_s = max_wait_s
+        self._clock = clock
+        self._serialize = serialize
+        self._open: Batch | None = None
+
+    def _new(self) -> Batch:
+        batch = Batch(self.destination, Work(), self._clock())
+        batch.work.description = f"{self.destination} batch {batch.batch_id}"
+        return batch
+
+    def add(self, outputs: list[dict[str, Any]], message: Any, key: tuple[str, int], offset: int) -> Work:
+        """Append one message's outputs; returns the work the message is now tracked against."""
+        batch = self._open
+        if batch is None:
+            batch = self._open = self._new()
+        if self._serialize:
+            body = batch.body
+            for output in outputs:
+                body += orjson.dumps(output, option=_APPEND_NEWLINE)
+        else:
+            batch.outputs.extend(outputs)
+            batch.sources.extend([message] * len(outputs))
+        batch.events += len(outputs)
+        batch.messages += 1
+        span = batch.spans.get(key)
+        if span is None:
+            batch.spans[key] = [offset, offset]
+        else:
+            span[1] = offset
+        return batch.work
+
+    @property
+    def is_full(self) -> bool:
+        batch = self._open
+        return batch is not None and (batch.events >= self.max_events or len(batch.body) >= self.max_bytes)
+
+    def is_due(self, now: float) -> bool:
+        batch = self._open
+        return batch is not None and (self.is_full or now - batch.opened_at >= self.max_wait_s)
+
+    @property
+    def open_events(self) -> int:
+        return 0 if self._open is None else self._open.events
+
+    def take(self) -> Batch | None:
+        """Close the open batch and hand it over (None when nothing is open)."""
+        batch, self._open = self._open, None
+        return batch

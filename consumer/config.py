@@ -1,0 +1,232 @@
+"""Service configuration: one YAML file plus environment variables, parsed once into frozen objects.
+
+Secrets come only from the environment (``FRESHSUCCESS_AUTH_KEY``, ``FRESHSUCCESS_API_KEY``,
+``FRESHPAINT_TOKEN``, ``SCHEMA_REGISTRY_PASSWORD``) and are held as ``pydantic.SecretStr``, so no ``repr``,
+log line or error message shows them. A few non-secret settings can also come from the environment
+(``KAFKA_BOOTSTRAP_SERVERS``, ``SCHEMA_REGISTRY_URL``) because that is how platforms hand them out.
+
+Every key is documented in ``docs/configuration.md``. Unknown keys are rejected; a bad value stops
+start-up with a :class:`~consumer.errors.ConfigError` naming the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from consumer.errors import ConfigError
+from consumer.yamlsource import Located, closest, load_yaml, load_yaml_text
+
+PACKAGE_DEFAULTS = Path(__file__).resolve().parent / "defaults"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topics: tuple[str, ...] = ("usage-events",)
+    group_id: str = "usage-consumer"
+    group_per_destination: bool = True
+    """Each destination consumes with its own group ``<group_id>.<destination>``: its own offsets and backpressure."""
+    dead_letter_topic: str = "usage-events.dlq"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    consume_batch_size: int = Field(1000, ge=1, le=100_000)
+    consume_timeout_s: float = Field(0.1, gt=0, le=10)
+    session_timeout_ms: int = Field(45_000, ge=1000)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    client_properties: dict[str, str] = Field(default_factory=dict)
+    """Extra librdkafka settings (non-secret), e.g. ``fetch.max.bytes``."""
+
+
+class DecodingConfig(_Section):
+    framing: Literal["confluent", "single-object", "raw"] = "confluent"
+    reader_schema: Path | None = None
+    """Reader schema (.avsc); default: the shipped ``usage_event.avsc``."""
+    schema_dir: Path | None = None
+    """Directory of .avsc files searched by fingerprint (single-object framing); default: the shipped schemas."""
+    writer_schema: Path | None = None
+    """Writer schema for raw framing; default: the reader schema."""
+    schema_registry_url: str | None = None
+    schema_registry_user: str | None = None
+    schema_registry_timeout_s: float = Field(5.0, gt=0)
+    max_event_bytes: int = Field(1_048_576, ge=64)
+
+
+class MappingConfig(_Section):
+    file: Path | None = None
+    """The mapping YAML (rendered by Helm); default: the shipped ``consumer/defaults/mapping.yaml``."""
+
+
+class BatchingConfig(_Section):
+    max_events: int = Field(2000, ge=1)
+    max_bytes: int = Field(1_048_576, ge=1024)
+    """Uncompressed body bytes at which a Freshsuccess batch closes."""
+    max_wait_s: float = Field(1.0, gt=0)
+    max_in_flight_batches: int = Field(4, ge=1)
+
+
+class CommitConfig(_Section):
+    interval_s: float = Field(1.0, gt=0)
+
+
+class RetryConfig(_Section):
+    initial_backoff_s: float = Field(0.5, gt=0)
+    max_backoff_s: float = Field(30.0, gt=0)
+    credentials_backoff_s: float = Field(60.0, gt=0)
+
+
+class FreshsuccessConfig(_Section):
+    enabled: bool = True
+    datacenter: Literal["us", "eu"] = "us"
+    base_url: str | None = None
+    """Overrides ``datacenter`` (e.g. an emulator, a proxy, or the instrumentation viewer)."""
+    encoding: Literal["gzip", "deflate", "none"] = "gzip"
+    compress_level: int = Field(1, ge=0, le=9)
+    timeout_s: float = Field(30.0, gt=0)
+    ping_at_start: bool = True
+    auth_key: SecretStr | None = None
+    api_key: SecretStr | None = None
+
+
+class FreshpaintConfig(_Section):
+    enabled: bool = True
+    base_url: str = "https://api.perfalytics.com"
+    max_in_flight_requests: int = Field(64, ge=1, le=4096)
+    timeout_s: float = Field(10.0, gt=0)
+    token: SecretStr | None = None
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(_Section):
+    kafka: KafkaConfig = KafkaConfig()
+    decoding: DecodingConfig = DecodingConfig()
+    mapping: MappingConfig = MappingConfig()
+    batching: BatchingConfig = BatchingConfig()
+    commit: CommitConfig = CommitConfig()
+    retry: RetryConfig = RetryConfig()
+    freshsuccess: FreshsuccessConfig = FreshsuccessConfig()
+    freshpaint: FreshpaintConfig = FreshpaintConfig()
+    logging: LoggingConfig = LoggingConfig()
+    source: str = Field("<defaults>", exclude=True)
+    schema_registry_password: SecretStr | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _something_enabled(self) -> Settings:
+        if not (self.freshsuccess.enabled or self.freshpaint.enabled):
+            raise ValueError("at least one of freshsuccess.enabled and freshpaint.enabled must be true")
+        return self
+
+    def destinations(self) -> list[str]:
+        return [name for name in ("freshsuccess", "freshpaint") if getattr(self, name).enabled]
+
+    def group_for(self, destination: str) -> str:
+        return f"{self.kafka.group_id}.{destination}" if self.kafka.group_per_destination else self.kafka.group_id
+
+    def require_secrets(self, destinations: list[str]) -> None:
+        """Fail at start-up, naming the environment variable, when a destination's secret is missing."""
+        missing = []
+        if "freshsuccess" in destinations:
+            if self.freshsuccess.auth_key is None:
+                missing.append("FRESHSUCCESS_AUTH_KEY")
+            if self.freshsuccess.api_key is None:
+                missing.append("FRESHSUCCESS_API_KEY")
+        if "freshpaint" in destinations and self.freshpaint.token is None:
+            missing.append("FRESHPAINT_TOKEN")
+        if missing:
+            raise ConfigError(f"missing secret environment variable(s): {', '.join(missing)}", file=self.source)
+
+
+ENV_SETTINGS: dict[str, tuple[str, ...]] = {
+    "KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+    "SCHEMA_REGISTRY_URL": ("decoding", "schema_registry_url"),
+    "FRESHSUCCESS_AUTH_KEY": ("freshsuccess", "auth_key"),
+    "FRESHSUCCESS_API_KEY": ("freshsuccess", "api_key"),
+    "FRESHPAINT_TOKEN": ("freshpaint", "token"),
+}
+SECRET_KEYS = {("freshsuccess", "auth_key"), ("freshsuccess", "api_key"), ("freshpaint", "token")}
+
+
+def load_settings(path: Path | str | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse the config file (or defaults when ``path`` is None) and the environment into ``Settings``."""
+    env = os.environ if environ is None else environ
+    located = load_yaml(path) if path is not None else load_yaml_text("{}", source="<defaults>")
+    return settings_from(located, env)
+
+
+def settings_from(located: Located, environ: Mapping[str, str]) -> Settings:
+    data = located.value if located.value is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping of sections", file=located.source, line=1)
+    for section, keys in SECRET_KEYS_BY_SECTION.items():
+        for key in keys:
+            if isinstance(data.get(section), dict) and key in data[section]:
+                raise ConfigError("secrets are read from the environment only; remove this key",
+                                  file=located.source, line=located.line_of((section, key)),
+                                  key=f"{section}.{key}")
+    merged: dict[str, Any] = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
+    for variable, (section, key) in ENV_SETTINGS.items():
+        value = environ.get(variable)
+        if value:
+            section_data = merged.setdefault(section, {})
+            if isinstance(section_data, dict):
+                section_data[key] = value
+    password = environ.get("SCHEMA_REGISTRY_PASSWORD")
+    try:
+        return Settings.model_validate({**merged, "source": located.source,
+                                        "schema_registry_password": password or None})
+    except ValidationError as exc:
+        raise _config_error(exc, located) from None
+
+
+SECRET_KEYS_BY_SECTION: dict[str, tuple[str, ...]] = {
+    "freshsuccess": ("auth_key", "api_key"),
+    "freshpaint": ("token",),
+}
+
+
+def _config_error(exc: ValidationError, located: Located) -> ConfigError:
+    """The first problem as one ConfigError (file, line, key); the rest listed in its message."""
+    problems: list[tuple[str, int | None, str]] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        key = ".".join(str(part) for part in loc)
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            section_model = _model_at(loc[:-1])
+            known = list(section_model.model_fields) if section_model is not None else []
+            hint = closest(str(loc[-1]), known)
+            message = "unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
+        if tuple(loc[:2]) in SECRET_KEYS or "secret" in error["type"]:
+            message = "invalid value (not shown: secret)"
+        elif "input" in error and error["type"] != "extra_forbidden" and not isinstance(error["input"], dict):
+            message = f"{message} (got {error['input']!r})"
+        problems.append((key, located.nearest_line(loc), message))
+    key, line, message = problems[0]
+    if len(problems) > 1:
+        message += "".join(f"\n  also {k}{f' (line {ln})' if ln else ''}: {m}" for k, ln, m in problems[1:])
+    return ConfigError(message, file=located.source, line=line, key=key)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def default_mapping_file() -> Path:
+    return PACKAGE_DEFAULTS / "mapping.yaml"

@@ -1,0 +1,65 @@
+"""The delivery thread: one asyncio event loop where the destination sinks' coroutines run.
+
+The poll thread hands closed batches over with :meth:`DeliveryLoop.submit` and gets a
+``concurrent.futures.Future`` back, which it checks on each loop iteration; results therefore come back to
+the poll thread, where the offset tracker lives. Compression and HTTP happen here, off the poll thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class DeliveryLoop:
+    """An event loop running in a daemon thread until :meth:`stop`."""
+
+    def __init__(self, name: str = "delivery") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = threading.Event()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._started.set)
+        self.loop.run_forever()
+
+    def start(self) -> DeliveryLoop:
+        self._thread.start()
+        self._started.wait()
+        return self
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def call(self, factory: Callable[[], Awaitable[T]], timeout_s: float | None = None) -> T:
+        """Run a coroutine on the loop and wait for its result (start-up pings, closing clients)."""
+
+        async def run() -> T:
+            return await factory()
+
+        return self.submit(run()).result(timeout_s)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Cancel whatever still runs, then stop the loop and join its thread."""
+        if not self._thread.is_alive():
+            return
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self.submit(cancel_all()).result(timeout_s)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout_s)
+            if not self._thread.is_alive():
+                self.loop.close()

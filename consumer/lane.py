@@ -1,0 +1,379 @@
+"""A lane: one destination's pipeline, from its own consumer group to its own committed offsets.
+
+Read top to bottom, one iteration of :meth:`Lane.step` is::
+
+    consume a batch of messages            (source: the lane's own consumer)
+      -> decode each (Avro framing + schema) (decoder)
+      -> map it to destination outputs       (the compiled mapping)
+      -> add the outputs to the open batch   (batcher), or park the message (dead letters)
+    submit closed batches to the sink        (delivery thread: compression + HTTP)
+    collect finished deliveries              (release their work)
+    commit the contiguous finished prefix    (offset tracker -> source.commit)
+
+Each destination gets a lane of its own (its own consumer group by default), so an outage of one
+destination pauses only its lane: the other keeps delivering and committing. A lane never commits past
+a message whose outputs were neither accepted nor dead-lettered; after a fatal error (e.g. Freshsuccess
+answered 400) it commits nothing further and stops.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from consumer.batcher import Batch, Batcher
+from consumer.delivery import DeliveryLoop
+from consumer.errors import EventError, FatalError, MappingFailed, OversizedEvent, Rejected, TransientError
+from consumer.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
+from consumer.source import MessageSource, RebalanceCallback
+
+log = structlog.get_logger(__name__)
+
+MapFn = Callable[[dict[str, Any], str, int, int], list[dict[str, Any]]]
+
+
+class Decoder(Protocol):
+    def decode(self, value: bytes | None) -> dict[str, Any]: ...
+
+
+class DeadLetters(Protocol):
+    """Where undeliverable events are parked (:class:`~consumer.deadletter.DeadLetterProducer`)."""
+
+    failure: str | None
+    """Set once a dead letter could not be written; the lane then stops."""
+
+    def park(self, message: Any, error: EventError, destination: str, work: Work) -> None: ...
+    def poll(self) -> None: ...
+    def flush(self, timeout_s: float) -> int: ...
+
+
+class Destination(Protocol):
+    """Turns a closed batch into requests; returns the outputs it rejected for good."""
+
+    name: str
+    serialize: bool
+    """True when batches are built as an NDJSON body (Freshsuccess), False for one request per output."""
+
+    def deliver(self, batch: Batch) -> Coroutine[Any, Any, list[tuple[int, Rejected]]]: ...
+
+
+SourceFactory = Callable[[RebalanceCallback, RebalanceCallback], MessageSource]
+
+
+@dataclass(frozen=True)
+class LaneSettings:
+    consume_batch_size: int = 1000
+    consume_timeout_s: float = 0.1
+    max_event_bytes: int = 1_048_576
+    max_events: int = 2000
+    max_bytes: int = 1_048_576
+    max_wait_s: float = 1.0
+    max_in_flight_batches: int = 4
+    commit_interval_s: float = 1.0
+    revoke_timeout_s: float = 30.0
+    progress_interval_s: float = 10.0
+    transient_backoff_s: tuple[float, float] = (0.5, 30.0)
+
+
+@dataclass
+class LaneStats:
+    """What a lane did; read by the demo's summary, the tests and (later) the metrics endpoint."""
+
+    consumed: int = 0
+    delivered_messages: int = 0
+    delivered_events: int = 0
+    batches_delivered: int = 0
+    skipped: int = 0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    transient_failures: int = 0
+    committed: dict[TopicPartitionKey, int] = field(default_factory=dict)
+
+
+class Lane:
+    """Consumes for one destination and commits only what that destination has taken."""
+
+    def __init__(self, *, destination: Destination, source_factory: SourceFactory, decoder: Decoder,
+                 map_fn: MapFn, dead_letters: DeadLetters, delivery: DeliveryLoop,
+                 settings: LaneSettings = LaneSettings(), clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = destination.name
+        self.destination = destination
+        self.decoder = decoder
+        self.map_fn = map_fn
+        self.dead_letters = dead_letters
+        self.delivery = delivery
+        self.settings = settings
+        self.clock = clock
+        self.stats = LaneStats()
+        self.tracker = OffsetTracker()
+        self.batcher = Batcher(destination.name, max_events=settings.max_events, max_bytes=settings.max_bytes,
+                               max_wait_s=settings.max_wait_s, clock=clock, serialize=destination.serialize)
+        self.fatal: str | None = None
+        self._in_flight: list[tuple[Batch, concurrent.futures.Future[list[tuple[int, Rejected]]]]] = []
+        self._held: deque[Any] = deque()
+        self._retry_at = 0.0
+        self._retry_delay_s = settings.transient_backoff_s[0]
+        self._paused: set[TopicPartitionKey] = set()
+        self._next_commit = clock() + settings.commit_interval_s
+        self._next_progress = clock() + settings.progress_interval_s
+        self._closing = False
+        self._rng = random.Random()
+        self.source = source_factory(self._on_assign, self._on_revoke)
+
+    # ------------------------------------------------------------------------------- the loop
+
+    def run(self, stop: threading.Event, *, shutdown_timeout_s: float = 30.0) -> None:
+        """Step until ``stop`` is set or a fatal error; then shut down within ``shutdown_timeout_s``."""
+        try:
+            while not stop.is_set() and self.fatal is None:
+                self.step()
+        finally:
+            self.shutdown(shutdown_timeout_s)
+
+    def step(self) -> None:
+        """One iteration: collect, submit, consume, process, commit."""
+        self._collect()
+        self.dead_letters.poll()
+        if self.dead_letters.failure is not None:
+            self._fail(self.dead_letters.failure)
+        if self.fatal is not None:
+            return
+        now = self.clock()
+        if self.batcher.is_due(now) and self._has_capacity():
+            self._submit()
+        if self._held and now >= self._retry_at:
+            self._process(self._take_held())
+        self._apply_backpressure()
+        messages = self.source.consume(self.settings.consume_batch_size, self.settings.consume_timeout_s)
+        if messages:
+            self.stats.consumed += len(messages)
+            if self._held:  # keep partition order behind messages waiting for a retry
+                self._held.extend(messages)
+            else:
+                self._process(messages)
+        if self.batcher.is_full and self._has_capacity():
+            self._submit()
+        now = self.clock()
+        if now >= self._next_commit:
+            self._next_commit = now + self.settings.commit_interval_s
+            self.commit(asynchronous=True)
+        if now >= self._next_progress:
+            self._next_progress = now + self.settings.progress_interval_s
+            self._log_progress()
+
+    # ---------------------------------------------------------------------- per-message work
+
+    def _take_held(self) -> list[Any]:
+        held = list(self._held)
+        self._held.clear()
+        return held
+
+    def _process(self, messages: Sequence[Any]) -> None:
+        decode = self.decoder.decode
+        map_fn = self.map_fn
+        track = self.tracker.track
+        add = self.batcher.add
+        max_event_bytes = self.settings.max_event_bytes
+        for index, message in enumerate(messages):
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    self._fail(f"Kafka consumer error: {error}")
+                    return
+                log.warning("consumer_error_seen", error=str(error))
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            key = (topic, partition)
+            value = message.value()
+            try:
+                if value is not None and len(value) > max_event_bytes:
+                    raise OversizedEvent(f"event of {len(value)} bytes exceeds max_event_bytes={max_event_bytes}")
+                record = decode(value)
+                try:
+                    outputs = map_fn(record, topic, partition, offset)
+                except EventError:
+                    raise
+                except Exception as exc:  # a mapping bug must not stop the partition: park the event
+                    raise MappingFailed(f"mapping raised {type(exc).__name__}: {exc}") from exc
+            except TransientError as exc:
+                self._hold(messages[index:], exc)
+                return
+            except FatalError as exc:  # e.g. the schema registry URL points at something else
+                self._fail(str(exc))
+                return
+            except EventError as exc:
+                work = Work(f"dead letter {topic}[{partition}]@{offset}", holds=0)
+                self.dead_letters.park(message, exc, self.name, work)
+                track(key, offset, work)
+                self.stats.dead_lettered[exc.reason] += 1
+                continue
+            if outputs:
+                track(key, offset, add(outputs, message, key, offset))
+                if self.batcher.is_full and self._has_capacity():
+                    self._submit()
+            else:
+                track(key, offset, NOTHING_TO_DO)
+                self.stats.skipped += 1
+        self._retry_delay_s = self.settings.transient_backoff_s[0]
+
+    def _hold(self, messages: Sequence[Any], exc: TransientError) -> None:
+        """A transient failure (e.g. the schema registry is down): keep the messages, retry later."""
+        self._held.extend(messages)
+        delay = exc.retry_after_s or self._retry_delay_s
+        delay *= 1 + self._rng.uniform(-0.2, 0.2)
+        self._retry_at = self.clock() + delay
+        self._retry_delay_s = min(self._retry_delay_s * 2, self.settings.transient_backoff_s[1])
+        self.stats.transient_failures += 1
+        first = messages[0]
+        log.warning("decode_retry_scheduled", error=str(exc), delay_s=round(delay, 2), held=len(self._held),
+                    topic=first.topic(), partition=first.partition(), offset=first.offset())
+
+    # ------------------------------------------------------------------------- delivery side
+
+    def _has_capacity(self) -> bool:
+        return len(self._in_flight) < self.settings.max_in_flight_batches
+
+    def _submit(self) -> None:
+        batch = self.batcher.take()
+        if batch is None:
+            return
+        future = self.delivery.submit(self.destination.deliver(batch))
+        self._in_flight.append((batch, future))
+
+    def _collect(self) -> None:
+        if not self._in_flight:
+            return
+        still: list[tuple[Batch, concurrent.futures.Future[list[tuple[int, Rejected]]]]] = []
+        for batch, future in self._in_flight:
+            if not future.done():
+                still.append((batch, future))
+                continue
+            if future.cancelled():
+                continue
+            error = future.exception()
+            if error is None:
+                self._delivered(batch, future.result())
+            elif isinstance(error, FatalError):
+                self._fail(str(error))
+            else:
+                self._fail(f"{self.name} delivery failed unexpectedly: {type(error).__name__}: {error}")
+        self._in_flight = still
+
+    def _delivered(self, batch: Batch, rejected: list[tuple[int, Rejected]]) -> None:
+        for index, error in rejected:
+            self.dead_letters.park(batch.sources[index], error, self.name, batch.work)
+            self.stats.dead_lettered[error.reason] += 1
+        batch.work.release()
+        self.stats.delivered_events += batch.events - len(rejected)
+        self.stats.delivered_messages += batch.messages
+        self.stats.batches_delivered += 1
+        log.debug("batch_delivered", destination=self.name, batch_id=batch.batch_id, events=batch.events,
+                  rejected=len(rejected), offsets={f"{t}[{p}]": s for (t, p), s in batch.spans.items()})
+
+    def _fail(self, reason: str) -> None:
+        if self.fatal is None:
+            self.fatal = reason
+            log.error("lane_stopped", destination=self.name, reason=reason)
+
+    def _apply_backpressure(self) -> None:
+        """Pause fetching while the destination cannot take more; keep polling to stay in the group."""
+        blocked = bool(self._held) or (self.batcher.is_full and not self._has_capacity())
+        if blocked:
+            to_pause = set(self.source.assignment()) - self._paused
+            if to_pause:
+                self.source.pause(to_pause)
+                self._paused |= to_pause
+                log.info("partitions_paused", destination=self.name, partitions=len(to_pause),
+                         in_flight=len(self._in_flight), held=len(self._held))
+        elif self._paused:
+            owned = set(self.source.assignment())
+            self.source.resume(self._paused & owned)
+            log.info("partitions_resumed", destination=self.name, partitions=len(self._paused & owned))
+            self._paused.clear()
+
+    # ------------------------------------------------------------------------------ commits
+
+    def commit(self, *, asynchronous: bool) -> dict[TopicPartitionKey, int]:
+        """Commit every partition's finished prefix; nothing after a fatal error."""
+        if self.fatal is not None:
+            return {}
+        offsets = self.tracker.committable()
+        if offsets:
+            self.source.commit(offsets, asynchronous=asynchronous)
+            self.tracker.mark_committed(offsets)
+            self.stats.committed.update(offsets)
+        return offsets
+
+    def _wait_for(self, keys: set[TopicPartitionKey] | None, timeout_s: float) -> bool:
+        """Deliver what is open or in flight until ``keys`` (None: all) have no unfinished work."""
+        if self.fatal is None:
+            self._submit()
+        deadline = self.clock() + timeout_s
+        while True:
+            self._collect()
+            self.dead_letters.poll()
+            if self.fatal is not None:
+                return False
+            owned = self.tracker.owned() if keys is None else [k for k in keys if k in self.tracker.owned()]
+            if not any(self.tracker.pending_messages(k) for k in owned):
+                return True
+            if self.clock() >= deadline:
+                return False
+            futures = [f for _, f in self._in_flight]
+            if futures:
+                concurrent.futures.wait(futures, timeout=0.05, return_when=concurrent.futures.FIRST_COMPLETED)
+            else:
+                self.dead_letters.flush(0.05)
+
+    def _on_assign(self, keys: list[TopicPartitionKey]) -> None:
+        for key in keys:
+            self.tracker.assign(key)
+
+    def _on_revoke(self, keys: list[TopicPartitionKey]) -> None:
+        """Finish the revoked partitions' work within a bound, commit it, and forget them."""
+        revoked = set(keys)
+        if not self._closing:
+            finished = self._wait_for(revoked, self.settings.revoke_timeout_s)
+            if not finished:
+                log.warning("revocation_deadline_passed", destination=self.name, partitions=len(revoked))
+            offsets = {k: v for k, v in self.tracker.committable().items() if k in revoked}
+            if offsets and self.fatal is None:
+                self.source.commit(offsets, asynchronous=False)
+                self.stats.committed.update(offsets)
+        for key in revoked:
+            self.tracker.forget(key)
+            self._paused.discard(key)
+        if self._held:
+            self._held = deque(m for m in self._held if (m.topic(), m.partition()) not in revoked)
+
+    # ----------------------------------------------------------------------------- shutdown
+
+    def shutdown(self, timeout_s: float) -> None:
+        """Flush in-flight work within ``timeout_s``, commit synchronously, leave the group."""
+        if self._closing:
+            return
+        finished = self._wait_for(None, timeout_s) if self.fatal is None else False
+        if self.fatal is None:
+            if not finished:
+                log.warning("shutdown_deadline_passed", destination=self.name, in_flight=len(self._in_flight))
+            self.commit(asynchronous=False)
+        self._closing = True
+        for _batch, future in self._in_flight:
+            future.cancel()
+        self.dead_letters.flush(5.0)
+        self.source.close()
+        self._log_progress(final=True)
+
+    def _log_progress(self, *, final: bool = False) -> None:
+        stats = self.stats
+        log.info("lane_finished" if final else "lane_progress", destination=self.name, consumed=stats.consumed,
+                 delivered_events=stats.delivered_events, delivered_messages=stats.delivered_messages,
+                 skipped=stats.skipped, dead_lettered=dict(stats.dead_lettered), in_flight=len(self._in_flight),
+                 paused=len(self._paused), held=len(self._held))

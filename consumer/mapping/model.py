@@ -1,0 +1,415 @@
+"""The mapping language as typed, frozen objects, plus the facts about each destination it relies on.
+
+``validate.py`` turns YAML into these objects (reporting every problem); ``compiler.py`` turns them into
+plain Python functions.  Nothing here runs per event except the conversion functions in ``CONVERTERS``,
+which the compiled code calls on its slow path (the common case is inlined by the compiler).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+from consumer.errors import MappingFailed
+
+FieldPath: TypeAlias = tuple[str, ...]
+"""A path into the event: record field names and, below a map, map keys."""
+
+
+class Destination(StrEnum):
+    FRESHSUCCESS = "freshsuccess"
+    FRESHPAINT = "freshpaint"
+
+
+class Convert(StrEnum):
+    """Value conversions a mapping may ask for; see ``CONVERTERS`` for their exact meaning."""
+
+    EPOCH_MS = "epoch_ms"
+    EPOCH_MS_TO_S = "epoch_ms_to_s"
+    MS_TO_S = "ms_to_s"
+    S_TO_MS = "s_to_ms"
+    STRING = "string"
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Value expressions
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    """The value at ``path`` in the event; ``None`` when any step is null or a map lacks the key."""
+
+    path: FieldPath
+
+
+@dataclass(frozen=True)
+class Const:
+    """A constant (``None`` allowed: it means "leave out")."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class Template:
+    """Literal text and field values joined; ``None`` when any referenced field is ``None``."""
+
+    parts: tuple[str | FieldRef, ...]
+
+
+@dataclass(frozen=True)
+class ObjectOf:
+    """A JSON object: ``merge`` (a map or record) first, then ``entries``; ``None`` values are left out.
+
+    An object that ends up empty is ``None``, so a required ``details`` with nothing in it is reported.
+    """
+
+    entries: tuple[tuple[str, Value], ...]
+    merge: Value | None
+
+
+@dataclass(frozen=True)
+class InsertId:
+    """Freshpaint ``$insert_id``: deterministic per event and per output (see ``compiler.insert_id``)."""
+
+
+Expr: TypeAlias = FieldRef | Const | Template | ObjectOf | InsertId
+
+
+@dataclass(frozen=True)
+class Value:
+    """An expression with its fallback and conversion: ``convert(expr ?? default)``."""
+
+    expr: Expr
+    default: Value | None = None
+    convert: Convert | None = None
+    line: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Predicates (``when:``)
+
+
+class Op(StrEnum):
+    EQ = "eq"
+    NE = "ne"
+    IN = "in"
+    NOT_IN = "not_in"
+    GT = "gt"
+    GE = "ge"
+    LT = "lt"
+    LE = "le"
+    EXISTS = "exists"
+    NOT_NULL = "not_null"
+
+
+ORDERING_OPS = frozenset({Op.GT, Op.GE, Op.LT, Op.LE})
+
+
+@dataclass(frozen=True)
+class Compare:
+    """``field <op> operand``; for ``in``/``not_in`` the operand is a tuple, for ``exists``/``not_null`` a bool."""
+
+    path: FieldPath
+    op: Op
+    operand: Any
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class AllOf:
+    items: tuple[Predicate, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    items: tuple[Predicate, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Predicate
+
+
+@dataclass(frozen=True)
+class Always:
+    """A rule without ``when:`` selects every event."""
+
+
+Predicate: TypeAlias = Compare | AllOf | AnyOf | Not | Always
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Outputs and rules
+
+
+@dataclass(frozen=True)
+class FreshsuccessOutput:
+    """One Freshsuccess event: ``fields`` already include the ``defaults:`` the output did not override."""
+
+    action: str
+    fields: tuple[tuple[str, Value], ...]
+    index: int
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class FreshpaintOutput:
+    """One Freshpaint event; ``event`` is ``None`` for ``identify: true`` (the name is ``$identify``).
+
+    ``properties`` already include the ``defaults:`` the output did not override.
+    """
+
+    event: Value | None
+    identify: bool
+    properties: tuple[tuple[str, Value], ...]
+    pass_properties: FieldRef | None
+    integrations: tuple[tuple[str, bool], ...] | None
+    user_props: Value | None
+    index: int
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    when: Predicate
+    freshsuccess: tuple[FreshsuccessOutput, ...]
+    freshpaint: tuple[FreshpaintOutput, ...]
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class MappingModel:
+    version: int
+    rules: tuple[Rule, ...]
+    source: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Destination facts (destinations.md)
+
+FRESHSUCCESS_BASE_FIELDS: tuple[str, ...] = ("accountId", "userId", "createdAt", "sessionId")
+"""Base properties every Freshsuccess event carries besides ``action`` (all required)."""
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+
+FRESHSUCCESS_ACTIONS: Mapping[str, ActionSpec] = {
+    "feature": ActionSpec(required=("feature", "module", "total"), optional=("product",)),
+    "moduleEnd": ActionSpec(required=("module", "timeSpent")),
+    "sessionSync": ActionSpec(required=("activeDuration",)),
+    "identifyUser": ActionSpec(required=("details",)),
+    "identifyAccount": ActionSpec(required=("details",)),
+}
+
+FRESHPAINT_REQUIRED_PROPERTIES: tuple[str, ...] = ("distinct_id", "time")
+FRESHPAINT_RESERVED_PROPERTIES: Mapping[str, str] = {
+    "token": "the Freshpaint sink adds the environment token itself",
+    "$options": "use 'integrations:' on the output",
+    "$user_props": "use 'identify: true' with 'user_props:'",
+}
+IDENTIFY_EVENT = "$identify"
+
+# What JSON type each well-known output slot takes.  Kinds: string, int, float, bool, object, array, bytes.
+STRING = frozenset({"string"})
+INTEGER = frozenset({"int"})
+NUMBER = frozenset({"int", "float"})
+OBJECT = frozenset({"object"})
+JSON_KINDS = frozenset({"string", "int", "float", "bool", "object", "array"})
+
+FRESHSUCCESS_SLOTS: Mapping[str, frozenset[str]] = {
+    "accountId": STRING, "userId": STRING, "sessionId": STRING, "createdAt": INTEGER,
+    "feature": STRING, "module": STRING, "product": STRING,
+    "total": NUMBER, "timeSpent": NUMBER, "activeDuration": NUMBER,
+    "details": OBJECT,
+}
+FRESHPAINT_SLOTS: Mapping[str, frozenset[str]] = {
+    "distinct_id": STRING, "time": NUMBER, "$device_id": STRING, "$insert_id": STRING, "$ip": STRING,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Conversions.  Each takes a non-None value and a context string (names rule and output field) used only
+# in the error message; each raises MappingFailed when the value does not convert.
+
+ConvertFn: TypeAlias = Callable[[Any, str], Any]
+
+_TRUE_STRINGS = frozenset({"true", "1", "yes", "y", "on"})
+_FALSE_STRINGS = frozenset({"false", "0", "no", "n", "off"})
+
+
+def _fail(value: Any, convert: Convert, ctx: str, why: str = "") -> MappingFailed:
+    # The value's type, never the value: event data has no business in logs and metric labels.
+    detail = f": {why}" if why else ""
+    return MappingFailed(f"{ctx}: cannot apply convert '{convert}' to a {type(value).__name__} value{detail}")
+
+
+def _as_int(value: Any, convert: Convert, ctx: str) -> int:
+    if type(value) is int:
+        return value
+    if isinstance(value, bool):
+        raise _fail(value, convert, ctx)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _fail(value, convert, ctx, "not a finite number")
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                raise _fail(value, convert, ctx, "not a number") from None
+            if not math.isfinite(number) or not number.is_integer():
+                raise _fail(value, convert, ctx, "not an integer") from None
+            return int(number)
+    if isinstance(value, int):  # int subclasses
+        return int(value)
+    raise _fail(value, convert, ctx)
+
+
+def _as_float(value: Any, convert: Convert, ctx: str) -> float:
+    if isinstance(value, bool):
+        raise _fail(value, convert, ctx)
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise _fail(value, convert, ctx, "not a number") from None
+    else:
+        raise _fail(value, convert, ctx)
+    if not math.isfinite(number):
+        raise _fail(value, convert, ctx, "not a finite number")
+    return number
+
+
+def to_epoch_ms(value: Any, ctx: str) -> int:
+    """Epoch milliseconds as an int: ints pass, floats truncate, datetimes convert (aware, or naive = UTC)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return int(aware.timestamp() * 1000)
+    if isinstance(value, str):
+        raise _fail(value, Convert.EPOCH_MS, ctx)
+    return _as_int(value, Convert.EPOCH_MS, ctx)
+
+
+def epoch_ms_to_s(value: Any, ctx: str) -> float:
+    """Epoch milliseconds to float seconds that keep the millisecond fraction (Freshpaint ``time``)."""
+    if type(value) is int:
+        return value / 1000
+    if isinstance(value, datetime):
+        return to_epoch_ms(value, ctx) / 1000
+    if isinstance(value, bool | str):
+        raise _fail(value, Convert.EPOCH_MS_TO_S, ctx)
+    return round(_as_float(value, Convert.EPOCH_MS_TO_S, ctx)) / 1000
+
+
+def ms_to_s(value: Any, ctx: str) -> float:
+    """A duration in milliseconds as float seconds."""
+    if type(value) is int:
+        return value / 1000
+    if isinstance(value, str):
+        raise _fail(value, Convert.MS_TO_S, ctx)
+    return _as_float(value, Convert.MS_TO_S, ctx) / 1000
+
+
+def s_to_ms(value: Any, ctx: str) -> int:
+    """Seconds (int or float) as whole milliseconds, rounded to nearest."""
+    if isinstance(value, str):
+        raise _fail(value, Convert.S_TO_MS, ctx)
+    return round(_as_float(value, Convert.S_TO_MS, ctx) * 1000)
+
+
+def to_string(value: Any, ctx: str) -> str:
+    """Scalars as text: booleans as ``true``/``false`` (JSON spelling), numbers as Python prints them."""
+    if type(value) is str:
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _fail(value, Convert.STRING, ctx, "not a finite number")
+        return repr(value)
+    raise _fail(value, Convert.STRING, ctx)
+
+
+def to_int(value: Any, ctx: str) -> int:
+    """Integers from numbers (truncating), numeric strings and booleans (0/1)."""
+    if isinstance(value, bool):
+        return int(value)
+    return _as_int(value, Convert.INT, ctx)
+
+
+def to_float(value: Any, ctx: str) -> float:
+    """Finite floats from numbers and numeric strings."""
+    return _as_float(value, Convert.FLOAT, ctx)
+
+
+def to_bool(value: Any, ctx: str) -> bool:
+    """Booleans; 0/1; strings true/false, yes/no, on/off, 1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _TRUE_STRINGS:
+            return True
+        if lowered in _FALSE_STRINGS:
+            return False
+        raise _fail(value, Convert.BOOL, ctx, "not a recognised boolean word")
+    raise _fail(value, Convert.BOOL, ctx)
+
+
+CONVERTERS: Mapping[Convert, ConvertFn] = {
+    Convert.EPOCH_MS: to_epoch_ms,
+    Convert.EPOCH_MS_TO_S: epoch_ms_to_s,
+    Convert.MS_TO_S: ms_to_s,
+    Convert.S_TO_MS: s_to_ms,
+    Convert.STRING: to_string,
+    Convert.INT: to_int,
+    Convert.FLOAT: to_float,
+    Convert.BOOL: to_bool,
+}
+
+CONVERT_INPUT_KINDS: Mapping[Convert, frozenset[str]] = {
+    Convert.EPOCH_MS: NUMBER,
+    Convert.EPOCH_MS_TO_S: NUMBER,
+    Convert.MS_TO_S: NUMBER,
+    Convert.S_TO_MS: NUMBER,
+    Convert.STRING: frozenset({"string", "int", "float", "bool"}),
+    Convert.INT: frozenset({"string", "int", "float", "bool"}),
+    Convert.FLOAT: frozenset({"string", "int", "float"}),
+    Convert.BOOL: frozenset({"string", "int", "bool"}),
+}
+
+CONVERT_OUTPUT_KINDS: Mapping[Convert, frozenset[str]] = {
+    Convert.EPOCH_MS: INTEGER,
+    Convert.EPOCH_MS_TO_S: frozenset({"float"}),
+    Convert.MS_TO_S: frozenset({"float"}),
+    Convert.S_TO_MS: INTEGER,
+    Convert.STRING: STRING,
+    Convert.INT: INTEGER,
+    Convert.FLOAT: frozenset({"float"}),
+    Convert.BOOL: frozenset({"bool"}),
+}

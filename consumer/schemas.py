@@ -1,0 +1,193 @@
+"""Avro schemas, loaded and parsed once at start-up and found again by fingerprint.
+
+Everything per schema that decoding needs (fastavro's parsed form, the Parsing Canonical Form, the
+CRC-64-AVRO fingerprint) is computed here once, so the per-event path only looks things up.
+
+Schemas used for *reading* have their ``logicalType`` annotations stripped (on a copy), so decoded values
+are the Avro base types: a ``timestamp-millis`` field decodes to a plain ``int`` of epoch milliseconds,
+which is what the mapping wants and ~0.9 µs per event cheaper than building ``datetime`` objects.
+Fingerprints are unaffected: the Parsing Canonical Form has no logical types.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from fastavro import parse_schema
+from fastavro.schema import fingerprint, fullname, to_parsing_canonical_form
+
+from consumer.errors import ConfigError, UnknownSchema
+
+__all__ = [
+    "DEFAULT_SCHEMA_FILE",
+    "ParsedSchema",
+    "SchemaStore",
+    "default_reader_schema_path",
+    "default_schema_dir",
+    "load_schema",
+    "parse",
+]
+
+DEFAULT_SCHEMA_FILE = "usage_event.avsc"
+"""File name of the default reader schema, in :func:`default_schema_dir`."""
+
+_FINGERPRINT_ALGORITHM = "CRC-64-AVRO"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ParsedSchema:
+    """One Avro schema with everything decoding and encoding need, computed once.
+
+    ``fingerprint`` is the 8-byte little-endian CRC-64-AVRO (Rabin) fingerprint of the Parsing Canonical
+    Form, exactly as it appears after ``C3 01`` in Avro single-object encoding.
+    """
+
+    source: dict[str, Any]
+    """The schema as written (docs, defaults, logical types); never mutated."""
+    name: str
+    """Full name of the top-level type, e.g. ``io.usageconsumer.events.UsageEvent``."""
+    writer: dict[str, Any]
+    """fastavro-parsed schema with logical types kept: encode with this."""
+    reader: dict[str, Any]
+    """fastavro-parsed schema with logical types stripped: decode with this."""
+    canonical_form: str
+    fingerprint: bytes
+
+    @property
+    def fingerprint_hex(self) -> str:
+        """The fingerprint as 16 hex digits (byte order as in the single-object header)."""
+        return self.fingerprint.hex()
+
+    def __repr__(self) -> str:
+        return f"ParsedSchema({self.name!r}, fingerprint={self.fingerprint_hex})"
+
+
+def load_schema(path: Path) -> dict[str, Any]:
+    """Read one ``.avsc`` file; ConfigError naming the file when it is unreadable or not a JSON object."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read schema file: {exc.strerror or exc}", file=str(path)) from exc
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"not valid JSON: {exc.msg}", file=str(path), line=exc.lineno) from exc
+    if not isinstance(schema, dict):
+        raise ConfigError("an Avro schema file must hold a JSON object (a named type)", file=str(path))
+    return schema
+
+
+def parse(schema: dict[str, Any]) -> ParsedSchema:
+    """Parse a schema once for reading and writing; ConfigError saying why when it is not valid Avro."""
+    if not isinstance(schema, dict):
+        raise ConfigError(f"an Avro schema must be a JSON object, got {type(schema).__name__}")
+    try:
+        writer = cast("dict[str, Any]", parse_schema(schema))  # a named type (dict) in, a dict out
+        reader = cast("dict[str, Any]", parse_schema(_strip_logical_types(schema)))
+        canonical_form = to_parsing_canonical_form(schema)
+        fingerprint_hex = fingerprint(canonical_form, _FINGERPRINT_ALGORITHM)
+        name = fullname(schema)
+    except Exception as exc:  # fastavro raises many types (SchemaParseException, UnknownType, KeyError...)
+        raise ConfigError(f"invalid Avro schema: {type(exc).__name__}: {exc}") from exc
+    return ParsedSchema(
+        source=schema,
+        name=name,
+        writer=writer,
+        reader=reader,
+        canonical_form=canonical_form,
+        fingerprint=bytes.fromhex(fingerprint_hex),
+    )
+
+
+def _strip_logical_types(schema: Any) -> Any:
+    """A deep copy of ``schema`` without ``logicalType`` annotations; default values are copied untouched."""
+    if isinstance(schema, dict):
+        return {
+            key: (value if key == "default" else _strip_logical_types(value))
+            for key, value in schema.items()
+            if key != "logicalType"
+        }
+    if isinstance(schema, list):
+        return [_strip_logical_types(item) for item in schema]
+    return schema
+
+
+class SchemaStore:
+    """Known writer schemas by fingerprint, for single-object encoded events.
+
+    Filled at start-up (typically from every ``*.avsc`` in a directory); lookups are a dict access.
+    Two files whose schemas differ only in docs or defaults share a fingerprint; the first one wins,
+    which is harmless because they decode identically.
+    """
+
+    def __init__(self, schemas: Iterable[ParsedSchema] = ()) -> None:
+        self._by_fingerprint: dict[bytes, ParsedSchema] = {}
+        for schema in schemas:
+            self.add(schema)
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> SchemaStore:
+        """Load and parse every ``*.avsc`` under ``directory`` (recursively), in sorted path order."""
+        if not directory.is_dir():
+            raise ConfigError("schema directory does not exist", file=str(directory))
+        store = cls()
+        for path in sorted(directory.rglob("*.avsc")):
+            try:
+                store.add(parse(load_schema(path)))
+            except ConfigError as exc:
+                if exc.file is not None:
+                    raise
+                raise ConfigError(str(exc), file=str(path)) from exc
+        return store
+
+    def add(self, schema: ParsedSchema) -> None:
+        """Make ``schema`` findable by its fingerprint (no-op when one with that fingerprint is known)."""
+        self._by_fingerprint.setdefault(schema.fingerprint, schema)
+
+    def get(self, fingerprint: bytes) -> ParsedSchema | None:
+        """The schema with this 8-byte fingerprint, or None."""
+        return self._by_fingerprint.get(fingerprint)
+
+    def find(self, fingerprint: bytes) -> ParsedSchema:
+        """The schema with this 8-byte fingerprint; UnknownSchema when none is known."""
+        schema = self._by_fingerprint.get(fingerprint)
+        if schema is None:
+            raise UnknownSchema(
+                f"no known schema has CRC-64-AVRO fingerprint {fingerprint.hex()} "
+                f"(the store knows {len(self._by_fingerprint)})"
+            )
+        return schema
+
+    def __contains__(self, fingerprint: object) -> bool:
+        return fingerprint in self._by_fingerprint
+
+    def __iter__(self) -> Iterator[ParsedSchema]:
+        return iter(self._by_fingerprint.values())
+
+    def __len__(self) -> int:
+        return len(self._by_fingerprint)
+
+    def __repr__(self) -> str:
+        return f"SchemaStore({len(self)} schemas)"
+
+
+def default_schema_dir() -> Path:
+    """The directory holding ``usage_event.avsc``: the repository's ``schemas/`` when running from a
+    checkout (or an editable install), else the package-data copy in ``consumer/defaults/``."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir.parent / "schemas", package_dir / "defaults"):
+        if (candidate / DEFAULT_SCHEMA_FILE).is_file():
+            return candidate
+    raise ConfigError(
+        f"cannot find {DEFAULT_SCHEMA_FILE}: looked in {package_dir.parent / 'schemas'} "
+        f"and {package_dir / 'defaults'}"
+    )
+
+
+def default_reader_schema_path() -> Path:
+    """Path of the default reader schema, ``usage_event.avsc`` in :func:`default_schema_dir`."""
+    return default_schema_dir() / DEFAULT_SCHEMA_FILE

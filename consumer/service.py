@@ -1,0 +1,228 @@
+"""Assemble the service from ``Settings`` and run one lane per enabled destination.
+
+Start-up checks everything that can be checked before consuming, and fails with one clear message:
+the mapping compiles against the reader schema, the broker answers and the topics exist, the secrets
+are set, and Freshsuccess answers its ping. Then each lane runs in its own thread with its own consumer
+(group ``<group_id>.<destination>`` by default), sharing one delivery event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from confluent_kafka.admin import AdminClient
+
+from consumer.config import Settings, default_mapping_file
+from consumer.deadletter import DeadLetter, DeadLetterProducer
+from consumer.decoder import make_decoder
+from consumer.delivery import DeliveryLoop
+from consumer.destinations import FreshpaintDestination, FreshsuccessDestination
+from consumer.errors import ConfigError, FatalError, TransientError
+from consumer.lane import Decoder, Destination, Lane, LaneSettings, MapFn
+from consumer.mapping import CompiledMapping, load_mapping
+from consumer.registry import SchemaRegistryClient
+from consumer.schemas import SchemaStore, default_reader_schema_path, default_schema_dir, load_schema
+from consumer.sinks.freshpaint import FreshpaintSink
+from consumer.sinks.freshsuccess import FreshsuccessSink, datacenter_url
+from consumer.sinks.retry import RetryPolicy
+from consumer.source import KafkaSource, RebalanceCallback, consumer_config
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_FATAL = 3
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What start-up checks produce: the schema and the compiled mapping."""
+
+    reader_schema: dict[str, Any]
+    mapping: CompiledMapping
+    mapping_file: Path
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Load the reader schema and compile the mapping against it (``usage-consumer check`` stops here)."""
+    schema_path = settings.decoding.reader_schema or default_reader_schema_path()
+    reader_schema = load_schema(schema_path)
+    mapping_file = settings.mapping.file or default_mapping_file()
+    mapping = load_mapping(mapping_file, reader_schema)
+    return Prepared(reader_schema, mapping, mapping_file)
+
+
+def kafka_base_config(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.client_properties}
+
+
+def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
+    """The broker answers and every topic we read or write exists; else one clear error."""
+    admin = AdminClient(kafka_base_config(settings))
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except Exception as exc:
+        raise FatalError(f"Kafka at {settings.kafka.bootstrap_servers} did not answer within {timeout_s:.0f}s "
+                         f"({exc}); check kafka.bootstrap_servers and the network") from None
+    missing = [t for t in (*settings.kafka.topics, settings.kafka.dead_letter_topic) if t not in metadata.topics]
+    if missing:
+        raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on {settings.kafka.bootstrap_servers}; "
+                          "create them or fix kafka.topics / kafka.dead_letter_topic", key="kafka.topics",
+                          file=settings.source)
+
+
+def build_decoder(settings: Settings, reader_schema: dict[str, Any]) -> Decoder:
+    decoding = settings.decoding
+    registry = None
+    if decoding.framing == "confluent":
+        if not decoding.schema_registry_url:
+            raise ConfigError("confluent framing needs a schema registry URL (or SCHEMA_REGISTRY_URL)",
+                              key="decoding.schema_registry_url", file=settings.source)
+        auth = None
+        if decoding.schema_registry_user and settings.schema_registry_password is not None:
+            auth = (decoding.schema_registry_user, settings.schema_registry_password.get_secret_value())
+        registry = SchemaRegistryClient(decoding.schema_registry_url, timeout_s=decoding.schema_registry_timeout_s,
+                                        auth=auth)
+    store = SchemaStore.from_directory(decoding.schema_dir or default_schema_dir()) \
+        if decoding.framing == "single-object" else None
+    writer = load_schema(decoding.writer_schema) if decoding.writer_schema else None
+    return make_decoder(decoding.framing, reader_schema=reader_schema, registry=registry, store=store,
+                        writer_schema=writer)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(initial_backoff_s=settings.retry.initial_backoff_s, max_backoff_s=settings.retry.max_backoff_s,
+                       credentials_backoff_s=settings.retry.credentials_backoff_s)
+
+
+def build_destination(settings: Settings, name: str) -> FreshsuccessDestination | FreshpaintDestination:
+    if name == "freshsuccess":
+        fs = settings.freshsuccess
+        assert fs.auth_key is not None
+        assert fs.api_key is not None
+        return FreshsuccessDestination(FreshsuccessSink(
+            base_url=fs.base_url or datacenter_url(fs.datacenter), auth_key=fs.auth_key.get_secret_value(),
+            api_key=fs.api_key.get_secret_value(), encoding=fs.encoding, compress_level=fs.compress_level,
+            timeout_s=fs.timeout_s, retry=retry_policy(settings)))
+    fp = settings.freshpaint
+    assert fp.token is not None
+    return FreshpaintDestination(FreshpaintSink(
+        base_url=fp.base_url, token=fp.token.get_secret_value(), max_in_flight=fp.max_in_flight_requests,
+        timeout_s=fp.timeout_s, retry=retry_policy(settings)))
+
+
+def ping_freshsuccess(destination: FreshsuccessDestination, delivery: DeliveryLoop, attempts: int = 3) -> None:
+    """POST /v1/ping before consuming: a wrong base URL fails here, not after the first batch."""
+    for attempt in range(1, attempts + 1):
+        try:
+            delivery.call(destination.sink.ping, timeout_s=60)
+            log.info("destination_pinged", destination="freshsuccess", host=destination.sink.host)
+            return
+        except TransientError as exc:
+            log.warning("destination_ping_failed", destination="freshsuccess", host=destination.sink.host,
+                        attempt=attempt, error=str(exc))
+            time.sleep(min(2.0 ** attempt, 10.0))
+    log.warning("destination_unreachable_at_start", destination="freshsuccess", host=destination.sink.host)
+
+
+def lane_settings(settings: Settings) -> LaneSettings:
+    return LaneSettings(
+        consume_batch_size=settings.kafka.consume_batch_size, consume_timeout_s=settings.kafka.consume_timeout_s,
+        max_event_bytes=settings.decoding.max_event_bytes, max_events=settings.batching.max_events,
+        max_bytes=settings.batching.max_bytes, max_wait_s=settings.batching.max_wait_s,
+        max_in_flight_batches=settings.batching.max_in_flight_batches,
+        commit_interval_s=settings.commit.interval_s,
+    )
+
+
+class Service:
+    """One lane per destination, one delivery loop, one stop event."""
+
+    def __init__(self, settings: Settings, *, destinations: list[str] | None = None,
+                 on_parked: Callable[[DeadLetter], None] | None = None) -> None:
+        self.settings = settings
+        self.destinations = destinations or settings.destinations()
+        self.on_parked = on_parked
+        self.stop_event = threading.Event()
+        self.lanes: list[Lane] = []
+        self.delivery = DeliveryLoop()
+        self._threads: list[threading.Thread] = []
+        self._sinks: list[FreshsuccessDestination | FreshpaintDestination] = []
+
+    def start(self) -> None:
+        settings = self.settings
+        settings.require_secrets(self.destinations)
+        prepared = prepare(settings)
+        check_kafka(settings)
+        self.delivery.start()
+        base = kafka_base_config(settings)
+        for name in self.destinations:
+            map_fn: MapFn | None = getattr(prepared.mapping, name)
+            if map_fn is None:
+                log.warning("destination_has_no_rules", destination=name, mapping=str(prepared.mapping_file))
+                continue
+            destination = build_destination(settings, name)
+            self._sinks.append(destination)
+            if isinstance(destination, FreshsuccessDestination) and settings.freshsuccess.ping_at_start:
+                ping_freshsuccess(destination, self.delivery)
+            self.lanes.append(self._lane(name, destination, map_fn, prepared, base))
+        if not self.lanes:
+            raise ConfigError("no destination has any mapping rule: nothing to do", file=str(prepared.mapping_file))
+
+    def _lane(self, name: str, destination: Destination, map_fn: MapFn, prepared: Prepared,
+              base: dict[str, Any]) -> Lane:
+        settings = self.settings
+        group = settings.group_for(name)
+        config = consumer_config(base, group_id=group, auto_offset_reset=settings.kafka.auto_offset_reset,
+                                 session_timeout_ms=settings.kafka.session_timeout_ms,
+                                 max_poll_interval_ms=settings.kafka.max_poll_interval_ms)
+        topics = settings.kafka.topics
+
+        def source_factory(on_assign: RebalanceCallback, on_revoke: RebalanceCallback) -> KafkaSource:
+            return KafkaSource(config, topics, on_assign=on_assign, on_revoke=on_revoke)
+
+        dead_letters = DeadLetterProducer(settings.kafka.dead_letter_topic, base, on_parked=self.on_parked)
+        log.info("lane_started", destination=name, group=group, topics=list(topics))
+        return Lane(destination=destination, source_factory=source_factory,
+                    decoder=build_decoder(settings, prepared.reader_schema), map_fn=map_fn,
+                    dead_letters=dead_letters, delivery=self.delivery, settings=lane_settings(settings))
+
+    def run(self, *, shutdown_timeout_s: float = 30.0) -> int:
+        """Run every lane until ``stop_event`` is set or one of them fails; returns the exit code."""
+        for lane in self.lanes:
+            thread = threading.Thread(target=self._run_lane, args=(lane, shutdown_timeout_s),
+                                      name=f"lane-{lane.name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        while any(t.is_alive() for t in self._threads):
+            if any(lane.fatal for lane in self.lanes):
+                self.stop_event.set()
+            for thread in self._threads:
+                thread.join(0.1)
+        self.close()
+        failures = [f"{lane.name}: {lane.fatal}" for lane in self.lanes if lane.fatal]
+        for failure in failures:
+            log.error("service_stopped_on_error", reason=failure)
+        return EXIT_FATAL if failures else EXIT_OK
+
+    def _run_lane(self, lane: Lane, shutdown_timeout_s: float) -> None:
+        try:
+            lane.run(self.stop_event, shutdown_timeout_s=shutdown_timeout_s)
+        except Exception as exc:  # a bug: stop everything and say so, rather than die silently in a thread
+            log.exception("lane_crashed", destination=lane.name)
+            lane.fatal = lane.fatal or f"internal error: {type(exc).__name__}: {exc}"
+            self.stop_event.set()
+
+    def close(self) -> None:
+        for destination in self._sinks:
+            try:
+                self.delivery.call(destination.aclose, timeout_s=5)
+            except Exception as exc:  # closing is best effort at exit
+                log.warning("destination_close_failed", destination=destination.name, error=str(exc))
+        self.delivery.stop()

@@ -1,0 +1,293 @@
+"""The pipeline end to end: real broker, schema registry emulator, both destination emulators.
+
+Each test produces Avro events (Confluent framing) to a fresh topic, runs the service as ``usage-consumer
+run`` would, and asserts on what the emulators received and what the broker holds as committed offsets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from devstack import API_KEY, AUTH_KEY, TOKEN, DevStack, RunningService
+from eventgen import malformed_values, one_of_each, realistic_events
+
+from consumer.emulators.common import Fault
+from consumer.mapping.compiler import insert_id
+from tests.helpers import wait_for
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str) -> Iterator[DevStack]:
+    with DevStack(kafka_bootstrap) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh_emulators(stack: DevStack) -> None:
+    for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
+        emulator.clear_faults()
+        emulator.reset()
+
+
+def by_type(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["event_type"]: e for e in events}
+
+
+def expected_freshsuccess(e: dict[str, Any]) -> dict[str, Any] | None:
+    """What the default mapping promises Freshsuccess for one event (written out, not computed by it)."""
+    base = {"accountId": e["account_id"], "userId": e["user_id"], "createdAt": e["occurred_at"],
+            "sessionId": e["session_id"]}
+    kind = e["event_type"]
+    if kind == "feature_used":
+        out = {**base, "action": "feature", "feature": e["feature"], "module": e["module"],
+               "total": e["count"] if e["count"] is not None else 1, "product": e["product"]}
+    elif kind == "module_ended":
+        out = {**base, "action": "moduleEnd", "module": e["module"], "timeSpent": e["duration_ms"]}
+    elif kind == "session_synced":
+        out = {**base, "action": "sessionSync", "activeDuration": e["duration_ms"]}
+    elif kind == "user_identified":
+        u = e["user"]
+        out = {**base, "action": "identifyUser", "details": {**u["attributes"], "name": u["name"],
+               "email": u["email"], "role": u["role"], "createdAt": u["created_at"]}}
+    elif kind == "account_identified":
+        a = e["account"]
+        out = {**base, "action": "identifyAccount", "details": {**a["attributes"], "name": a["name"],
+               "plan": a["plan"], "mrr": a["mrr"], "createdAt": a["created_at"]}}
+    else:
+        return None
+    return out
+
+
+def expected_freshpaint(e: dict[str, Any], topic: str, partition: int, offset: int) -> dict[str, Any]:
+    props: dict[str, Any] = {"distinct_id": e["user_id"], "time": e["occurred_at"] / 1000,
+                             "$insert_id": insert_id(e["event_id"], topic, partition, offset, 0),
+                             "token": TOKEN}
+    if e["device_id"] is not None:
+        props["$device_id"] = e["device_id"]
+    kind = e["event_type"]
+    if kind == "feature_used":
+        name = "Feature Used"
+        props.update(e["properties"])
+        props.update(feature=e["feature"], module=e["module"], product=e["product"],
+                     count=e["count"] if e["count"] is not None else 1, account_id=e["account_id"])
+    elif kind == "module_ended":
+        name = "Module Ended"
+        props.update(e["properties"])
+        props.update(module=e["module"], product=e["product"], duration_ms=e["duration_ms"],
+                     account_id=e["account_id"])
+    elif kind == "session_synced":
+        name = "Session Synced"
+        props.update(e["properties"])
+        props.update(duration_ms=e["duration_ms"], account_id=e["account_id"])
+    elif kind == "user_identified":
+        name = "$identify"
+        u = e["user"]
+        props["$user_props"] = {**u["attributes"], "name": u["name"], "email": u["email"], "role": u["role"],
+                                "account_id": e["account_id"], "created_at": u["created_at"] / 1000}
+    elif kind == "account_identified":
+        name = "Account Identified"
+        a = e["account"]
+        props.update(account_id=e["account_id"], account_name=a["name"], plan=a["plan"], mrr=a["mrr"])
+    else:
+        name = "Page Viewed"
+        props.update(e["properties"])
+        props.update(product=e["product"], module=e["module"], account_id=e["account_id"])
+    return {"event": name, "properties": props}
+
+
+def test_each_action_and_event_kind_arrives_as_the_exact_documented_request(stack: DevStack) -> None:
+    topic, dlq = stack.topics(partitions=1)
+    schema_id = stack.register(topic)
+    events = one_of_each()
+    stack.produce_events(topic, schema_id, events)
+    settings = stack.settings(topic, dlq)
+
+    with RunningService(settings):
+        fs_events = stack.emulators.freshsuccess.wait_for_events(5, timeout_s=60)
+        fp_events = stack.emulators.freshpaint.wait_for_events(6, timeout_s=60)
+
+    # Freshsuccess: one gzip NDJSON POST to /v1/{authKey}/{apiKey} carrying all five actions.
+    requests = [r for r in stack.emulators.freshsuccess.requests() if r.path != "/v1/ping"]
+    assert len(requests) == 1
+    request = requests[0]
+    assert request.method == "POST"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["content-encoding"] == "gzip"
+    assert int(request.headers["content-length"]) == len(request.body)
+    body = gzip.decompress(request.body)
+    lines = body.split(b"\n")
+    assert lines[-1] == b""
+    assert not body.startswith(b"[")
+    sent = [orjson.loads(line) for line in lines[:-1]]
+    assert sent == [x for x in (expected_freshsuccess(e) for e in events) if x is not None]
+    assert sent == fs_events
+    assert stack.emulators.freshsuccess.violations() == []
+    assert stack.emulators.freshsuccess.dropped() == []
+
+    # Freshpaint: one POST /track per event, each a single JSON object with the token and $insert_id.
+    fp_requests = stack.emulators.freshpaint.requests()
+    assert all(r.path == "/track" and r.headers["content-type"] == "application/json" for r in fp_requests)
+    received = {r["event"]: r for r in (orjson.loads(r.body) for r in fp_requests)}
+    for offset, e in enumerate(events):
+        want = expected_freshpaint(e, topic, 0, offset)
+        assert received[want["event"]] == want
+    assert len(fp_events) == 6
+    assert stack.emulators.freshpaint.violations() == []
+
+
+def test_deflate_and_plain_encodings_and_integration_routing(stack: DevStack, tmp_path: Path) -> None:
+    topic, dlq = stack.topics(partitions=1)
+    schema_id = stack.register(topic)
+    events = [e for e in one_of_each() if e["event_type"] in ("feature_used", "page_viewed")]
+    stack.produce_events(topic, schema_id, events)
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text("""
+version: 1
+defaults:
+  freshsuccess:
+    accountId: {field: account_id}
+    userId: {field: user_id}
+    sessionId: {field: session_id, default: "{user_id}"}
+    createdAt: {field: occurred_at, convert: epoch_ms}
+  freshpaint:
+    distinct_id: {field: user_id}
+    time: {field: occurred_at, convert: epoch_ms_to_s}
+    $insert_id: {insert_id: true}
+rules:
+  - name: features
+    when: {event_type: feature_used}
+    freshsuccess: [{action: feature, fields: {feature: {field: feature}, module: {field: module}, total: 1}}]
+  - name: pages-to-mixpanel-only
+    when: {event_type: page_viewed}
+    freshpaint:
+      - event: {template: "Viewed {module}"}
+        properties: {path: {field: properties.path}}
+        integrations: {All: false, Mixpanel: true}
+""")
+    settings = stack.settings(topic, dlq, freshsuccess={"encoding": "deflate"}, mapping={"file": str(mapping)})
+    with RunningService(settings):
+        stack.emulators.freshsuccess.wait_for_events(1, timeout_s=60)
+        fp = stack.emulators.freshpaint.wait_for_events(1, timeout_s=60)
+    request = next(r for r in stack.emulators.freshsuccess.requests() if r.path != "/v1/ping")
+    assert request.headers["content-encoding"] == "deflate"
+    assert orjson.loads(zlib.decompress(request.body))["action"] == "feature"
+    page = events[1]
+    assert fp[0]["event"] == f"Viewed {page['module']}"
+    assert fp[0]["properties"]["$options"] == {"integrations": {"All": False, "Mixpanel": True}}
+    assert fp[0]["properties"]["path"] == page["properties"]["path"]
+
+    topic2, dlq2 = stack.topics(partitions=1)
+    stack.produce_events(topic2, stack.register(topic2), events[:1])
+    stack.emulators.freshsuccess.reset()
+    settings = stack.settings(topic2, dlq2, freshsuccess={"encoding": "none"}, freshpaint={"enabled": False},
+                              mapping={"file": str(mapping)})
+    with RunningService(settings):
+        stack.emulators.freshsuccess.wait_for_events(1, timeout_s=60)
+    request = next(r for r in stack.emulators.freshsuccess.requests() if r.path != "/v1/ping")
+    assert "content-encoding" not in request.headers
+    assert orjson.loads(request.body)["feature"] == events[0]["feature"]
+
+
+def test_nothing_is_committed_while_a_destination_fails_and_everything_after_it_recovers(stack: DevStack) -> None:
+    topic, dlq = stack.topics(partitions=3)
+    schema_id = stack.register(topic)
+    events = list(realistic_events(600, seed=3))
+    fs_expected = sum(1 for e in events if expected_freshsuccess(e) is not None)
+    stack.emulators.freshsuccess.inject(Fault(status=503, duration_s=600))
+    stack.produce_events(topic, schema_id, events)
+    settings = stack.settings(topic, dlq)
+    fs_group, fp_group = settings.group_for("freshsuccess"), settings.group_for("freshpaint")
+    end = stack.end_offsets(topic)
+
+    with RunningService(settings) as running:
+        # Freshpaint is isolated from the Freshsuccess outage: it delivers everything and commits to the end.
+        stack.emulators.freshpaint.wait_for_events(len(events), timeout_s=90)
+        wait_for(lambda: stack.committed(fp_group, topic) == end, timeout_s=30, what="freshpaint commits")
+        # Freshsuccess has been failing all along: retried, nothing accepted, nothing committed.
+        wait_for(lambda: stack.emulators.freshsuccess.stats()["faults_injected"] >= 3, timeout_s=30,
+                 what="freshsuccess retries")
+        assert stack.emulators.freshsuccess.events() == []
+        assert stack.committed(fs_group, topic) == {}
+        assert running.lane("freshsuccess").stats.delivered_events == 0
+
+        stack.emulators.freshsuccess.clear_faults()
+        stack.emulators.freshsuccess.wait_for_events(fs_expected, timeout_s=90)
+        wait_for(lambda: stack.committed(fs_group, topic) == end, timeout_s=30, what="freshsuccess commits")
+
+    received = stack.emulators.freshsuccess.events()
+    def canonical(event: dict[str, Any]) -> bytes:
+        return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+
+    assert sorted(map(canonical, received)) == sorted(
+        canonical(x) for x in (expected_freshsuccess(e) for e in events) if x is not None)
+
+
+def test_malformed_records_are_dead_lettered_and_the_partition_moves_past_them(stack: DevStack) -> None:
+    topic, dlq = stack.topics(partitions=1)
+    schema_id = stack.register(topic)
+    good = list(realistic_events(40, seed=5))
+    values = [stack.encode(schema_id, e) for e in good]
+    bad = malformed_values(schema_id, values[0])
+    # interleave: bad records sit between valid ones in the same partition
+    stream: list[tuple[bytes | None, bytes]] = []
+    for i, value in enumerate(values):
+        stream.append((b"k", value))
+        if i % 10 == 5:
+            stream.append((b"bad", bad[i // 10][1]))
+    stack.produce(topic, stream, partition=0)
+    settings = stack.settings(topic, dlq, freshsuccess={"enabled": False})
+    group = settings.group_for("freshpaint")
+
+    with RunningService(settings) as running:
+        stack.emulators.freshpaint.wait_for_events(len(good), timeout_s=60)
+        end = stack.end_offsets(topic)
+        wait_for(lambda: stack.committed(group, topic) == end, timeout_s=30, what="commit past the bad records")
+        stats = running.lane("freshpaint").stats
+
+    assert sum(stats.dead_lettered.values()) == len(bad)
+    letters = stack.read_all(dlq)
+    assert len(letters) == len(bad)
+    offsets = {i for i, (key, _) in enumerate(stream) if key == b"bad"}
+    for letter in letters:
+        headers = {k: v.decode() for k, v in letter.headers()}
+        offset = int(headers["dlq.source_offset"])
+        assert offset in offsets
+        reason, value = next(b for b in bad if b[1] == stream[offset][1])
+        assert headers["dlq.reason"] == reason
+        assert headers["dlq.source_topic"] == topic
+        assert headers["dlq.source_partition"] == "0"
+        assert headers["dlq.destination"] == "freshpaint"
+        assert headers["dlq.error_class"]
+        assert headers["dlq.error_message"]
+        assert "dlq.consumer_version" in headers
+        assert letter.value() == value
+        assert letter.key() == b"bad"
+
+
+def test_freshsuccess_400_stops_the_lane_without_committing_or_leaking_keys(
+    stack: DevStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic, dlq = stack.topics(partitions=1)
+    schema_id = stack.register(topic)
+    stack.produce_events(topic, schema_id, list(realistic_events(20, seed=9)))
+    settings = stack.settings(topic, dlq, freshpaint={"enabled": False})
+    stack.emulators.freshsuccess.inject(Fault(status=400, count=100))
+    running = RunningService(settings)
+    with running:
+        wait_for(lambda: running.exit_code is not None, timeout_s=60, what="the service to stop itself")
+    assert running.exit_code == 3
+    lane = running.lane("freshsuccess")
+    assert lane.fatal is not None
+    assert "400" in lane.fatal
+    assert AUTH_KEY not in lane.fatal
+    assert API_KEY not in lane.fatal
+    assert stack.committed(settings.group_for("freshsuccess"), topic) == {}
+    out = capsys.readouterr()
+    assert AUTH_KEY not in out.out + out.err
+    assert API_KEY not in out.out + out.err

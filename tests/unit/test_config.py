@@ -1,0 +1,76 @@
+"""Configuration: parsed once, unknown keys refused, bad values named with file and line, secrets hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumer.config import load_settings
+from consumer.errors import ConfigError
+
+ENV = {"FRESHSUCCESS_AUTH_KEY": "auth-secret-123", "FRESHSUCCESS_API_KEY": "api-secret-456",
+       "FRESHPAINT_TOKEN": "token-secret-789"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "kafka:\n  topics: [a, b]\n  group_id: g\nbatching:\n  max_events: 500\n")
+    settings = load_settings(path, environ={**ENV, "KAFKA_BOOTSTRAP_SERVERS": "broker:9093"})
+    assert settings.kafka.topics == ("a", "b")
+    assert settings.kafka.bootstrap_servers == "broker:9093"
+    assert settings.batching.max_events == 500
+    assert settings.group_for("freshsuccess") == "g.freshsuccess"
+    assert settings.freshsuccess.auth_key is not None
+    assert settings.freshsuccess.auth_key.get_secret_value() == "auth-secret-123"
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path: Path) -> None:
+    path = write(tmp_path, "kafka:\n  topics: [a]\n\nbatching:\n  max_event: 10\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=ENV)
+    err = info.value
+    assert (err.file, err.line, err.key) == (str(path), 5, "batching.max_event")
+    assert "did you mean 'max_events'" in str(err)
+
+
+def test_bad_value_names_the_key_and_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "freshsuccess:\n  datacenter: mars\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=ENV)
+    assert info.value.line == 2
+    assert info.value.key == "freshsuccess.datacenter"
+    assert "mars" in str(info.value)
+
+
+def test_secrets_in_the_file_are_refused_without_echoing_them(tmp_path: Path) -> None:
+    path = write(tmp_path, "freshpaint:\n  token: leaked-token-value\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=ENV)
+    assert "environment" in str(info.value)
+    assert "leaked-token-value" not in str(info.value)
+    assert info.value.line == 2
+
+
+def test_repr_never_shows_secrets(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "{}\n"), environ=ENV)
+    text = repr(settings) + str(settings) + settings.model_dump_json()
+    for secret in ENV.values():
+        assert secret not in text
+
+
+def test_missing_secrets_name_the_variables(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "{}\n"), environ={})
+    with pytest.raises(ConfigError, match="FRESHSUCCESS_AUTH_KEY, FRESHSUCCESS_API_KEY, FRESHPAINT_TOKEN"):
+        settings.require_secrets(["freshsuccess", "freshpaint"])
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "{}\n"), environ=ENV)
+    with pytest.raises(Exception, match="frozen"):
+        settings.kafka.group_id = "other"  # type: ignore[misc]

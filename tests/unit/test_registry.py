@@ -1,0 +1,325 @@
+"""The Schema Registry client sorts every registry answer into what the consumer should do, and the
+emulator behaves like the Confluent registry for the REST subset the project uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from consumer.emulators.schema_registry import SchemaRegistryEmulator, main
+from consumer.errors import FatalError, TransientError, UnknownSchema
+from consumer.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClient
+from consumer.schemas import default_schema_dir, load_schema
+from tests.helpers import wait_for
+
+CURRENT = load_schema(default_schema_dir() / "usage_event.avsc")
+V1 = load_schema(default_schema_dir() / "usage_event.v1.avsc")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mock_client(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any
+                ) -> tuple[SchemaRegistryClient, list[httpx.Request]]:
+    """A client whose HTTP requests go to ``handler``; also returns the list of requests it received."""
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    client = SchemaRegistryClient("http://registry.test:8081", transport=httpx.MockTransport(record), **kwargs)
+    return client, seen
+
+
+def registry_json(status: int, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, content=json.dumps(body).encode(),
+                          headers={"Content-Type": REGISTRY_CONTENT_TYPE, **(headers or {})})
+
+
+# -------------------------------------------------------------------------------------------------- client
+
+
+def test_get_schema_asks_once_per_id() -> None:
+    client, seen = mock_client(lambda request: registry_json(200, {"schema": json.dumps(CURRENT)}))
+    for _ in range(3):
+        assert client.get_schema(7) == CURRENT
+    assert [str(r.url) for r in seen] == ["http://registry.test:8081/schemas/ids/7"]
+    assert "vnd.schemaregistry.v1+json" in seen[0].headers["accept"]
+
+
+def test_schema_not_found_is_unknown_schema_and_remembered_for_a_while() -> None:
+    client, seen = mock_client(lambda r: registry_json(404, {"error_code": 40403, "message": "Schema not found"}))
+    for _ in range(3):
+        with pytest.raises(UnknownSchema, match=r"schema id 9 is not known to the schema registry at registry\.test"):
+            client.get_schema(9)
+    assert len(seen) == 1  # a burst of events with a bad id costs one request
+
+
+def test_unknown_ids_are_asked_again_after_the_ttl() -> None:
+    client, seen = mock_client(lambda r: registry_json(404, {"error_code": 40403, "message": "Schema not found"}),
+                               unknown_id_ttl_s=0.0)
+    for _ in range(2):
+        with pytest.raises(UnknownSchema):
+            client.get_schema(9)
+    assert len(seen) == 2
+
+
+def test_a_404_that_is_not_from_a_registry_is_fatal_not_unknown_schema() -> None:
+    """A wrong URL must stop the consumer, not dead-letter every event as 'unknown schema'."""
+    client, _ = mock_client(lambda r: httpx.Response(404, text="<html>Not Found</html>"))
+    with pytest.raises(FatalError, match="404"):
+        client.get_schema(1)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408])
+def test_server_errors_and_throttling_are_transient(status: int) -> None:
+    client, seen = mock_client(lambda r: registry_json(status, {"error_code": status * 100, "message": "busy"},
+                                                       {"Retry-After": "3"}))
+    with pytest.raises(TransientError, match=f"answered {status}") as caught:
+        client.get_schema(1)
+    assert caught.value.retry_after_s == 3.0
+    with pytest.raises(TransientError):
+        client.get_schema(1)
+    assert len(seen) == 2  # failures are not cached
+
+
+@pytest.mark.parametrize("exc", [httpx.ReadTimeout("slow"), httpx.ConnectTimeout("slow")])
+def test_timeouts_are_transient(exc: Exception) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    client, _ = mock_client(handler)
+    with pytest.raises(TransientError, match="timed out"):
+        client.get_schema(1)
+
+
+def test_connection_refused_is_transient() -> None:
+    down = SchemaRegistryEmulator().start()
+    url = down.url
+    down.stop()
+    with SchemaRegistryClient(url, timeout_s=2.0) as client, pytest.raises(TransientError, match="unreachable"):
+        client.get_schema(1)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_bad_credentials_are_fatal_and_never_echoed(status: int) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return registry_json(status, {"error_code": status, "message": "Unauthorized"})
+
+    client = SchemaRegistryClient("https://sr.example.com", auth=("key-id", "s3cret-value"),
+                                  transport=httpx.MockTransport(handler))
+    with pytest.raises(FatalError, match="credentials") as caught:
+        client.get_schema(1)
+    assert seen[0].headers["authorization"].startswith("Basic ")
+    for text in (str(caught.value), repr(client)):
+        assert "s3cret-value" not in text
+        assert "key-id" not in text
+
+
+def test_credentials_in_the_url_stay_out_of_messages() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"].startswith("Basic ")
+        return registry_json(503, {"error_code": 50301, "message": "down"})
+
+    client = SchemaRegistryClient("https://user:pa55word@sr.example.com/prefix",
+                                  transport=httpx.MockTransport(handler))
+    with pytest.raises(TransientError) as caught:
+        client.get_schema(1)
+    assert "pa55word" not in str(caught.value)
+    assert "sr.example.com" in str(caught.value)
+    assert "pa55word" not in repr(client)
+
+
+def test_a_url_path_prefix_is_kept() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return registry_json(200, {"schema": json.dumps(CURRENT)})
+
+    SchemaRegistryClient("http://proxy.test/registry", transport=httpx.MockTransport(handler)).get_schema(3)
+    assert seen == ["/registry/schemas/ids/3"]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"schema": json.dumps(CURRENT), "schemaType": "PROTOBUF"}, "PROTOBUF"),
+        ({"schema": "{not json"}, "not valid JSON"),
+        ({"schema": '"string"'}, "not an Avro named type"),
+        ({"schema": json.dumps(CURRENT), "references": [{"name": "x", "subject": "y", "version": 1}]},
+         "references"),
+    ],
+)
+def test_schemas_the_consumer_cannot_use_are_unknown_schema(body: dict[str, Any], error: str) -> None:
+    client, _ = mock_client(lambda r: registry_json(200, body))
+    with pytest.raises(UnknownSchema, match=error):
+        client.get_schema(4)
+
+
+@pytest.mark.parametrize("response", [httpx.Response(200, text="<html>hello</html>"),
+                                      httpx.Response(200, json={"id": 1})])
+def test_answers_that_are_not_from_a_registry_are_fatal(response: httpx.Response) -> None:
+    client, _ = mock_client(lambda r: response)
+    with pytest.raises(FatalError, match="registry URL"):
+        client.get_schema(1)
+
+
+def test_registry_url_must_be_http() -> None:
+    with pytest.raises(ValueError, match="http"):
+        SchemaRegistryClient("ftp://registry")
+
+
+# ------------------------------------------------------------------------------------- client + emulator
+
+
+@pytest.fixture
+def emulator() -> Iterator[SchemaRegistryEmulator]:
+    with SchemaRegistryEmulator() as em:
+        yield em
+
+
+def test_register_then_fetch_by_id(emulator: SchemaRegistryEmulator) -> None:
+    with SchemaRegistryClient(emulator.url) as producer, SchemaRegistryClient(emulator.url) as consumer:
+        v1_id = producer.register("usage-events-value", V1)
+        current_id = producer.register("usage-events-value", CURRENT)
+        assert v1_id != current_id
+        assert consumer.get_schema(v1_id) == V1
+        assert consumer.get_schema(current_id) == CURRENT
+
+
+def test_same_schema_gets_the_same_id_across_subjects(emulator: SchemaRegistryEmulator) -> None:
+    with SchemaRegistryClient(emulator.url) as client:
+        first = client.register("a-value", CURRENT)
+        assert client.register("a-value", CURRENT) == first
+        reordered = dict(reversed(list(CURRENT.items())))  # key order and spacing do not matter
+        assert client.register("b-value", reordered) == first
+        assert client.register("a-value", V1) != first
+    assert httpx.get(f"{emulator.url}/subjects/a-value/versions").json() == [1, 2]
+    assert httpx.get(f"{emulator.url}/subjects/b-value/versions").json() == [1]
+
+
+def test_register_an_invalid_schema_is_fatal_with_the_registry_message(emulator: SchemaRegistryEmulator) -> None:
+    with SchemaRegistryClient(emulator.url) as client, pytest.raises(FatalError, match="42201"):
+        client.register("bad-value", {"type": "record", "name": "R", "fields": [{"name": "a"}]})
+
+
+def test_register_while_the_registry_fails_is_transient(emulator: SchemaRegistryEmulator) -> None:
+    emulator.fail_with(503)
+    with SchemaRegistryClient(emulator.url) as client, pytest.raises(TransientError, match="503"):
+        client.register("usage-events-value", CURRENT)
+
+
+# ----------------------------------------------------------------------------------------- emulator REST
+
+
+def test_emulator_rest_subset(emulator: SchemaRegistryEmulator) -> None:
+    url = emulator.url
+    body = json.dumps({"schema": json.dumps(V1)})
+    headers = {"Content-Type": REGISTRY_CONTENT_TYPE}
+    registered = httpx.post(f"{url}/subjects/usage-events-value/versions", content=body, headers=headers)
+    assert registered.status_code == 200
+    assert registered.headers["content-type"] == REGISTRY_CONTENT_TYPE
+    assert registered.json() == {"id": 1}
+    httpx.post(f"{url}/subjects/usage-events-value/versions",
+               content=json.dumps({"schema": json.dumps(CURRENT)}), headers=headers)
+
+    assert json.loads(httpx.get(f"{url}/schemas/ids/1").json()["schema"]) == V1
+    assert httpx.get(f"{url}/subjects").json() == ["usage-events-value"]
+    assert httpx.get(f"{url}/subjects/usage-events-value/versions").json() == [1, 2]
+    latest = httpx.get(f"{url}/subjects/usage-events-value/versions/latest").json()
+    assert (latest["subject"], latest["version"], latest["id"]) == ("usage-events-value", 2, 2)
+    assert json.loads(latest["schema"]) == CURRENT
+    assert httpx.get(f"{url}/subjects/usage-events-value/versions/1").json()["id"] == 1
+    found = httpx.post(f"{url}/subjects/usage-events-value", content=body, headers=headers).json()
+    assert (found["version"], found["id"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "error_code"),
+    [
+        ("GET", "/schemas/ids/42", None, 404, 40403),
+        ("GET", "/subjects/nope/versions", None, 404, 40401),
+        ("GET", "/subjects/nope/versions/latest", None, 404, 40401),
+        ("GET", "/subjects/usage-events-value/versions/9", None, 404, 40402),
+        ("GET", "/subjects/usage-events-value/versions/first", None, 422, 42202),
+        ("POST", "/subjects/x/versions", {"schema": '{"type": "nope"}'}, 422, 42201),
+        ("POST", "/subjects/x/versions", {"schema": json.dumps(CURRENT), "schemaType": "JSON"}, 422, 42201),
+        ("POST", "/subjects/x/versions", {"not": "a schema"}, 422, 42201),
+        ("POST", "/subjects/usage-events-value", {"schema": json.dumps(V1)}, 404, 40403),
+        ("GET", "/no/such/path", None, 404, 404),
+    ],
+)
+def test_emulator_errors_use_confluent_codes(emulator: SchemaRegistryEmulator, method: str, path: str,
+                                              body: Any, status: int, error_code: int) -> None:
+    emulator.register("usage-events-value", CURRENT)
+    response = httpx.request(method, emulator.url + path, json=body)
+    assert response.status_code == status
+    assert response.json()["error_code"] == error_code
+    assert response.json()["message"]
+    assert response.headers["content-type"] == REGISTRY_CONTENT_TYPE
+
+
+def test_emulator_failure_mode_answers_every_request_until_cleared(emulator: SchemaRegistryEmulator) -> None:
+    schema_id = emulator.register("usage-events-value", CURRENT)
+    emulator.fail_with(503)
+    response = httpx.get(f"{emulator.url}/schemas/ids/{schema_id}")
+    assert response.status_code == 503
+    assert response.json()["error_code"] == 50301
+    emulator.fail_with(None)
+    assert httpx.get(f"{emulator.url}/schemas/ids/{schema_id}").status_code == 200
+    assert emulator.request_count("GET", f"/schemas/ids/{schema_id}") == 2
+
+
+def test_emulator_stop_closes_keep_alive_connections() -> None:
+    emulator = SchemaRegistryEmulator().start()
+    schema_id = emulator.register("usage-events-value", CURRENT)
+    with httpx.Client(base_url=emulator.url) as client:
+        assert client.get(f"/schemas/ids/{schema_id}").status_code == 200  # the connection is now pooled
+        emulator.stop()
+        with pytest.raises(httpx.TransportError):
+            client.get(f"/schemas/ids/{schema_id}")
+
+
+# ------------------------------------------------------------------------------------------- emulator CLI
+
+
+def test_emulator_cli_serves_preloaded_schemas_until_sigterm(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    schema_path = default_schema_dir() / "usage_event.avsc"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "consumer.emulators.schema_registry", "--port", "0", "--ready-file", str(ready),
+         "--register", f"usage-events-value={schema_path}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        wait_for(ready.exists, timeout_s=30.0, what="the emulator's ready file")
+        info = json.loads(ready.read_text())
+        assert info["pid"] == proc.pid
+        latest = httpx.get(f"{info['schema_registry_url']}/subjects/usage-events-value/versions/latest").json()
+        assert json.loads(latest["schema"]) == CURRENT
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30.0) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30.0)
+    out, _ = proc.communicate()
+    assert "registered usage-events-value as schema id 1" in out
+
+
+def test_emulator_cli_rejects_a_bad_register_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--register", "no-equals-sign"]) == 2
+    assert "SUBJECT=PATH" in capsys.readouterr().err
