@@ -241,7 +241,11 @@ def test_an_unwritable_dead_letter_topic_stops_the_lane_before_committing_past_t
     batch = messages(20, partitions=1)
     batch[7]._value = b"bad"
     lane, source = make_lane(batch, destination, BrokenDeadLetters(), Decoder(), delivery)
-    wait_for(lambda: lane.step() or lane.fatal, timeout_s=10, what="the lane to stop")
+    def stopped() -> bool:
+        lane.step()
+        return lane.fatal is not None
+
+    wait_for(stopped, timeout_s=10, what="the lane to stop")
     assert lane.fatal is not None
     assert "refused 7" in lane.fatal
     assert all(offset <= 7 for commit in source.commits for offset in commit.values())
