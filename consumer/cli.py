@@ -66,8 +66,10 @@ def _report(exc: BaseException, debug: bool, what: str) -> None:
 
 def _check(config: Path | None) -> int:
     from consumer.config import load_settings
+    from consumer.logs import configure_logging
     from consumer.service import prepare
 
+    configure_logging(level="warning")
     settings = load_settings(config)
     prepared = prepare(settings)
     lanes = [name for name in settings.destinations() if getattr(prepared.mapping, name) is not None]

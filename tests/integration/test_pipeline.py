@@ -291,3 +291,73 @@ def test_freshsuccess_400_stops_the_lane_without_committing_or_leaking_keys(
     out = capsys.readouterr()
     assert AUTH_KEY not in out.out + out.err
     assert API_KEY not in out.out + out.err
+
+
+def test_freshpaint_rejections_are_dead_lettered_with_the_response_and_the_rest_delivered(stack: DevStack) -> None:
+    topic, dlq = stack.topics(partitions=1)
+    schema_id = stack.register(topic)
+    events = [e for e in realistic_events(30, seed=21)]
+    stack.produce_events(topic, schema_id, events)
+    settings = stack.settings(topic, dlq, freshsuccess={"enabled": False},
+                              freshpaint={"max_in_flight_requests": 1})
+    stack.emulators.freshpaint.inject(Fault(status=422, count=2))
+    with RunningService(settings):
+        stack.emulators.freshpaint.wait_for_events(len(events) - 2, timeout_s=60)
+        end = stack.end_offsets(topic)
+        wait_for(lambda: stack.committed(settings.group_for("freshpaint"), topic) == end, timeout_s=30,
+                 what="commit past the rejected events")
+    letters = stack.read_all(dlq)
+    assert len(letters) == 2
+    for letter in letters:
+        headers = {k: v.decode() for k, v in letter.headers()}
+        assert headers["dlq.reason"] == "rejected"
+        assert headers["dlq.response_status"] == "422"
+        assert headers["dlq.destination"] == "freshpaint"
+    rejected_offsets = {int(dict(letter.headers())["dlq.source_offset"]) for letter in letters}
+    delivered_ids = {e["properties"]["$insert_id"] for e in stack.emulators.freshpaint.events()}
+    for offset, event in enumerate(events):
+        assert (event["event_id"] in delivered_ids) != (offset in rejected_offsets)
+
+
+def test_bad_credentials_pause_the_destination_without_dead_letters_until_fixed(stack: DevStack) -> None:
+    topic, dlq = stack.topics(partitions=2)
+    schema_id = stack.register(topic)
+    events = list(realistic_events(50, seed=22))
+    stack.produce_events(topic, schema_id, events)
+    settings = stack.settings(topic, dlq, freshsuccess={"enabled": False})
+    group = settings.group_for("freshpaint")
+    stack.emulators.freshpaint.inject(Fault(status=401, duration_s=600))
+    with RunningService(settings) as running:
+        sink = running.lane("freshpaint").destination.sink
+        wait_for(lambda: sink.state == "bad_credentials", timeout_s=30, what="the sink to report bad credentials")
+        wait_for(lambda: stack.emulators.freshpaint.stats()["faults_injected"] >= 2, timeout_s=30,
+                 what="a retry with the same credentials")
+        assert stack.committed(group, topic) == {}
+        assert sum(running.lane("freshpaint").stats.dead_lettered.values()) == 0
+        stack.emulators.freshpaint.clear_faults()
+        stack.emulators.freshpaint.wait_for_events(len(events), timeout_s=60)
+        end = stack.end_offsets(topic)
+        wait_for(lambda: stack.committed(group, topic) == end, timeout_s=30, what="commits after the fix")
+        assert sink.state == "ok"
+    assert stack.read_all(dlq) == []
+
+
+def test_a_schema_registry_outage_delays_events_but_never_dead_letters_them(stack: DevStack) -> None:
+    topic, dlq = stack.topics(partitions=1)
+    schema_id = stack.register(topic)
+    events = list(realistic_events(20, seed=23))
+    stack.produce_events(topic, schema_id, events)
+    settings = stack.settings(topic, dlq, freshsuccess={"enabled": False})
+    stack.registry.fail_with(503)
+    try:
+        with RunningService(settings) as running:
+            lane = running.lane("freshpaint")
+            wait_for(lambda: lane.stats.transient_failures >= 2, timeout_s=30, what="decode retries")
+            assert stack.emulators.freshpaint.events() == []
+            stack.registry.fail_with(None)
+            stack.emulators.freshpaint.wait_for_events(len(events), timeout_s=60)
+    finally:
+        stack.registry.fail_with(None)
+    assert stack.read_all(dlq) == []
+    assert sorted(e["properties"]["$insert_id"] for e in stack.emulators.freshpaint.events()) == \
+        sorted(e["event_id"] for e in events)
