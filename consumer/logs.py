@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, Literal
+from typing import Any, Literal, TextIO, cast
 
 import orjson
 import structlog
@@ -43,10 +43,23 @@ class SecretScrubber:
         return {key: self.scrub(value) for key, value in event.items()}
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap it), never a stale handle."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(*, level: str = "info", fmt: Literal["auto", "json", "console"] = "auto",
                       secrets: Iterable[str] = (), stream: Any = None) -> None:
     """Configure structlog once for the process (the CLI calls this before anything logs)."""
-    out = stream if stream is not None else sys.stderr
+    out = stream if stream is not None else _CurrentStderr()
     console = fmt == "console" or (fmt == "auto" and hasattr(out, "isatty") and out.isatty())
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if console
                      else structlog.processors.JSONRenderer(serializer=_json_dumps))
@@ -60,6 +73,6 @@ def configure_logging(*, level: str = "info", fmt: Literal["auto", "json", "cons
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(cast("TextIO", out)),
         cache_logger_on_first_use=False,
     )

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from consumer.cli import main
+
+
+@pytest.fixture(autouse=True)
+def default_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()  # the CLI configures logging for the process; give later tests theirs back
 
 
 def test_check_accepts_the_shipped_defaults(capsys: pytest.CaptureFixture[str]) -> None:
