@@ -31,6 +31,7 @@ class Batch:
     destination: str
     work: Work
     opened_at: float
+    submitted_at: float = 0.0
     batch_id: int = field(default_factory=lambda: next(_batch_ids))
     events: int = 0
     messages: int = 0

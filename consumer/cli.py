@@ -28,8 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="configuration YAML (default: built-in defaults + environment)")
     run.add_argument("--destination", action="append", choices=["freshsuccess", "freshpaint"],
                      help="run only this destination's lane (repeatable; default: every enabled destination)")
-    run.add_argument("--shutdown-timeout-s", type=float, default=25.0,
-                     help="how long SIGTERM may take to flush in-flight batches (default 25)")
+    run.add_argument("--shutdown-timeout-s", type=float, default=None,
+                     help="how long SIGTERM may take to flush in-flight batches (default: shutdown.timeout_s)")
 
     check = commands.add_parser("check", help="validate the configuration and the mapping, then exit")
     check.add_argument("--config", type=Path)
@@ -78,16 +78,13 @@ def _check(config: Path | None) -> int:
     return 0
 
 
-def _run(config: Path | None, destinations: list[str] | None, shutdown_timeout_s: float) -> int:
+def _run(config: Path | None, destinations: list[str] | None, shutdown_timeout_s: float | None) -> int:
     from consumer.config import load_settings
     from consumer.logs import configure_logging
     from consumer.service import Service
 
     settings = load_settings(config)
-    secrets = [s.get_secret_value() for s in (settings.freshsuccess.auth_key, settings.freshsuccess.api_key,
-                                               settings.freshpaint.token, settings.schema_registry_password)
-               if s is not None]
-    configure_logging(level=settings.logging.level, fmt=settings.logging.format, secrets=secrets)
+    configure_logging(level=settings.logging.level, fmt=settings.logging.format, secrets=settings.secret_values())
     service = Service(settings, destinations=destinations)
     signals = 0
 
@@ -107,7 +104,8 @@ def _run(config: Path | None, destinations: list[str] | None, shutdown_timeout_s
     except (ConfigError, FatalError):
         service.close()
         raise
-    code = service.run(shutdown_timeout_s=shutdown_timeout_s)
+    deadline_s = settings.shutdown.timeout_s if shutdown_timeout_s is None else shutdown_timeout_s
+    code = service.run(shutdown_timeout_s=deadline_s)
     for lane in service.lanes:
         if lane.fatal:
             print(f"usage-consumer: {lane.name} stopped: {lane.fatal}", file=sys.stderr)

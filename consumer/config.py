@@ -30,6 +30,16 @@ class _Section(BaseModel):
 
 class KafkaConfig(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    """The password comes from ``KAFKA_SASL_PASSWORD``."""
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    """The key's password, if any, comes from ``KAFKA_SSL_KEY_PASSWORD``."""
+    group_protocol: Literal["classic", "consumer"] = "classic"
+    """``classic`` with cooperative-sticky assignment, or ``consumer`` (KIP-848, brokers 4.0+)."""
     topics: tuple[str, ...] = ("usage-events",)
     group_id: str = "usage-consumer"
     group_per_destination: bool = True
@@ -40,6 +50,10 @@ class KafkaConfig(_Section):
     consume_timeout_s: float = Field(0.1, gt=0, le=10)
     session_timeout_ms: int = Field(45_000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
+    revocation_timeout_s: float = Field(15.0, gt=0)
+    """How long a revoked partition's in-flight work may take to finish before it is abandoned (uncommitted)."""
+    prefetch_max_kbytes: int = Field(16_384, ge=1024)
+    """librdkafka's ``queued.max.messages.kbytes``: the bound on fetched-but-unprocessed data in memory."""
     client_properties: dict[str, str] = Field(default_factory=dict)
     """Extra librdkafka settings (non-secret), e.g. ``fetch.max.bytes``."""
 
@@ -64,6 +78,8 @@ class MappingConfig(_Section):
 
 
 class BatchingConfig(_Section):
+    """Together these bound what a lane holds in memory: (max_in_flight_batches + 1) batches."""
+
     max_events: int = Field(2000, ge=1)
     max_bytes: int = Field(1_048_576, ge=1024)
     """Uncompressed body bytes at which a Freshsuccess batch closes."""
@@ -73,6 +89,21 @@ class BatchingConfig(_Section):
 
 class CommitConfig(_Section):
     interval_s: float = Field(1.0, gt=0)
+
+
+class ShutdownConfig(_Section):
+    timeout_s: float = Field(25.0, gt=0)
+    """SIGTERM: flush in-flight batches and commit within this deadline (keep it below Kubernetes'
+    terminationGracePeriodSeconds); past it, exit without committing undelivered work."""
+
+
+class HealthConfig(_Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    """0 picks a free port (tests)."""
+    liveness_stall_s: float = Field(120.0, gt=0)
+    """/livez fails when a lane's poll loop has not iterated for this long."""
 
 
 class RetryConfig(_Section):
@@ -87,6 +118,8 @@ class FreshsuccessConfig(_Section):
     base_url: str | None = None
     """Overrides ``datacenter`` (e.g. an emulator, a proxy, or the instrumentation viewer)."""
     encoding: Literal["gzip", "deflate", "none"] = "gzip"
+    ordered: bool = False
+    """Keep each partition's events in order: one batch in flight at a time."""
     compress_level: int = Field(1, ge=0, le=9)
     timeout_s: float = Field(30.0, gt=0)
     ping_at_start: bool = True
@@ -98,6 +131,8 @@ class FreshpaintConfig(_Section):
     enabled: bool = True
     base_url: str = "https://api.perfalytics.com"
     max_in_flight_requests: int = Field(64, ge=1, le=4096)
+    ordered: bool = False
+    """Send each partition's events one after another, in offset order (partitions still run concurrently)."""
     timeout_s: float = Field(10.0, gt=0)
     token: SecretStr | None = None
 
@@ -113,18 +148,45 @@ class Settings(_Section):
     mapping: MappingConfig = MappingConfig()
     batching: BatchingConfig = BatchingConfig()
     commit: CommitConfig = CommitConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    health: HealthConfig = HealthConfig()
     retry: RetryConfig = RetryConfig()
     freshsuccess: FreshsuccessConfig = FreshsuccessConfig()
     freshpaint: FreshpaintConfig = FreshpaintConfig()
     logging: LoggingConfig = LoggingConfig()
     source: str = Field("<defaults>", exclude=True)
     schema_registry_password: SecretStr | None = Field(None, exclude=True)
+    kafka_sasl_password: SecretStr | None = Field(None, exclude=True)
+    kafka_ssl_key_password: SecretStr | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _something_enabled(self) -> Settings:
         if not (self.freshsuccess.enabled or self.freshpaint.enabled):
             raise ValueError("at least one of freshsuccess.enabled and freshpaint.enabled must be true")
         return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret's value, for the log scrubber; never print these."""
+        held = (self.freshsuccess.auth_key, self.freshsuccess.api_key, self.freshpaint.token,
+                self.schema_registry_password, self.kafka_sasl_password, self.kafka_ssl_key_password)
+        return [s.get_secret_value() for s in held if s is not None]
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by every client: brokers, security, and ``client_properties``."""
+        kafka = self.kafka
+        config: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers,
+                                  "security.protocol": kafka.security_protocol}
+        optional = {"sasl.mechanism": kafka.sasl_mechanism, "sasl.username": kafka.sasl_username,
+                    "ssl.ca.location": kafka.ssl_ca_location,
+                    "ssl.certificate.location": kafka.ssl_certificate_location,
+                    "ssl.key.location": kafka.ssl_key_location}
+        config.update({k: str(v) for k, v in optional.items() if v is not None})
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_key_password is not None:
+            config["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+        config.update(kafka.client_properties)
+        return config
 
     def destinations(self) -> list[str]:
         return [name for name in ("freshsuccess", "freshpaint") if getattr(self, name).enabled]
@@ -153,6 +215,11 @@ ENV_SETTINGS: dict[str, tuple[str, ...]] = {
     "FRESHSUCCESS_API_KEY": ("freshsuccess", "api_key"),
     "FRESHPAINT_TOKEN": ("freshpaint", "token"),
 }
+ENV_SECRETS = {
+    "SCHEMA_REGISTRY_PASSWORD": "schema_registry_password",
+    "KAFKA_SASL_PASSWORD": "kafka_sasl_password",
+    "KAFKA_SSL_KEY_PASSWORD": "kafka_ssl_key_password",
+}
 SECRET_KEYS = {("freshsuccess", "auth_key"), ("freshsuccess", "api_key"), ("freshpaint", "token")}
 
 
@@ -180,10 +247,9 @@ def settings_from(located: Located, environ: Mapping[str, str]) -> Settings:
             section_data = merged.setdefault(section, {})
             if isinstance(section_data, dict):
                 section_data[key] = value
-    password = environ.get("SCHEMA_REGISTRY_PASSWORD")
+    secrets = {field: environ.get(variable) or None for variable, field in ENV_SECRETS.items()}
     try:
-        return Settings.model_validate({**merged, "source": located.source,
-                                        "schema_registry_password": password or None})
+        return Settings.model_validate({**merged, "source": located.source, **secrets})
     except ValidationError as exc:
         raise _config_error(exc, located) from None
 

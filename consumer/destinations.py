@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from consumer.batcher import Batch
@@ -28,16 +29,36 @@ class FreshsuccessDestination:
 
 
 class FreshpaintDestination:
-    """One request per event, many in flight; a non-retryable 4xx rejects that event only."""
+    """One request per event, many in flight; a non-retryable 4xx rejects that event only.
+
+    ``ordered``: each partition's events are sent one after another in offset order (partitions still run
+    concurrently), for destinations downstream of Freshpaint that care about arrival order.
+    """
 
     name = "freshpaint"
     serialize = False
 
-    def __init__(self, sink: FreshpaintSink) -> None:
+    def __init__(self, sink: FreshpaintSink, *, ordered: bool = False) -> None:
         self.sink = sink
+        self.ordered = ordered
 
     async def deliver(self, batch: Batch) -> list[tuple[int, Rejected]]:
-        rejected: list[tuple[int, Rejected]] = await self.sink.deliver(batch.outputs)
+        if not self.ordered:
+            rejected: list[tuple[int, Rejected]] = await self.sink.deliver(batch.outputs)
+            return rejected
+        lanes: dict[tuple[str, int], list[int]] = {}
+        for index, source in enumerate(batch.sources):
+            lanes.setdefault((source.topic(), source.partition()), []).append(index)
+        results = await asyncio.gather(*(self._in_order(batch, indexes) for indexes in lanes.values()))
+        return sorted((r for result in results for r in result), key=lambda r: r[0])
+
+    async def _in_order(self, batch: Batch, indexes: list[int]) -> list[tuple[int, Rejected]]:
+        rejected = []
+        for index in indexes:
+            try:
+                await self.sink.deliver_one(batch.outputs[index])
+            except Rejected as exc:
+                rejected.append((index, exc))
         return rejected
 
     async def aclose(self) -> None:

@@ -32,6 +32,7 @@ import structlog
 from consumer.batcher import Batch, Batcher
 from consumer.delivery import DeliveryLoop
 from consumer.errors import EventError, FatalError, MappingFailed, OversizedEvent, Rejected, TransientError
+from consumer.metrics import Metrics
 from consumer.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
 from consumer.source import MessageSource, RebalanceCallback
 
@@ -95,6 +96,8 @@ class LaneStats:
     dead_lettered: Counter[str] = field(default_factory=Counter)
     transient_failures: int = 0
     committed: dict[TopicPartitionKey, int] = field(default_factory=dict)
+    lag: dict[TopicPartitionKey, int] = field(default_factory=dict)
+    """High watermark minus committed offset, refreshed at each commit."""
 
 
 class Lane:
@@ -102,7 +105,8 @@ class Lane:
 
     def __init__(self, *, destination: Destination, source_factory: SourceFactory, decoder: Decoder,
                  map_fn: MapFn, dead_letters: DeadLetters, delivery: DeliveryLoop,
-                 settings: LaneSettings = LaneSettings(), clock: Callable[[], float] = time.monotonic) -> None:
+                 settings: LaneSettings = LaneSettings(), clock: Callable[[], float] = time.monotonic,
+                 metrics: Metrics | None = None) -> None:
         self.name = destination.name
         self.destination = destination
         self.decoder = decoder
@@ -116,6 +120,8 @@ class Lane:
         self.batcher = Batcher(destination.name, max_events=settings.max_events, max_bytes=settings.max_bytes,
                                max_wait_s=settings.max_wait_s, clock=clock, serialize=destination.serialize)
         self.fatal: str | None = None
+        self.metrics = metrics
+        self.last_step_at = clock()
         self._in_flight: list[tuple[Batch, concurrent.futures.Future[list[tuple[int, Rejected]]]]] = []
         self._held: deque[Any] = deque()
         self._retry_at = 0.0
@@ -139,6 +145,7 @@ class Lane:
 
     def step(self) -> None:
         """One iteration: collect, submit, consume, process, commit."""
+        self.last_step_at = self.clock()
         self._collect()
         self.dead_letters.poll()
         if self.dead_letters.failure is not None:
@@ -237,6 +244,14 @@ class Lane:
 
     # ------------------------------------------------------------------------- delivery side
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def paused_partitions(self) -> int:
+        return len(self._paused)
+
     def _has_capacity(self) -> bool:
         return len(self._in_flight) < self.settings.max_in_flight_batches
 
@@ -244,8 +259,11 @@ class Lane:
         batch = self.batcher.take()
         if batch is None:
             return
+        batch.submitted_at = self.clock()
         future = self.delivery.submit(self.destination.deliver(batch))
         self._in_flight.append((batch, future))
+        if self.metrics is not None:
+            self.metrics.batch_events.labels(self.name).observe(batch.events)
 
     def _collect(self) -> None:
         if not self._in_flight:
@@ -271,6 +289,8 @@ class Lane:
             self.dead_letters.park(batch.sources[index], error, self.name, batch.work)
             self.stats.dead_lettered[error.reason] += 1
         batch.work.release()
+        if self.metrics is not None:
+            self.metrics.batch_delivery_seconds.labels(self.name).observe(self.clock() - batch.submitted_at)
         self.stats.delivered_events += batch.events - len(rejected)
         self.stats.delivered_messages += batch.messages
         self.stats.batches_delivered += 1
@@ -305,11 +325,21 @@ class Lane:
         if self.fatal is not None:
             return {}
         offsets = self.tracker.committable()
-        if offsets:
-            self.source.commit(offsets, asynchronous=asynchronous)
+        done: dict[TopicPartitionKey, int] = {}
+        if offsets and self.source.commit(offsets, asynchronous=asynchronous):
             self.tracker.mark_committed(offsets)
             self.stats.committed.update(offsets)
-        return offsets
+            done = offsets
+        self._refresh_lag()
+        return done
+
+    def _refresh_lag(self) -> None:
+        lag = {}
+        for key in self.tracker.owned():
+            high = self.source.high_watermark(key)
+            if high is not None and key in self.stats.committed:
+                lag[key] = max(0, high - self.stats.committed[key])
+        self.stats.lag = lag
 
     def _wait_for(self, keys: set[TopicPartitionKey] | None, timeout_s: float) -> bool:
         """Deliver what is open or in flight until ``keys`` (None: all) have no unfinished work."""
@@ -344,8 +374,7 @@ class Lane:
             if not finished:
                 log.warning("revocation_deadline_passed", destination=self.name, partitions=len(revoked))
             offsets = {k: v for k, v in self.tracker.committable().items() if k in revoked}
-            if offsets and self.fatal is None:
-                self.source.commit(offsets, asynchronous=False)
+            if offsets and self.fatal is None and self.source.commit(offsets, asynchronous=False):
                 self.stats.committed.update(offsets)
         for key in revoked:
             self.tracker.forget(key)

@@ -24,8 +24,10 @@ from consumer.decoder import make_decoder
 from consumer.delivery import DeliveryLoop
 from consumer.destinations import FreshpaintDestination, FreshsuccessDestination
 from consumer.errors import ConfigError, FatalError, TransientError
+from consumer.health import HealthServer
 from consumer.lane import Decoder, Destination, Lane, LaneSettings, MapFn
 from consumer.mapping import CompiledMapping, load_mapping
+from consumer.metrics import Metrics
 from consumer.registry import SchemaRegistryClient
 from consumer.schemas import SchemaStore, default_reader_schema_path, default_schema_dir, load_schema
 from consumer.sinks.freshpaint import FreshpaintSink
@@ -58,13 +60,9 @@ def prepare(settings: Settings) -> Prepared:
     return Prepared(reader_schema, mapping, mapping_file)
 
 
-def kafka_base_config(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.client_properties}
-
-
 def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
     """The broker answers and every topic we read or write exists; else one clear error."""
-    admin = AdminClient(kafka_base_config(settings))
+    admin = AdminClient(settings.kafka_client_config())
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except Exception as exc:
@@ -101,7 +99,8 @@ def retry_policy(settings: Settings) -> RetryPolicy:
                        credentials_backoff_s=settings.retry.credentials_backoff_s)
 
 
-def build_destination(settings: Settings, name: str) -> FreshsuccessDestination | FreshpaintDestination:
+def build_destination(settings: Settings, name: str, *, on_retry: Callable[[str, float], None] | None = None,
+                      ) -> FreshsuccessDestination | FreshpaintDestination:
     if name == "freshsuccess":
         fs = settings.freshsuccess
         assert fs.auth_key is not None
@@ -109,12 +108,12 @@ def build_destination(settings: Settings, name: str) -> FreshsuccessDestination 
         return FreshsuccessDestination(FreshsuccessSink(
             base_url=fs.base_url or datacenter_url(fs.datacenter), auth_key=fs.auth_key.get_secret_value(),
             api_key=fs.api_key.get_secret_value(), encoding=fs.encoding, compress_level=fs.compress_level,
-            timeout_s=fs.timeout_s, retry=retry_policy(settings)))
+            timeout_s=fs.timeout_s, retry=retry_policy(settings), on_retry=on_retry))
     fp = settings.freshpaint
     assert fp.token is not None
     return FreshpaintDestination(FreshpaintSink(
         base_url=fp.base_url, token=fp.token.get_secret_value(), max_in_flight=fp.max_in_flight_requests,
-        timeout_s=fp.timeout_s, retry=retry_policy(settings)))
+        timeout_s=fp.timeout_s, retry=retry_policy(settings), on_retry=on_retry), ordered=fp.ordered)
 
 
 def ping_freshsuccess(destination: FreshsuccessDestination, delivery: DeliveryLoop, attempts: int = 3) -> None:
@@ -131,13 +130,13 @@ def ping_freshsuccess(destination: FreshsuccessDestination, delivery: DeliveryLo
     log.warning("destination_unreachable_at_start", destination="freshsuccess", host=destination.sink.host)
 
 
-def lane_settings(settings: Settings) -> LaneSettings:
+def lane_settings(settings: Settings, *, ordered: bool = False) -> LaneSettings:
     return LaneSettings(
         consume_batch_size=settings.kafka.consume_batch_size, consume_timeout_s=settings.kafka.consume_timeout_s,
         max_event_bytes=settings.decoding.max_event_bytes, max_events=settings.batching.max_events,
         max_bytes=settings.batching.max_bytes, max_wait_s=settings.batching.max_wait_s,
-        max_in_flight_batches=settings.batching.max_in_flight_batches,
-        commit_interval_s=settings.commit.interval_s,
+        max_in_flight_batches=1 if ordered else settings.batching.max_in_flight_batches,
+        commit_interval_s=settings.commit.interval_s, revoke_timeout_s=settings.kafka.revocation_timeout_s,
     )
 
 
@@ -152,36 +151,58 @@ class Service:
         self.stop_event = threading.Event()
         self.lanes: list[Lane] = []
         self.delivery = DeliveryLoop()
+        self.metrics = Metrics()
+        self.health: HealthServer | None = None
+        self.started = False
         self._threads: list[threading.Thread] = []
         self._sinks: list[FreshsuccessDestination | FreshpaintDestination] = []
 
     def start(self) -> None:
         settings = self.settings
+        if settings.health.enabled:
+            self.health = HealthServer(settings.health.host, settings.health.port, live=self.live,
+                                       ready=self.ready, metrics=self.metrics.exposition).start()
         settings.require_secrets(self.destinations)
         prepared = prepare(settings)
         check_kafka(settings)
         self.delivery.start()
-        base = kafka_base_config(settings)
+        base = settings.kafka_client_config()
         for name in self.destinations:
             map_fn: MapFn | None = getattr(prepared.mapping, name)
             if map_fn is None:
                 log.warning("destination_has_no_rules", destination=name, mapping=str(prepared.mapping_file))
                 continue
-            destination = build_destination(settings, name)
+            destination = build_destination(settings, name, on_retry=self.metrics.on_retry(name))
             self._sinks.append(destination)
             if isinstance(destination, FreshsuccessDestination) and settings.freshsuccess.ping_at_start:
                 ping_freshsuccess(destination, self.delivery)
             self.lanes.append(self._lane(name, destination, map_fn, prepared, base))
         if not self.lanes:
             raise ConfigError("no destination has any mapping rule: nothing to do", file=str(prepared.mapping_file))
+        self.started = True
+
+    def live(self) -> tuple[bool, str]:
+        """Every lane's poll loop iterated recently (a stuck loop is worth a restart; a Kafka outage is not)."""
+        now = time.monotonic()
+        stalled = [lane.name for lane in self.lanes
+                   if now - lane.last_step_at > self.settings.health.liveness_stall_s and not lane.fatal]
+        if stalled:
+            return False, f"poll loop stalled: {', '.join(stalled)}"
+        return True, "poll loops iterating"
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.started:
+            return False, "starting"
+        failed = [f"{lane.name}: {lane.fatal}" for lane in self.lanes if lane.fatal]
+        if failed:
+            return False, "; ".join(failed)
+        return True, ", ".join(f"{lane.name} {len(lane.tracker.owned())} partitions" for lane in self.lanes)
 
     def _lane(self, name: str, destination: Destination, map_fn: MapFn, prepared: Prepared,
               base: dict[str, Any]) -> Lane:
         settings = self.settings
         group = settings.group_for(name)
-        config = consumer_config(base, group_id=group, auto_offset_reset=settings.kafka.auto_offset_reset,
-                                 session_timeout_ms=settings.kafka.session_timeout_ms,
-                                 max_poll_interval_ms=settings.kafka.max_poll_interval_ms)
+        config = consumer_config(base, settings.kafka, group_id=group)
         topics = settings.kafka.topics
 
         def source_factory(on_assign: RebalanceCallback, on_revoke: RebalanceCallback) -> KafkaSource:
@@ -189,9 +210,12 @@ class Service:
 
         dead_letters = DeadLetterProducer(settings.kafka.dead_letter_topic, base, on_parked=self.on_parked)
         log.info("lane_started", destination=name, group=group, topics=list(topics))
-        return Lane(destination=destination, source_factory=source_factory,
+        lane = Lane(destination=destination, source_factory=source_factory,
                     decoder=build_decoder(settings, prepared.reader_schema), map_fn=map_fn,
-                    dead_letters=dead_letters, delivery=self.delivery, settings=lane_settings(settings))
+                    dead_letters=dead_letters, delivery=self.delivery,
+                    settings=lane_settings(settings, ordered=getattr(settings, name).ordered), metrics=self.metrics)
+        self.metrics.add_lane(lane)
+        return lane
 
     def run(self, *, shutdown_timeout_s: float = 30.0) -> int:
         """Run every lane until ``stop_event`` is set or one of them fails; returns the exit code."""
@@ -220,6 +244,9 @@ class Service:
             self.stop_event.set()
 
     def close(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
         for destination in self._sinks:
             try:
                 self.delivery.call(destination.aclose, timeout_s=5)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from consumer.config import KafkaConfig
 from consumer.offsets import TopicPartitionKey
 
 log = structlog.get_logger(__name__)
@@ -25,27 +26,37 @@ class MessageSource(Protocol):
     """What a lane needs from Kafka; tests may supply their own."""
 
     def consume(self, max_messages: int, timeout_s: float) -> Sequence[Any]: ...
-    def commit(self, offsets: dict[TopicPartitionKey, int], *, asynchronous: bool) -> None: ...
+    def commit(self, offsets: dict[TopicPartitionKey, int], *, asynchronous: bool) -> bool: ...
     def pause(self, keys: Iterable[TopicPartitionKey]) -> None: ...
     def resume(self, keys: Iterable[TopicPartitionKey]) -> None: ...
     def assignment(self) -> list[TopicPartitionKey]: ...
+    def high_watermark(self, key: TopicPartitionKey) -> int | None: ...
     def close(self) -> None: ...
 
 
-def consumer_config(base: dict[str, Any], *, group_id: str, auto_offset_reset: str, session_timeout_ms: int,
-                    max_poll_interval_ms: int) -> dict[str, Any]:
-    """librdkafka settings for a lane's consumer: manual commits and manual offset store."""
-    return {
+def consumer_config(base: dict[str, Any], kafka: KafkaConfig, *, group_id: str) -> dict[str, Any]:
+    """librdkafka settings for a lane's consumer: manual commits, manual offset store, bounded prefetch.
+
+    ``classic`` groups use cooperative-sticky assignment (incremental rebalances: retained partitions keep
+    flowing); ``consumer`` is KIP-848's protocol, where the broker assigns and the client must not set the
+    assignment strategy or session timeout.
+    """
+    config = {
         **base,
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.offset.reset": auto_offset_reset,
-        "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": session_timeout_ms,
-        "max.poll.interval.ms": max_poll_interval_ms,
+        "auto.offset.reset": kafka.auto_offset_reset,
+        "max.poll.interval.ms": kafka.max_poll_interval_ms,
         "enable.partition.eof": False,
+        "queued.max.messages.kbytes": kafka.prefetch_max_kbytes,
     }
+    if kafka.group_protocol == "consumer":
+        config["group.protocol"] = "consumer"
+    else:
+        config["partition.assignment.strategy"] = "cooperative-sticky"
+        config["session.timeout.ms"] = kafka.session_timeout_ms
+    return config
 
 
 class KafkaSource:
@@ -78,10 +89,14 @@ class KafkaSource:
         messages: list[Any] = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
         return messages
 
-    def commit(self, offsets: dict[TopicPartitionKey, int], *, asynchronous: bool) -> None:
-        """The one function that commits offsets (``next_offset`` values, as Kafka expects)."""
+    def commit(self, offsets: dict[TopicPartitionKey, int], *, asynchronous: bool) -> bool:
+        """The one function that commits offsets (``next_offset`` values, as Kafka expects).
+
+        Returns False when the commit failed (broker unreachable, rebalance in progress): nothing is
+        lost, the same or a later offset is committed next time, and at-least-once still holds.
+        """
         if not offsets:
-            return
+            return True
         partitions = [TopicPartition(topic, partition, next_offset)
                       for (topic, partition), next_offset in offsets.items()]
         try:
@@ -90,10 +105,13 @@ class KafkaSource:
             error = exc.args[0] if exc.args else None
             code = error.code() if isinstance(error, KafkaError) else None
             if code == KafkaError._NO_OFFSET:
-                return
-            raise
+                return True
+            log.warning("commit_failed", error=str(exc), asynchronous=asynchronous,
+                        partitions=_describe(list(offsets)))
+            return False
         log.debug("offsets_committed", offsets={f"{t}[{p}]": o for (t, p), o in offsets.items()},
                   asynchronous=asynchronous)
+        return True
 
     def pause(self, keys: Iterable[TopicPartitionKey]) -> None:
         partitions = [TopicPartition(t, p) for t, p in keys]
@@ -107,6 +125,14 @@ class KafkaSource:
 
     def assignment(self) -> list[TopicPartitionKey]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    def high_watermark(self, key: TopicPartitionKey) -> int | None:
+        """The partition's end offset as last seen in fetch responses (no broker round trip)."""
+        try:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
+        except KafkaException:
+            return None
+        return int(high) if high is not None and high >= 0 else None
 
     def close(self) -> None:
         """Leave the group (a prompt rebalance for the others) and release the client."""

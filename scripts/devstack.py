@@ -156,6 +156,7 @@ class DevStack:
             "retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.5, "credentials_backoff_s": 0.5},
             "freshsuccess": {"base_url": self.emulators.freshsuccess_url},
             "freshpaint": {"base_url": self.emulators.freshpaint_url},
+            "health": {"host": "127.0.0.1", "port": 0},
         }
         for section, values in sections.items():
             config.setdefault(section, {}).update(values)

@@ -361,3 +361,59 @@ def test_a_schema_registry_outage_delays_events_but_never_dead_letters_them(stac
     assert stack.read_all(dlq) == []
     assert sorted(e["properties"]["$insert_id"] for e in stack.emulators.freshpaint.events()) == \
         sorted(e["event_id"] for e in events)
+
+
+def metric_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Samples of one metric from a Prometheus exposition, keyed by their sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                values[tuple(sorted(sample.labels.items()))] = sample.value
+    return values
+
+
+def test_metrics_report_delivery_counts_and_lag_matching_the_emulators(stack: DevStack) -> None:
+    import httpx
+
+    topic, dlq = stack.topics(partitions=2)
+    schema_id = stack.register(topic)
+    events = list(realistic_events(300, seed=31))
+    stack.produce_events(topic, schema_id, events)
+    settings = stack.settings(topic, dlq)
+    with RunningService(settings) as running:
+        health = running.service.health
+        assert health is not None
+        base = f"http://127.0.0.1:{health.port}"
+        assert httpx.get(f"{base}/livez").status_code == 200
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        fs_expected = sum(1 for e in events if expected_freshsuccess(e) is not None)
+        stack.emulators.freshsuccess.wait_for_events(fs_expected, timeout_s=60)
+        stack.emulators.freshpaint.wait_for_events(len(events), timeout_s=60)
+        end = stack.end_offsets(topic)
+        for destination in ("freshsuccess", "freshpaint"):
+            wait_for(lambda d=destination: stack.committed(settings.group_for(d), topic) == end, timeout_s=30,
+                     what=f"{destination} commits")
+
+        def exposition() -> str:
+            return httpx.get(f"{base}/metrics").text
+
+        def lag_is_zero() -> bool:
+            lag = metric_values(exposition(), "usage_consumer_consumer_lag")
+            return len(lag) == 4 and all(v == 0 for v in lag.values())
+
+        wait_for(lag_is_zero, timeout_s=30, what="lag 0 on every partition of both lanes")
+        text = exposition()
+    delivered = metric_values(text, "usage_consumer_delivered_events_total")
+    assert delivered[(("destination", "freshsuccess"),)] == stack.emulators.freshsuccess.stats()["accepted"]
+    assert delivered[(("destination", "freshpaint"),)] == stack.emulators.freshpaint.stats()["accepted"]
+    consumed = metric_values(text, "usage_consumer_consumed_total")
+    assert consumed[(("destination", "freshpaint"),)] == len(events)
+    committed = metric_values(text, "usage_consumer_committed_offset")
+    for partition, offset in end.items():
+        key = (("destination", "freshpaint"), ("partition", str(partition)), ("topic", topic))
+        assert committed[key] == offset
+    skipped = metric_values(text, "usage_consumer_skipped_total")
+    assert skipped[(("destination", "freshsuccess"),)] == len(events) - fs_expected

@@ -69,8 +69,9 @@ class FakeSource:
             self.pending.remove(m)
         return out
 
-    def commit(self, offsets: dict[TopicPartitionKey, int], *, asynchronous: bool) -> None:
+    def commit(self, offsets: dict[TopicPartitionKey, int], *, asynchronous: bool) -> bool:
         self.commits.append(dict(offsets))
+        return True
 
     def pause(self, keys: Iterable[TopicPartitionKey]) -> None:
         self.paused |= set(keys)
@@ -80,6 +81,9 @@ class FakeSource:
 
     def assignment(self) -> list[TopicPartitionKey]:
         return [(TOPIC, 0), (TOPIC, 1)]
+
+    def high_watermark(self, key: TopicPartitionKey) -> int | None:
+        return None
 
     def close(self) -> None:
         pass

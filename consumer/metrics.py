@@ -1,0 +1,104 @@
+"""Prometheus metrics, read from the lanes at scrape time.
+
+The per-event path only bumps plain integers in :class:`~consumer.lane.LaneStats`; this collector turns them
+into metric families when ``/metrics`` is scraped, so metrics cost nothing per event. Histograms (batch size,
+batch delivery time) are observed once per batch. Each ``Metrics`` has its own registry: no global state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PREFIX = "usage_consumer"
+BATCH_EVENT_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+DELIVERY_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    """The service's metrics; lanes are registered as they start."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._lanes: list[Any] = []
+        self.registry.register(_LaneCollector(lambda: list(self._lanes)))
+        self.batch_events = Histogram(f"{PREFIX}_batch_events", "Outputs per delivered batch.", ["destination"],
+                                      buckets=BATCH_EVENT_BUCKETS, registry=self.registry)
+        self.batch_delivery_seconds = Histogram(
+            f"{PREFIX}_batch_delivery_seconds", "Time from handing a batch to its sink to its acceptance, "
+            "retries included.", ["destination"], buckets=DELIVERY_SECONDS_BUCKETS, registry=self.registry)
+        self.retries = Counter(f"{PREFIX}_retries", "Requests retried, by destination and reason.",
+                               ["destination", "reason"], registry=self.registry)
+
+    def add_lane(self, lane: Any) -> None:
+        self._lanes.append(lane)
+
+    def on_retry(self, destination: str) -> Callable[[str, float], None]:
+        """A sink's ``on_retry`` hook that counts retries for ``destination``."""
+        counter = self.retries
+
+        def count(reason: str, _delay_s: float) -> None:
+            counter.labels(destination, reason).inc()
+
+        return count
+
+    def exposition(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+class _LaneCollector(Collector):
+    def __init__(self, lanes: Callable[[], list[Any]]) -> None:
+        self._lanes = lanes
+
+    def collect(self) -> Iterable[Any]:
+        return list(self._families())
+
+    def _families(self) -> Iterator[Any]:
+        counters = {
+            "consumed": ("Records consumed from Kafka.", "consumed"),
+            "delivered_events": ("Outputs accepted by the destination.", "delivered_events"),
+            "delivered_messages": ("Kafka records whose outputs were all accepted.", "delivered_messages"),
+            "skipped": ("Records no mapping rule selected (committed, not delivered).", "skipped"),
+            "decode_retries": ("Decode attempts postponed by a transient failure (registry down).",
+                               "transient_failures"),
+        }
+        families = {name: CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["destination"])
+                    for name, (doc, _) in counters.items()}
+        dead = CounterMetricFamily(f"{PREFIX}_dead_lettered", "Records parked in the dead-letter topic.",
+                                   labels=["destination", "reason"])
+        failed = GaugeMetricFamily(f"{PREFIX}_failed", "1 when the lane stopped on a fatal error.",
+                                   labels=["destination"])
+        in_flight = GaugeMetricFamily(f"{PREFIX}_in_flight_batches", "Batches handed to the sink, not yet done.",
+                                      labels=["destination"])
+        paused = GaugeMetricFamily(f"{PREFIX}_paused_partitions", "Partitions paused for backpressure.",
+                                   labels=["destination"])
+        state = GaugeMetricFamily(f"{PREFIX}_destination_state", "1 for the destination's current state.",
+                                  labels=["destination", "state"])
+        committed = GaugeMetricFamily(f"{PREFIX}_committed_offset", "Last committed next offset.",
+                                      labels=["destination", "topic", "partition"])
+        lag = GaugeMetricFamily(f"{PREFIX}_consumer_lag", "High watermark minus committed offset.",
+                                labels=["destination", "topic", "partition"])
+        for lane in self._lanes():
+            name = lane.name
+            stats = lane.stats
+            for metric, (_, attribute) in counters.items():
+                families[metric].add_metric([name], getattr(stats, attribute))
+            for reason, count in dict(stats.dead_lettered).items():
+                dead.add_metric([name, reason], count)
+            failed.add_metric([name], 1 if lane.fatal else 0)
+            in_flight.add_metric([name], lane.in_flight)
+            paused.add_metric([name], lane.paused_partitions)
+            sink = getattr(lane.destination, "sink", None)
+            current = str(getattr(sink, "state", "ok"))
+            for known in ("ok", "retrying", "bad_credentials"):
+                state.add_metric([name, known], 1 if current == known else 0)
+            for (topic, partition), offset in dict(stats.committed).items():
+                committed.add_metric([name, topic, str(partition)], offset)
+            for (topic, partition), value in dict(stats.lag).items():
+                lag.add_metric([name, topic, str(partition)], value)
+        yield from families.values()
+        yield from (dead, failed, in_flight, paused, state, committed, lag)
