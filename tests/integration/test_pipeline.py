@@ -393,9 +393,8 @@ def test_metrics_report_delivery_counts_and_lag_matching_the_emulators(stack: De
         stack.emulators.freshsuccess.wait_for_events(fs_expected, timeout_s=60)
         stack.emulators.freshpaint.wait_for_events(len(events), timeout_s=60)
         end = stack.end_offsets(topic)
-        for destination in ("freshsuccess", "freshpaint"):
-            wait_for(lambda d=destination: stack.committed(settings.group_for(d), topic) == end, timeout_s=30,
-                     what=f"{destination} commits")
+        for group in (settings.group_for("freshsuccess"), settings.group_for("freshpaint")):
+            wait_for(lambda group=group: stack.committed(group, topic) == end, timeout_s=30, what=f"{group} commits")
 
         def exposition() -> str:
             return httpx.get(f"{base}/metrics").text
