@@ -394,7 +394,11 @@ def test_metrics_report_delivery_counts_and_lag_matching_the_emulators(stack: De
         stack.emulators.freshpaint.wait_for_events(len(events), timeout_s=60)
         end = stack.end_offsets(topic)
         for group in (settings.group_for("freshsuccess"), settings.group_for("freshpaint")):
-            wait_for(lambda group=group: stack.committed(group, topic) == end, timeout_s=30, what=f"{group} commits")
+
+            def caught_up(group: str = group) -> bool:
+                return stack.committed(group, topic) == end
+
+            wait_for(caught_up, timeout_s=30, what=f"{group} commits")
 
         def exposition() -> str:
             return httpx.get(f"{base}/metrics").text
