@@ -420,3 +420,16 @@ def test_metrics_report_delivery_counts_and_lag_matching_the_emulators(stack: De
         assert committed[key] == offset
     skipped = metric_values(text, "usage_consumer_skipped_total")
     assert skipped[(("destination", "freshsuccess"),)] == len(events) - fs_expected
+
+
+def test_the_kip848_consumer_group_protocol_delivers_and_commits(stack: DevStack) -> None:
+    topic, dlq = stack.topics(partitions=3)
+    schema_id = stack.register(topic)
+    events = list(realistic_events(120, seed=41))
+    stack.produce_events(topic, schema_id, events)
+    settings = stack.settings(topic, dlq, kafka={"group_protocol": "consumer"}, freshsuccess={"enabled": False})
+    with RunningService(settings):
+        stack.emulators.freshpaint.wait_for_events(len(events), timeout_s=60)
+        end = stack.end_offsets(topic)
+        wait_for(lambda: stack.committed(settings.group_for("freshpaint"), topic) == end, timeout_s=30,
+                 what="commits under the consumer protocol")
