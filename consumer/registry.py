@@ -133,6 +133,18 @@ class SchemaRegistryClient:
         log.info("schema_registered", subject=subject, schema_id=schema_id, registry_host=self.host)
         return schema_id
 
+    def check(self) -> None:
+        """One cheap request (GET /subjects) proving the URL serves a registry; errors as for get_schema."""
+        response = self._request("GET", "subjects")
+        if response.status_code != 200:
+            self._raise_for_status(response, "listing subjects")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, list):
+            raise FatalError(f"{self.host} does not answer like a schema registry: is the registry URL right?")
+
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self._client.close()

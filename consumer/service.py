@@ -87,11 +87,26 @@ def build_decoder(settings: Settings, reader_schema: dict[str, Any]) -> Decoder:
             auth = (decoding.schema_registry_user, settings.schema_registry_password.get_secret_value())
         registry = SchemaRegistryClient(decoding.schema_registry_url, timeout_s=decoding.schema_registry_timeout_s,
                                         auth=auth)
+        check_registry(registry)
     store = SchemaStore.from_directory(decoding.schema_dir or default_schema_dir()) \
         if decoding.framing == "single-object" else None
     writer = load_schema(decoding.writer_schema) if decoding.writer_schema else None
     return make_decoder(decoding.framing, reader_schema=reader_schema, registry=registry, store=store,
                         writer_schema=writer)
+
+
+def check_registry(registry: SchemaRegistryClient, attempts: int = 3) -> None:
+    """The schema registry answers at start-up (later outages are retried, never dead-lettered)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            registry.check()
+            return
+        except TransientError as exc:
+            if attempt == attempts:
+                raise FatalError(f"{exc}; check decoding.schema_registry_url (or SCHEMA_REGISTRY_URL) and that "
+                                 "the registry is up") from None
+            log.warning("schema_registry_unreachable", registry_host=registry.host, attempt=attempt, error=str(exc))
+            time.sleep(min(2.0 ** attempt, 5.0))
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:

@@ -346,11 +346,11 @@ def test_a_schema_registry_outage_delays_events_but_never_dead_letters_them(stac
     topic, dlq = stack.topics(partitions=1)
     schema_id = stack.register(topic)
     events = list(realistic_events(20, seed=23))
-    stack.produce_events(topic, schema_id, events)
     settings = stack.settings(topic, dlq, freshsuccess={"enabled": False})
-    stack.registry.fail_with(503)
     try:
         with RunningService(settings) as running:
+            stack.registry.fail_with(503)  # after start-up: the writer schema is not cached yet
+            stack.produce_events(topic, schema_id, events)
             lane = running.lane("freshpaint")
             wait_for(lambda: lane.stats.transient_failures >= 2, timeout_s=30, what="decode retries")
             assert stack.emulators.freshpaint.events() == []
@@ -361,6 +361,22 @@ def test_a_schema_registry_outage_delays_events_but_never_dead_letters_them(stac
     assert stack.read_all(dlq) == []
     assert sorted(e["properties"]["$insert_id"] for e in stack.emulators.freshpaint.events()) == \
         sorted(e["event_id"] for e in events)
+
+
+def test_a_schema_registry_down_at_start_up_stops_with_a_clear_message(stack: DevStack) -> None:
+    from consumer.errors import FatalError
+    from consumer.service import Service
+
+    topic, dlq = stack.topics(partitions=1)
+    settings = stack.settings(topic, dlq, freshsuccess={"enabled": False})
+    stack.registry.fail_with(503)
+    service = Service(settings)
+    try:
+        with pytest.raises(FatalError, match="schema registry at 127.0.0.1:.* answered 503.*schema_registry_url"):
+            service.start()
+    finally:
+        stack.registry.fail_with(None)
+        service.close()
 
 
 def metric_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
