@@ -8,11 +8,12 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.deps-stamp
 PYTEST_FLAGS ?= -q
 
-.PHONY: help setup kafka-jars lint typecheck unit integration test demo clean
+.PHONY: help setup kafka-jars lint typecheck unit integration test demo bench clean
 
 help:
 	@echo "make demo   - run the pipeline end to end on a local broker and emulators"
 	@echo "make test   - set up everything, then ruff, mypy, unit and integration tests"
+	@echo "make bench  - throughput, CPU, memory and latency against the ceilings and a naive baseline"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,9 @@ test: setup lint typecheck unit integration
 
 demo: setup
 	$(PY) scripts/demo.py
+
+bench: setup
+	$(PY) bench/run.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .local

@@ -57,6 +57,8 @@ class Batcher:
         self._clock = clock
         self._serialize = serialize
         self._open: Batch | None = None
+        self.full = False
+        """The open batch reached ``max_events`` or ``max_bytes`` (an attribute: read once per event)."""
 
     def _new(self) -> Batch:
         batch = Batch(self.destination, Work(), self._clock())
@@ -82,16 +84,12 @@ class Batcher:
             batch.spans[key] = [offset, offset]
         else:
             span[1] = offset
+        self.full = batch.events >= self.max_events or len(batch.body) >= self.max_bytes
         return batch.work
-
-    @property
-    def is_full(self) -> bool:
-        batch = self._open
-        return batch is not None and (batch.events >= self.max_events or len(batch.body) >= self.max_bytes)
 
     def is_due(self, now: float) -> bool:
         batch = self._open
-        return batch is not None and (self.is_full or now - batch.opened_at >= self.max_wait_s)
+        return batch is not None and (self.full or now - batch.opened_at >= self.max_wait_s)
 
     @property
     def open_events(self) -> int:
@@ -100,4 +98,5 @@ class Batcher:
     def take(self) -> Batch | None:
         """Close the open batch and hand it over (None when nothing is open)."""
         batch, self._open = self._open, None
+        self.full = False
         return batch

@@ -57,11 +57,13 @@ def retrying(action: Any, *, attempts: int = 100, delay_s: float = 0.2) -> Any:
 class DevStack:
     """Start with ``with DevStack() as stack:``; everything stops on exit."""
 
-    def __init__(self, bootstrap: str | None = None, *, record_dir: Path | None = None) -> None:
+    def __init__(self, bootstrap: str | None = None, *, record_dir: Path | None = None,
+                 emulators: bool = True) -> None:
         self._own_broker = LocalKafka() if bootstrap is None else None
         self.bootstrap = bootstrap or ""
         self.registry = SchemaRegistryEmulator()
-        self.emulators = Emulators(auth_key=AUTH_KEY, api_key=API_KEY, token=TOKEN, record_dir=record_dir)
+        self._emulators = Emulators(auth_key=AUTH_KEY, api_key=API_KEY, token=TOKEN, record_dir=record_dir) \
+            if emulators else None
         self.schema = load_schema(default_reader_schema_path())
         self.parsed = parse(self.schema)
         self.admin: AdminClient | None = None
@@ -73,14 +75,16 @@ class DevStack:
         if self._own_broker is not None:
             self.bootstrap = self._own_broker.start()
         self.registry.start()
-        self.emulators.start()
+        if self._emulators is not None:
+            self._emulators.start()
         self.admin = AdminClient({"bootstrap.servers": self.bootstrap})
         return self
 
     def stop(self) -> None:
         if self._producer is not None:
             self._producer.flush(10)
-        self.emulators.stop()
+        if self._emulators is not None:
+            self._emulators.stop()
         self.registry.stop()
         if self._own_broker is not None:
             self._own_broker.stop()
@@ -91,6 +95,12 @@ class DevStack:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+    @property
+    def emulators(self) -> Emulators:
+        if self._emulators is None:
+            raise RuntimeError("this DevStack runs without in-process emulators")
+        return self._emulators
 
     # ---------------------------------------------------------------------------- topics, data
 

@@ -247,6 +247,9 @@ def json_response(status: int, payload: Any, headers: Mapping[str, str] | None =
 # --------------------------------------------------------------------------------------------- the emulator
 
 
+MAX_LATENCY_SAMPLES = 200_000
+
+
 class BaseEmulator:
     """State, accessors, fault plan and control API shared by the Freshsuccess and Freshpaint emulators.
 
@@ -267,6 +270,7 @@ class BaseEmulator:
         self._dropped: deque[tuple[Any, str]] = deque(maxlen=max_kept_events)
         self._violations: deque[str] = deque(maxlen=MAX_KEPT_VIOLATIONS)
         self._stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
+        self._latencies_s: deque[float] = deque(maxlen=MAX_LATENCY_SAMPLES)
         self.faults = FaultPlan()
         self._recorder = JsonlRecorder(record_dir / f"{self.name}.jsonl") if record_dir is not None else None
 
@@ -285,6 +289,23 @@ class BaseEmulator:
     def stats(self) -> dict[str, int]:
         with self._lock:
             return dict(self._stats)
+
+    def latency(self) -> dict[str, float]:
+        """Acceptance time minus each event's own time (for benchmarks that stamp events when producing)."""
+        with self._lock:
+            samples = sorted(self._latencies_s)
+        if not samples:
+            return {"count": 0}
+
+        def quantile(q: float) -> float:
+            return round(samples[min(len(samples) - 1, int(q * len(samples)))] * 1000, 2)
+
+        return {"count": len(samples), "p50_ms": quantile(0.5), "p99_ms": quantile(0.99),
+                "max_ms": round(samples[-1] * 1000, 2)}
+
+    def event_time_s(self, event: dict[str, Any]) -> float | None:
+        """The event's own epoch time in seconds; subclasses know where it is."""
+        return None
 
     def violations(self) -> list[str]:
         """Protocol deviations seen, one readable line each (paths never contain keys)."""
@@ -312,6 +333,7 @@ class BaseEmulator:
             self._dropped.clear()
             self._violations.clear()
             self._stats = dict.fromkeys(STAT_NAMES, 0)
+            self._latencies_s.clear()
             self._reset_extra()
             self._cond.notify_all()
 
@@ -355,6 +377,12 @@ class BaseEmulator:
             if request is not None:
                 self._requests.append(request)
             if accepted:
+                now = time.time()
+                event_time = self.event_time_s
+                for event in accepted:
+                    at = event_time(event)
+                    if at is not None:
+                        self._latencies_s.append(now - at)
                 self._events.extend(accepted)
                 stats["accepted"] += len(accepted)
                 if self._recorder is not None and accepted_lines:
@@ -422,6 +450,8 @@ class BaseEmulator:
             return web.Response(body=_jsonl(rows), content_type=NDJSON_CT)
         if what == "stats" and method == "GET":
             return json_response(200, self.stats())
+        if what == "latency" and method == "GET":
+            return json_response(200, self.latency())
         if what == "violations" and method == "GET":
             return json_response(200, self.violations())
         if what == "faults":

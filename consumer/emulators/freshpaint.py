@@ -57,6 +57,11 @@ class FreshpaintEmulator(BaseEmulator):
 
     name = "freshpaint"
 
+    def event_time_s(self, event: dict[str, Any]) -> float | None:
+        properties = event.get("properties")
+        at = properties.get("time") if isinstance(properties, dict) else None
+        return float(at) if isinstance(at, int | float) else None
+
     def __init__(self, *, token: str, record_dir: Path | None = None, bad_token_status: int = 401,
                  max_recorded_requests: int | None = DEFAULT_MAX_RECORDED_REQUESTS,
                  max_kept_events: int | None = None) -> None:

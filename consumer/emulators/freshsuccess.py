@@ -92,6 +92,10 @@ class FreshsuccessEmulator(BaseEmulator):
 
     name = "freshsuccess"
 
+    def event_time_s(self, event: dict[str, Any]) -> float | None:
+        created = event.get("createdAt")
+        return created / 1000 if isinstance(created, int | float) else None
+
     def __init__(self, *, auth_key: str, api_key: str, record_dir: Path | None = None,
                  max_recorded_requests: int | None = DEFAULT_MAX_RECORDED_REQUESTS,
                  max_kept_events: int | None = None) -> None:

@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""``make bench``: usage-consumer against the machine's ceilings and a naive baseline, on the same data.
+
+Starts a local broker, a schema registry emulator (in this process) and the destination emulators (in their
+own process), fills an 8-partition topic with realistic Avro events (Confluent framing), then measures, each
+``--repeat`` times (medians reported):
+
+  (a) consume ceiling    (b) decode ceiling    (c) naive baseline    (d) usage-consumer -> Freshsuccess
+  (e) usage-consumer -> Freshpaint (on the first ``--freshpaint-events`` of the same stream)
+  (f) two usage-consumer processes in one group -> Freshsuccess
+
+Every measured program runs as its own process: events/s, CPU seconds per million events (user + system,
+from ``wait4``), peak and steady resident memory. A live phase then produces at a fixed rate while (d) and
+(e) run, for p50/p99 latency from produce time to acceptance by the emulator. Prints a table and writes
+``bench/results/latest.json``. ``--smoke`` runs everything small and once (``make test`` uses it to check
+the harness, not the timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from devstack import API_KEY, AUTH_KEY, TOKEN, DevStack  # noqa: E402
+from eventgen import realistic_events  # noqa: E402
+from local_kafka import die_with_parent  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+PY = sys.executable
+FS_TYPES = {"feature_used", "module_ended", "session_synced", "user_identified", "account_identified"}
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Run:
+    events: int
+    elapsed_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    steady_rss_mb: float | None = None
+    processed: int = 0
+    """Events the process handled in all (CPU per million is over these); 0 means ``events``."""
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.elapsed_s if self.elapsed_s else 0.0
+
+
+@dataclass
+class Result:
+    name: str
+    label: str
+    runs: list[Run] = field(default_factory=list)
+    latency: dict[str, float] | None = None
+    note: str = ""
+
+    def median(self, attribute: str) -> float | None:
+        values = [getattr(r, attribute) for r in self.runs if getattr(r, attribute) is not None]
+        return statistics.median(values) if values else None
+
+    def summary(self) -> dict[str, Any]:
+        eps = self.median("events_per_s") or 0.0
+        cpu = statistics.median(r.cpu_s / (r.processed or r.events) * 1e6 for r in self.runs) if self.runs else None
+        return {"label": self.label, "events_per_s": round(eps), "cpu_s_per_million": cpu and round(cpu, 2),
+                "peak_rss_mb": self.median("peak_rss_mb"), "steady_rss_mb": self.median("steady_rss_mb"),
+                "latency": self.latency, "runs": [asdict(r) | {"events_per_s": round(r.events_per_s)}
+                                                  for r in self.runs], "note": self.note}
+
+
+# ------------------------------------------------------------------------------------ processes
+
+
+class Proc:
+    """A child process whose CPU time and peak RSS are read with wait4 when it ends."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+        out = log.open("w") if log else subprocess.DEVNULL
+        self.popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE if log is None else out,
+                                      stderr=subprocess.STDOUT if log else subprocess.DEVNULL, cwd=REPO,
+                                      preexec_fn=die_with_parent)
+        self.rss_samples: list[float] = []
+
+    def sample_rss(self) -> None:
+        try:
+            for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.rss_samples.append(int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+
+    def finish(self, *, terminate: bool, timeout_s: float = 60) -> tuple[float, float, str]:
+        """(cpu seconds, peak RSS MB, stdout) once the process has exited."""
+        if terminate and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pid, status, usage = os.wait4(self.popen.pid, os.WNOHANG)
+            if pid:
+                self.popen.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                self.popen.kill()
+            time.sleep(0.05)
+        out = self.popen.stdout.read().decode() if self.popen.stdout else ""
+        return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out
+
+
+def run_loop(mode: str, stack: DevStack, topic: str, count: int, fs_url: str) -> Run:
+    proc = Proc([PY, str(REPO / "bench" / "loops.py"), mode, "--bootstrap", stack.bootstrap, "--topic", topic,
+                 "--count", str(count), "--registry", stack.registry.url, "--freshsuccess-url", fs_url,
+                 "--auth-key", AUTH_KEY, "--api-key", API_KEY])
+    cpu, peak, out = proc.finish(terminate=False, timeout_s=3600)
+    if proc.popen.returncode != 0:
+        raise RuntimeError(f"bench loop {mode} failed: {out[-2000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    return Run(result["events"], result["elapsed_s"], cpu, peak)
+
+
+class EmulatorClient:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(timeout=10)
+
+    def stats(self) -> dict[str, int]:
+        data: dict[str, int] = self.http.get(f"{self.url}/_emulator/stats").json()
+        return data
+
+    def latency(self) -> dict[str, float]:
+        data: dict[str, float] = self.http.get(f"{self.url}/_emulator/latency").json()
+        return data
+
+    def reset(self) -> None:
+        self.http.post(f"{self.url}/_emulator/reset")
+
+
+def consumer_config(stack: DevStack, topic: str, dlq: str, destination: str, urls: dict[str, str],
+                    directory: Path, group: str) -> Path:
+    config = {
+        "kafka": {"bootstrap_servers": stack.bootstrap, "topics": [topic], "dead_letter_topic": dlq,
+                  "group_id": group, "consume_batch_size": 2000},
+        "decoding": {"framing": "confluent", "schema_registry_url": stack.registry.url},
+        "freshsuccess": {"enabled": destination == "freshsuccess", "base_url": urls["freshsuccess"]},
+        "freshpaint": {"enabled": destination == "freshpaint", "base_url": urls["freshpaint"],
+                       "max_in_flight_requests": 64},
+        "batching": {"max_wait_s": 0.5},
+        "health": {"host": "127.0.0.1", "port": 0},
+        "logging": {"level": "warning", "format": "json"},
+    }
+    path = directory / f"{group}.yaml"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def run_consumers(stack: DevStack, emulator: EmulatorClient, config: Path, *, processes: int, expected: int,
+                  directory: Path, timeout_s: float = 1800) -> Run:
+    """Start ``processes`` usage-consumer processes; time from the first accepted event to the last."""
+    emulator.reset()
+    env = {**os.environ, "FRESHSUCCESS_AUTH_KEY": AUTH_KEY, "FRESHSUCCESS_API_KEY": API_KEY,
+           "FRESHPAINT_TOKEN": TOKEN}
+    procs = [Proc([PY, "-m", "consumer.cli", "run", "--config", str(config)], env=env,
+                  log=directory / f"{config.stem}-{i}.log") for i in range(processes)]
+    first: tuple[float, int] | None = None
+    last = (0.0, 0)
+    deadline = time.monotonic() + timeout_s
+    samples = 0
+    while time.monotonic() < deadline:
+        accepted = emulator.stats()["accepted"]
+        now = time.perf_counter()
+        if accepted and first is None:
+            first = (now, accepted)
+        last = (now, accepted)
+        samples += 1
+        if samples % 5 == 0:
+            for proc in procs:
+                proc.sample_rss()
+        if accepted >= expected:
+            break
+        if any(p.popen.poll() is not None for p in procs):
+            raise RuntimeError(f"a consumer exited early; see {directory}")
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"only {last[1]} of {expected} events accepted within {timeout_s}s; see {directory}")
+    results = [p.finish(terminate=True) for p in procs]
+    assert first is not None
+    events = last[1] - first[1]
+    rss = [s for p in procs for s in p.rss_samples[len(p.rss_samples) // 2:]]
+    return Run(events, last[0] - first[0], sum(r[0] for r in results), max(r[1] for r in results),
+               statistics.median(rss) if rss else None, processed=last[1])
+
+
+# --------------------------------------------------------------------------------- live latency
+
+
+def live_latency(stack: DevStack, emulator: EmulatorClient, config: Path, topic: str, schema_id: int, *,
+                 rate: int, seconds: float, directory: Path) -> dict[str, float]:
+    """Produce at ``rate`` events/s stamped with the produce time while a consumer runs; read the latency."""
+    emulator.reset()
+    env = {**os.environ, "FRESHSUCCESS_AUTH_KEY": AUTH_KEY, "FRESHSUCCESS_API_KEY": API_KEY,
+           "FRESHPAINT_TOKEN": TOKEN}
+    proc = Proc([PY, "-m", "consumer.cli", "run", "--config", str(config)], env=env,
+                log=directory / f"{config.stem}-live.log")
+    try:
+        warm = list(realistic_events(50, seed=5))
+        for e in warm:
+            e["occurred_at"] = int(time.time() * 1000)
+        stack.produce_events(topic, schema_id, warm)
+        deadline = time.monotonic() + 60
+        while emulator.stats()["accepted"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        emulator.reset()
+        total = int(rate * seconds)
+        events = list(realistic_events(total, seed=77))
+        producer = stack.producer
+        started = time.perf_counter()
+        for i, event in enumerate(events):
+            target = started + i / rate
+            while (now := time.perf_counter()) < target:
+                time.sleep(min(0.002, target - now))
+            event["occurred_at"] = int(time.time() * 1000)
+            producer.produce(topic, key=event["account_id"].encode(), value=stack.encode(schema_id, event))
+            if i % 200 == 0:
+                producer.poll(0)
+        producer.flush(30)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            latency = emulator.latency()
+            if latency.get("count", 0) >= total * 0.8:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # let the last batch land (max_wait_s) before reading the distribution
+        return emulator.latency() | {"rate_per_s": rate}
+    finally:
+        proc.finish(terminate=True)
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--freshpaint-events", type=int, default=60_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny and once: checks the harness, not timings")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.events, args.freshpaint_events, args.repeat = 6000, 1500, 1
+    started = time.monotonic()
+    directory = Path(tempfile.mkdtemp(prefix="usage-consumer-bench-"))
+
+    with DevStack(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), emulators=False) as stack:
+        ready = directory / "emulators.json"
+        emulators = Proc([PY, "-m", "consumer.cli", "emulate", "--ready-file", str(ready),
+                          "--max-kept-events", "1"],
+                         env={**os.environ, **stack.secrets_env()}, log=directory / "emulators.log")
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        urls = json.loads(ready.read_text())
+        urls = {"freshsuccess": urls["freshsuccess_url"], "freshpaint": urls["freshpaint_url"]}
+        fs, fp = EmulatorClient(urls["freshsuccess"]), EmulatorClient(urls["freshpaint"])
+        try:
+            results = measure(stack, args, urls, fs, fp, directory)
+        finally:
+            emulators.finish(terminate=True)
+
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "events": args.events, "freshpaint_events": args.freshpaint_events, "repeat": args.repeat,
+        "smoke": args.smoke, "elapsed_s": round(time.monotonic() - started, 1),
+        "results": {r.name: r.summary() for r in results},
+    }
+    eps = {r.name: r.median("events_per_s") or 0.0 for r in results}
+    report["ratios"] = {"d/a": eps["d"] / eps["a"], "d/b": eps["d"] / eps["b"], "d/c": eps["d"] / eps["c"],
+                        "f/d": eps["f"] / eps["d"]}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    say(f"wrote {args.output} ({report['elapsed_s']}s in all; logs in {directory})")
+    return 0
+
+
+def measure(stack: DevStack, args: argparse.Namespace, urls: dict[str, str], fs: EmulatorClient,
+            fp: EmulatorClient, directory: Path) -> list[Result]:
+    topic, dlq = stack.topics(partitions=8, prefix="bench")
+    fp_topic, fp_dlq = stack.topics(partitions=8, prefix="bench-fp")
+    schema_id = stack.register(topic)
+    stack.register(fp_topic)
+    say(f"producing {args.events} events to {topic} (8 partitions) ...")
+    fs_expected = 0
+    produced = 0
+    chunk: list[dict[str, Any]] = []
+    for event in realistic_events(args.events, seed=1):
+        fs_expected += event["event_type"] in FS_TYPES
+        chunk.append(event)
+        if len(chunk) == 50_000:
+            produced += stack.produce_events(topic, schema_id, chunk)
+            if produced <= args.freshpaint_events:
+                stack.produce_events(fp_topic, schema_id, chunk)
+            elif produced - len(chunk) < args.freshpaint_events:
+                stack.produce_events(fp_topic, schema_id, chunk[: args.freshpaint_events - produced + len(chunk)])
+            say(f"  {produced}/{args.events}")
+            chunk = []
+    if chunk:
+        produced += stack.produce_events(topic, schema_id, chunk)
+        if produced - len(chunk) < args.freshpaint_events:
+            stack.produce_events(fp_topic, schema_id, chunk[: max(0, args.freshpaint_events - produced + len(chunk))])
+    fp_count = min(args.freshpaint_events, args.events)
+
+    results = {name: Result(name, label) for name, label in [
+        ("a", "consume ceiling (confluent-kafka consume only)"),
+        ("b", "decode ceiling (consume + fastavro decode)"),
+        ("c", "naive baseline (AvroDeserializer, json, 1 POST/1000, sync commit)"),
+        ("d", "usage-consumer -> Freshsuccess"),
+        ("e", f"usage-consumer -> Freshpaint ({fp_count} events)"),
+        ("f", "2 usage-consumer processes -> Freshsuccess"),
+    ]}
+    steps: list[tuple[str, Callable[[], Run]]] = [
+        ("a", lambda: run_loop("consume", stack, topic, args.events, urls["freshsuccess"])),
+        ("b", lambda: run_loop("decode", stack, topic, args.events, urls["freshsuccess"])),
+        ("c", lambda: run_loop("naive", stack, topic, args.events, urls["freshsuccess"])),
+        ("d", lambda: run_consumers(stack, fs, consumer_config(stack, topic, dlq, "freshsuccess", urls, directory,
+                                                               f"bench-d-{uuid.uuid4().hex[:6]}"),
+                                    processes=1, expected=fs_expected, directory=directory)),
+        ("e", lambda: run_consumers(stack, fp, consumer_config(stack, fp_topic, fp_dlq, "freshpaint", urls,
+                                                               directory, f"bench-e-{uuid.uuid4().hex[:6]}"),
+                                    processes=1, expected=fp_count, directory=directory)),
+        ("f", lambda: run_consumers(stack, fs, consumer_config(stack, topic, dlq, "freshsuccess", urls, directory,
+                                                               f"bench-f-{uuid.uuid4().hex[:6]}"),
+                                    processes=2, expected=fs_expected, directory=directory)),
+    ]
+    for repetition in range(1, args.repeat + 1):
+        for name, step in steps:
+            run = step()
+            results[name].runs.append(run)
+            say(f"run {repetition}/{args.repeat} ({name}) {results[name].label}: {run.events_per_s:,.0f} events/s, "
+                f"{run.cpu_s:.1f} CPU s, peak RSS {run.peak_rss_mb:.0f} MB")
+    results["c"].note = "CPU and memory include the naive loop's own process only"
+    results["d"].note = "events/s over Freshsuccess outputs (page views are skipped: no Freshsuccess rule)"
+    results["f"].note = "two processes share the machine's 2 cores with the broker and the emulators"
+
+    say("live phase: fixed-rate production for produce-to-acceptance latency ...")
+    live_topic, live_dlq = stack.topics(partitions=8, prefix="bench-live")
+    live_id = stack.register(live_topic)
+    seconds = 2.0 if args.smoke else 8.0
+    results["d"].latency = live_latency(
+        stack, fs, consumer_config(stack, live_topic, live_dlq, "freshsuccess", urls, directory, "bench-live-d"),
+        live_topic, live_id, rate=5000 if args.smoke else 20_000, seconds=seconds, directory=directory)
+    live_fp, live_fp_dlq = stack.topics(partitions=8, prefix="bench-live-fp")
+    live_fp_id = stack.register(live_fp)
+    results["e"].latency = live_latency(
+        stack, fp, consumer_config(stack, live_fp, live_fp_dlq, "freshpaint", urls, directory, "bench-live-e"),
+        live_fp, live_fp_id, rate=500 if args.smoke else 2000, seconds=seconds, directory=directory)
+    return list(results.values())
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = report["results"]
+    print()
+    print(f"usage-consumer benchmark: {report['events']:,} events, medians of {report['repeat']} run(s), "
+          f"{report['machine']['cpus']} CPUs, Python {report['machine']['python']}"
+          + (" [SMOKE: harness check only]" if report["smoke"] else ""))
+    header = f"{'':4}{'measurement':<62}{'events/s':>11}{'CPU s/M':>9}{'peak MB':>9}{'steady MB':>10}"
+    print(header + f"{'p50 ms':>9}{'p99 ms':>9}")
+    print("-" * (len(header) + 18))
+    for name, row in rows.items():
+        latency = row["latency"] or {}
+        steady = row["steady_rss_mb"]
+        print(f"({name}) {row['label']:<62}{row['events_per_s']:>11,}{row['cpu_s_per_million'] or 0:>9.2f}"
+              f"{row['peak_rss_mb'] or 0:>9.0f}{(f'{steady:.0f}' if steady else '-'):>10}"
+              f"{latency.get('p50_ms', '-'):>9}{latency.get('p99_ms', '-'):>9}")
+    ratios = report["ratios"]
+    print("ratios: " + "  ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
