@@ -30,7 +30,8 @@ def consumer_for(bootstrap: str, topic: str) -> Any:
     return consumer
 
 
-def run_consume(args: argparse.Namespace) -> tuple[int, float]:
+def drain(args: argparse.Namespace, handle: Any) -> tuple[int, float]:
+    """Consume ``args.count`` records, calling ``handle(value)`` on each; time first message to last."""
     consumer = consumer_for(args.bootstrap, args.topic)
     seen = 0
     started = 0.0
@@ -40,11 +41,15 @@ def run_consume(args: argparse.Namespace) -> tuple[int, float]:
             started = time.perf_counter()
         for message in messages:
             if message.error() is None:
-                message.value()
+                handle(message.value())
                 seen += 1
     elapsed = time.perf_counter() - started
     consumer.close()
     return seen, elapsed
+
+
+def run_consume(args: argparse.Namespace) -> tuple[int, float]:
+    return drain(args, lambda value: None)
 
 
 def run_decode(args: argparse.Namespace) -> tuple[int, float]:
@@ -54,21 +59,7 @@ def run_decode(args: argparse.Namespace) -> tuple[int, float]:
 
     decoder = make_decoder("confluent", reader_schema=load_schema(default_reader_schema_path()),
                            registry=SchemaRegistryClient(args.registry))
-    decode = decoder.decode
-    consumer = consumer_for(args.bootstrap, args.topic)
-    seen = 0
-    started = 0.0
-    while seen < args.count:
-        messages = consumer.consume(num_messages=1000, timeout=1.0)
-        if messages and not started:
-            started = time.perf_counter()
-        for message in messages:
-            if message.error() is None:
-                decode(message.value())
-                seen += 1
-    elapsed = time.perf_counter() - started
-    consumer.close()
-    return seen, elapsed
+    return drain(args, decoder.decode)
 
 
 def naive_map(event: dict[str, Any]) -> dict[str, Any] | None:
