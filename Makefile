@@ -8,12 +8,14 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.deps-stamp
 PYTEST_FLAGS ?= -q
 
-.PHONY: help setup kafka-jars lint typecheck unit integration test demo bench clean
+.PHONY: help setup kafka-jars lint typecheck unit integration faults chart-tools chart-test image-test lock test \
+	demo bench clean
 
 help:
 	@echo "make demo   - run the pipeline end to end on a local broker and emulators"
 	@echo "make test   - set up everything, then ruff, mypy, unit and integration tests"
 	@echo "make bench  - throughput, CPU, memory and latency against the ceilings and a naive baseline"
+	@echo "make image-test - build the image with buildah and smoke-run it (root, ~1.5 min)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +40,22 @@ unit: $(STAMP)
 integration: setup
 	$(BIN)/pytest tests/integration $(PYTEST_FLAGS)
 
-test: setup lint typecheck unit integration
+faults: setup
+	$(BIN)/pytest tests/faults $(PYTEST_FLAGS)
+
+chart-tools: $(STAMP)
+	VENV=$(VENV) scripts/dev-tools
+
+chart-test: chart-tools
+	$(BIN)/pytest tests/chart $(PYTEST_FLAGS)
+
+image-test: setup
+	VENV=$(VENV) scripts/image-test
+
+lock: $(STAMP)
+	VENV=$(VENV) scripts/lock-requirements
+
+test: setup lint typecheck unit chart-test integration faults
 
 demo: setup
 	$(PY) scripts/demo.py

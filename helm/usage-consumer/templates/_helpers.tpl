@@ -1,0 +1,205 @@
+{{/* Names and labels. */}}
+{{- define "usage-consumer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "usage-consumer.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "usage-consumer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "usage-consumer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "usage-consumer.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "usage-consumer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: consumer
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "usage-consumer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "usage-consumer.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "usage-consumer.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the secret environment variables. */}}
+{{- define "usage-consumer.secretName" -}}
+{{- default (include "usage-consumer.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/* Config sections with the defaults the consumer would use when a section or key is left out. */}}
+{{- define "usage-consumer.section" -}}
+{{- toYaml (index (.root.Values.config | default dict) .name | default dict) }}
+{{- end }}
+
+{{- define "usage-consumer.healthPort" -}}
+{{- $health := include "usage-consumer.section" (dict "root" . "name" "health") | fromYaml }}
+{{- $health.port | default 8080 | int }}
+{{- end }}
+
+{{- define "usage-consumer.shutdownTimeout" -}}
+{{- $shutdown := include "usage-consumer.section" (dict "root" . "name" "shutdown") | fromYaml }}
+{{- $shutdown.timeout_s | default 25 | float64 }}
+{{- end }}
+
+{{- define "usage-consumer.enabled" -}}
+{{- $section := include "usage-consumer.section" (dict "root" .root "name" .name) | fromYaml }}
+{{- if or (not (hasKey $section "enabled")) $section.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Destinations the consumer runs, as a YAML list. */}}
+{{- define "usage-consumer.destinations" -}}
+{{- $out := list }}
+{{- range $name := list "freshsuccess" "freshpaint" }}
+{{- if include "usage-consumer.enabled" (dict "root" $ "name" $name) }}
+{{- $out = append $out $name }}
+{{- end }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* The consumer groups the consumer joins (one per destination unless group_per_destination is false), as a
+YAML list: what the app derives from config.kafka.group_id, so KEDA watches the same groups. */}}
+{{- define "usage-consumer.groups" -}}
+{{- $kafka := include "usage-consumer.section" (dict "root" . "name" "kafka") | fromYaml }}
+{{- $groupId := $kafka.group_id | default "usage-consumer" }}
+{{- $perDestination := or (not (hasKey $kafka "group_per_destination")) $kafka.group_per_destination }}
+{{- $out := list }}
+{{- if $perDestination }}
+{{- range $dest := include "usage-consumer.destinations" . | fromYamlArray }}
+{{- $out = append $out (printf "%s.%s" $groupId $dest) }}
+{{- end }}
+{{- else }}
+{{- $out = list $groupId }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{- define "usage-consumer.saslEnabled" -}}
+{{- $kafka := include "usage-consumer.section" (dict "root" . "name" "kafka") | fromYaml }}
+{{- if hasPrefix "SASL_" ($kafka.security_protocol | default "PLAINTEXT") }}true{{ end }}
+{{- end }}
+
+{{- define "usage-consumer.tlsEnabled" -}}
+{{- $kafka := include "usage-consumer.section" (dict "root" . "name" "kafka") | fromYaml }}
+{{- if has ($kafka.security_protocol | default "PLAINTEXT") (list "SSL" "SASL_SSL") }}true{{ end }}
+{{- end }}
+
+{{- define "usage-consumer.tlsDir" -}}/etc/usage-consumer/kafka-tls{{- end }}
+
+{{/* config.yaml: the `config` values, with the paths the chart owns filled in. */}}
+{{- define "usage-consumer.configYaml" -}}
+{{- $config := deepCopy (.Values.config | default dict) }}
+{{- $_ := set $config "mapping" (dict "file" "/etc/usage-consumer/mapping.yaml") }}
+{{- if .Values.kafkaTls.existingSecret }}
+{{- $kafka := deepCopy (index $config "kafka" | default dict) }}
+{{- $dir := include "usage-consumer.tlsDir" . }}
+{{- if .Values.kafkaTls.caKey }}
+{{- $_ := set $kafka "ssl_ca_location" (printf "%s/%s" $dir .Values.kafkaTls.caKey) }}
+{{- end }}
+{{- if .Values.kafkaTls.certKey }}
+{{- $_ := set $kafka "ssl_certificate_location" (printf "%s/%s" $dir .Values.kafkaTls.certKey) }}
+{{- end }}
+{{- if .Values.kafkaTls.keyKey }}
+{{- $_ := set $kafka "ssl_key_location" (printf "%s/%s" $dir .Values.kafkaTls.keyKey) }}
+{{- end }}
+{{- $_ := set $config "kafka" $kafka }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* The secret environment variables the config needs, each from the Secret. */}}
+{{- define "usage-consumer.secretEnv" -}}
+{{- $secret := include "usage-consumer.secretName" . }}
+{{- $keys := .Values.secrets.keys }}
+{{- $wanted := list }}
+{{- if include "usage-consumer.enabled" (dict "root" . "name" "freshsuccess") }}
+{{- $wanted = concat $wanted (list "FRESHSUCCESS_AUTH_KEY" "FRESHSUCCESS_API_KEY") }}
+{{- end }}
+{{- if include "usage-consumer.enabled" (dict "root" . "name" "freshpaint") }}
+{{- $wanted = append $wanted "FRESHPAINT_TOKEN" }}
+{{- end }}
+{{- $decoding := include "usage-consumer.section" (dict "root" . "name" "decoding") | fromYaml }}
+{{- if $decoding.schema_registry_user }}
+{{- $wanted = append $wanted "SCHEMA_REGISTRY_PASSWORD" }}
+{{- end }}
+{{- if include "usage-consumer.saslEnabled" . }}
+{{- $wanted = append $wanted "KAFKA_SASL_PASSWORD" }}
+{{- end }}
+{{- range $wanted }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ index $keys . | default . }}
+{{- end }}
+{{- if and .Values.kafkaTls.existingSecret .Values.kafkaTls.keyKey }}
+- name: KAFKA_SSL_KEY_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ index $keys "KAFKA_SSL_KEY_PASSWORD" | default "KAFKA_SSL_KEY_PASSWORD" }}
+      optional: true
+{{- end }}
+{{- end }}
+
+{{/* Checks across values that the schema cannot express; each failure says what to change. */}}
+{{- define "usage-consumer.validate" -}}
+{{- $grace := .Values.terminationGracePeriodSeconds | float64 }}
+{{- $timeout := include "usage-consumer.shutdownTimeout" . | float64 }}
+{{- if lt $grace (addf $timeout 5) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must be at least config.shutdown.timeout_s (%v) + 5: Kubernetes kills the pod after it, and the consumer needs the shutdown deadline plus a few seconds to commit and exit" $grace $timeout) }}
+{{- end }}
+{{- if and .Values.autoscaling.hpa.enabled .Values.keda.enabled }}
+{{- fail "enable at most one of autoscaling.hpa.enabled and keda.enabled: KEDA creates its own HPA for the Deployment" }}
+{{- end }}
+{{- if and .Values.secrets.existingSecret .Values.secrets.dev }}
+{{- fail "secrets.existingSecret and secrets.dev are both set: use existingSecret (production) or dev (development only), not both" }}
+{{- end }}
+{{- $kafka := include "usage-consumer.section" (dict "root" . "name" "kafka") | fromYaml }}
+{{- if include "usage-consumer.saslEnabled" . }}
+{{- if not $kafka.sasl_mechanism }}
+{{- fail (printf "config.kafka.security_protocol is %s: set config.kafka.sasl_mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)" $kafka.security_protocol) }}
+{{- end }}
+{{- if not $kafka.sasl_username }}
+{{- fail (printf "config.kafka.security_protocol is %s: set config.kafka.sasl_username (the password comes from the Secret key %s)" $kafka.security_protocol (index .Values.secrets.keys "KAFKA_SASL_PASSWORD" | default "KAFKA_SASL_PASSWORD")) }}
+{{- end }}
+{{- else if $kafka.sasl_mechanism }}
+{{- fail (printf "config.kafka.sasl_mechanism is set but config.kafka.security_protocol is %s: use SASL_SSL or SASL_PLAINTEXT" ($kafka.security_protocol | default "PLAINTEXT")) }}
+{{- end }}
+{{- if and .Values.kafkaTls.existingSecret (not (include "usage-consumer.tlsEnabled" .)) }}
+{{- fail (printf "kafkaTls.existingSecret is set but config.kafka.security_protocol is %s: use SSL or SASL_SSL" ($kafka.security_protocol | default "PLAINTEXT")) }}
+{{- end }}
+{{- if and .Values.kafkaTls.existingSecret (or $kafka.ssl_ca_location $kafka.ssl_certificate_location $kafka.ssl_key_location) }}
+{{- fail "kafkaTls.existingSecret sets config.kafka.ssl_*_location itself: remove them from config.kafka" }}
+{{- end }}
+{{- if ne (empty .Values.kafkaTls.certKey) (empty .Values.kafkaTls.keyKey) }}
+{{- fail "kafkaTls.certKey and kafkaTls.keyKey go together (a client certificate needs its key)" }}
+{{- end }}
+{{- end }}
