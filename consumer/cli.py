@@ -1,4 +1,5 @@
-"""The ``usage-consumer`` command line: ``run``, ``check`` and ``emulate``.
+"""The ``usage-consumer`` command line: ``run``, ``check``, ``emulate``, and the operator tools ``map``,
+``dlq inspect|replay`` and ``ping``.
 
 Start-up failures print one line naming the cause (file, line and key for configuration) and exit
 non-zero; ``--debug`` adds the traceback.
@@ -14,8 +15,11 @@ import traceback
 from pathlib import Path
 from types import FrameType
 
+from confluent_kafka import KafkaException
+
 from consumer import __version__
 from consumer.errors import ConfigError, FatalError, UsageConsumerError
+from consumer.tools.kafkaread import kafka_error_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +40,80 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("emulate", help="serve the Freshsuccess and Freshpaint emulators (see --help)",
                         add_help=False)
+    _add_tool_parsers(commands)
     return parser
+
+
+def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The operator tools: ``map`` (dry run), ``dlq inspect|replay`` and ``ping`` (docs/runbook.md)."""
+    dry = commands.add_parser(
+        "map", help="dry run: show what each sample event would become (no request is sent)",
+        description="For each sample event print the rules it matches and the exact requests that would be "
+                    "sent (keys masked, body before compression), or why it would be skipped or dead-lettered. "
+                    "Samples: JSON lines matching the event schema, Avro object container files, or records "
+                    "read from the configured topic (never committed).")
+    dry.add_argument("--config", type=Path)
+    dry.add_argument("samples", nargs="*", metavar="FILE",
+                     help="JSON-lines or Avro container file ('-' reads stdin)")
+    dry.add_argument("--from-topic", type=int, metavar="N",
+                     help="read N records from kafka.topics instead (the newest, or from --partition/--offset)")
+    dry.add_argument("--partition", type=int,
+                     help="with --from-topic: the partition to read; with files: the partition the samples "
+                          "pretend to come from (default 0)")
+    dry.add_argument("--offset", type=int,
+                     help="with --from-topic: the first offset to read; with files: the offset of the first "
+                          "sample (default 0; it matters for $insert_id when event_id is empty)")
+    dry.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dlq = commands.add_parser("dlq", help="inspect or replay dead letters")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    inspect = dlq_commands.add_parser(
+        "inspect", help="list dead letters with reason, source position and a decoded preview",
+        description="List the records of kafka.dead_letter_topic (read only; nothing is committed).")
+    replay = dlq_commands.add_parser(
+        "replay", help="send dead letters back to their source topic, or straight to the destinations",
+        description="Replay selected dead letters. Progress is committed on the dead-letter topic for the "
+                    "replay group only after each replayed record was accepted (produce acknowledged with "
+                    "acks=all, or the destination answered 2xx), so an interrupted replay loses nothing and "
+                    "a repeated one does not replay again what was already replayed.")
+    for sub in (inspect, replay):
+        sub.add_argument("--config", type=Path)
+        sub.add_argument("--reason", action="append", metavar="CODE",
+                         help="only this dlq.reason (repeatable), e.g. mapping_failed, missing_required_field")
+        sub.add_argument("--destination", action="append", choices=["freshsuccess", "freshpaint"],
+                         help="only dead letters parked by this destination's lane (repeatable)")
+        sub.add_argument("--since", metavar="TIME",
+                         help="failed at or after TIME: 2025-01-31T10:00:00Z, 2025-01-31, or ago: 30m, 2h, 7d")
+        sub.add_argument("--until", metavar="TIME", help="failed before TIME (same forms as --since)")
+        sub.add_argument("--limit", type=int, metavar="N", help="at most N dead letters")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--full", action="store_true", help="show whole values and messages, not previews")
+    replay.add_argument("--to-destinations", action="store_true",
+                        help="decode and map each dead letter with the current config and mapping and deliver "
+                             "it to the destination that parked it, instead of producing it to its source topic")
+    replay.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
+    replay.add_argument("--group", help="consumer group that tracks replay progress "
+                                        "(default: <kafka.group_id>.dlq-replay)")
+    replay.add_argument("--from-beginning", action="store_true",
+                        help="ignore the replay group's progress and start at the oldest dead letter")
+    replay.add_argument("--allow-duplicates", action="store_true",
+                        help="replay to the source topic even records only some destinations dead-lettered "
+                             "(the others would receive them a second time)")
+    replay.add_argument("--timeout-s", type=float, default=120.0,
+                        help="give up (and stop, committing what was accepted) when a produce or a delivery "
+                             "takes longer than this (default 120)")
+
+    ping = commands.add_parser(
+        "ping", help="check the broker, the schema registry and each destination with the configured keys",
+        description="Checks Kafka (metadata, topics exist), the schema registry (confluent framing) and each "
+                    "enabled destination, prints one table, and exits 0 only if every check passed.")
+    ping.add_argument("--config", type=Path)
+    ping.add_argument("--timeout-s", type=float, help="per check (default: kafka.startup_timeout_s for Kafka, "
+                                                      "the destination's timeout_s for HTTP)")
+    ping.add_argument("--freshpaint-check", choices=["event", "connect"], default="event",
+                      help="event (default): POST a test event routed to no Freshpaint destination; "
+                           "connect: open a connection only, send nothing")
+    ping.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,19 +126,72 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.config)
-        return _run(args.config, args.destination, args.shutdown_timeout_s)
+        if args.command == "run":
+            return _run(args.config, args.destination, args.shutdown_timeout_s)
+        return _tool(args)
     except ConfigError as exc:
         _report(exc, args.debug, "configuration error")
         return 2
     except UsageConsumerError as exc:
         _report(exc, args.debug, "error")
         return 3
+    except KafkaException as exc:  # the client refused its settings (e.g. a bad kafka.client_properties key)
+        _report(exc, args.debug, "configuration error",
+                f"the Kafka client refused its settings: {kafka_error_text(exc)}; check kafka.client_properties "
+                "and the security settings")
+        return 2
+    except OSError as exc:  # e.g. the health port is taken, a file cannot be read
+        _report(exc, args.debug, "error", f"{exc.strerror or exc}"
+                + (f": {exc.filename}" if exc.filename else ""))
+        return 3
+    except KeyboardInterrupt:
+        print("usage-consumer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line, the traceback with --debug
+        _report(exc, args.debug, "internal error",
+                f"{type(exc).__name__}: {exc} (a bug; run with --debug for the traceback)")
+        return 3
 
 
-def _report(exc: BaseException, debug: bool, what: str) -> None:
+def _report(exc: BaseException, debug: bool, what: str, text: str | None = None) -> None:
     if debug:
         traceback.print_exc()
-    print(f"usage-consumer: {what}: {exc}", file=sys.stderr)
+    print(f"usage-consumer: {what}: {exc if text is None else text}", file=sys.stderr)
+
+
+def _tool(args: argparse.Namespace) -> int:
+    """``map``, ``dlq`` and ``ping``: settings from --config and the environment, quiet logs, one result."""
+    from consumer.config import load_settings
+    from consumer.logs import configure_logging
+
+    settings = load_settings(args.config)
+    configure_logging(level="debug" if args.debug else "warning", fmt="console",
+                      secrets=settings.secret_values())
+    if args.command == "map":
+        from consumer.tools.dryrun import run_map
+
+        if args.samples and args.from_topic is not None:
+            raise ConfigError("give sample files or --from-topic N, not both")
+        if not args.samples and args.from_topic is None:
+            raise ConfigError("nothing to explain: give sample files (JSON lines or Avro container; '-' for "
+                              "stdin) or --from-topic N")
+        return run_map(settings, files=args.samples, from_topic=args.from_topic, partition=args.partition,
+                       offset=args.offset, as_json=args.json, out=sys.stdout)
+    if args.command == "ping":
+        from consumer.tools.ping import run_ping
+
+        return run_ping(settings, timeout_s=args.timeout_s, freshpaint_check=args.freshpaint_check,
+                        as_json=args.json, out=sys.stdout)
+    from consumer.tools.dlq import Selection, run_inspect, run_replay
+
+    selection = Selection.from_options(reasons=args.reason, destinations=args.destination, since=args.since,
+                                       until=args.until, limit=args.limit)
+    if args.dlq_command == "inspect":
+        return run_inspect(settings, selection, full=args.full, as_json=args.json, out=sys.stdout)
+    return run_replay(settings, selection, to_destinations=args.to_destinations, dry_run=args.dry_run,
+                      group=args.group, from_beginning=args.from_beginning,
+                      allow_duplicates=args.allow_duplicates, timeout_s=args.timeout_s, as_json=args.json,
+                      out=sys.stdout, progress=sys.stderr)
 
 
 def _check(config: Path | None) -> int:

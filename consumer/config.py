@@ -56,6 +56,8 @@ class KafkaConfig(_Section):
     """librdkafka's ``queued.max.messages.kbytes``: the bound on fetched-but-unprocessed data in memory."""
     client_properties: dict[str, str] = Field(default_factory=dict)
     """Extra librdkafka settings (non-secret), e.g. ``fetch.max.bytes``."""
+    startup_timeout_s: float = Field(15.0, gt=0, le=600)
+    """How long start-up (and ``usage-consumer ping``, ``map``, ``dlq``) waits for the broker's first answer."""
 
 
 class DecodingConfig(_Section):
@@ -123,6 +125,8 @@ class FreshsuccessConfig(_Section):
     compress_level: int = Field(1, ge=0, le=9)
     timeout_s: float = Field(30.0, gt=0)
     ping_at_start: bool = True
+    ca_bundle: Path | None = None
+    """PEM CA bundle that verifies the server's certificate instead of the default trust store."""
     auth_key: SecretStr | None = None
     api_key: SecretStr | None = None
 
@@ -134,6 +138,8 @@ class FreshpaintConfig(_Section):
     ordered: bool = False
     """Send each partition's events one after another, in offset order (partitions still run concurrently)."""
     timeout_s: float = Field(10.0, gt=0)
+    ca_bundle: Path | None = None
+    """PEM CA bundle that verifies the server's certificate instead of the default trust store."""
     token: SecretStr | None = None
 
 

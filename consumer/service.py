@@ -8,6 +8,7 @@ are set, and Freshsuccess answers its ping. Then each lane runs in its own threa
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient
 
 from consumer.config import Settings, default_mapping_file
@@ -60,19 +62,81 @@ def prepare(settings: Settings) -> Prepared:
     return Prepared(reader_schema, mapping, mapping_file)
 
 
-def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
-    """The broker answers and every topic we read or write exists; else one clear error."""
-    admin = AdminClient(settings.kafka_client_config())
+def check_kafka(settings: Settings, timeout_s: float | None = None) -> None:
+    """The broker answers and every topic we read or write exists; else one clear error.
+
+    ``timeout_s`` defaults to ``kafka.startup_timeout_s``.
+    """
+    if timeout_s is None:
+        timeout_s = settings.kafka.startup_timeout_s
+    # librdkafka would print a line per failed connection attempt; the one error below says it all.
+    # Authentication and TLS failures reach only the error callback (list_topics just times out).
+    seen: list[KafkaError] = []
+    admin = AdminClient({"log_level": 0, "error_cb": seen.append, **settings.kafka_client_config()})
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except Exception as exc:
-        raise FatalError(f"Kafka at {settings.kafka.bootstrap_servers} did not answer within {timeout_s:.0f}s "
-                         f"({exc}); check kafka.bootstrap_servers and the network") from None
+        error = exc.args[0] if exc.args else exc
+        detail = error.str() if hasattr(error, "str") else str(error)  # a KafkaError's own text
+        admin.poll(0)  # serves error_cb
+        cause = kafka_failure_cause(settings, seen)
+        if cause is not None:
+            raise FatalError(f"Kafka at {settings.kafka.bootstrap_servers}: {cause}") from None
+        raise FatalError(f"Kafka at {settings.kafka.bootstrap_servers} did not answer within {timeout_s:g}s "
+                         f"({detail}); check kafka.bootstrap_servers (or KAFKA_BOOTSTRAP_SERVERS), the network "
+                         "and the security settings") from None
     missing = [t for t in (*settings.kafka.topics, settings.kafka.dead_letter_topic) if t not in metadata.topics]
     if missing:
         raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on {settings.kafka.bootstrap_servers}; "
                           "create them or fix kafka.topics / kafka.dead_letter_topic", key="kafka.topics",
                           file=settings.source)
+
+
+# librdkafka error texts that name a TLS problem, and what the operator should check for each.
+_TLS_CAUSES = (
+    ("certificate verify failed", "the broker's TLS certificate could not be verified",
+     "check kafka.ssl_ca_location (the CA that signed the broker's certificate) and the broker's host name"),
+    ("alert bad certificate", "the broker refused our TLS client certificate",
+     "check kafka.ssl_certificate_location and kafka.ssl_key_location (a certificate signed by a CA the broker "
+     "trusts)"),
+    ("alert certificate required", "the broker requires a TLS client certificate",
+     "set kafka.ssl_certificate_location and kafka.ssl_key_location"),
+    ("alert unknown ca", "the broker does not trust the CA of our TLS client certificate",
+     "check kafka.ssl_certificate_location and kafka.ssl_key_location"),
+    ("wrong version number", "the broker's listener does not speak TLS", "check kafka.security_protocol"),
+)
+
+
+def kafka_failure_cause(settings: Settings, errors: list[KafkaError]) -> str | None:
+    """Why the broker did not answer, from the client's error callbacks: authentication or TLS; None if
+    neither (then the address or the network is the likely cause). Never contains a secret."""
+    texts = [error.str() for error in errors]
+    cause = None
+    for error, text in zip(errors, texts, strict=True):
+        if error.code() == KafkaError._AUTHENTICATION:
+            kafka = settings.kafka
+            cause = (f"authentication failed ({_without_timing(text)}); check kafka.sasl_mechanism "
+                     f"({kafka.sasl_mechanism}), kafka.sasl_username ({kafka.sasl_username}) and "
+                     "KAFKA_SASL_PASSWORD")
+            break
+    if cause is None:
+        for needle, what, hint in _TLS_CAUSES:
+            found = next((text for text in texts if needle in text), None)
+            if found is not None:
+                cause = f"{what} ({_without_timing(found)}); {hint}"
+                break
+    if cause is None:
+        return None
+    for secret in settings.secret_values():  # librdkafka never echoes them; belt and braces
+        cause = cause.replace(secret, "***")
+    return cause
+
+
+def _without_timing(text: str) -> str:
+    """librdkafka's text without the trailing ``(after 3ms in state X)`` and the endpoint prefix."""
+    text = text.split(" (after ", 1)[0]
+    _, sep, rest = text.partition("/bootstrap: ")
+    return rest if sep else text
 
 
 def build_decoder(settings: Settings, reader_schema: dict[str, Any]) -> Decoder:
@@ -123,12 +187,29 @@ def build_destination(settings: Settings, name: str, *, on_retry: Callable[[str,
         return FreshsuccessDestination(FreshsuccessSink(
             base_url=fs.base_url or datacenter_url(fs.datacenter), auth_key=fs.auth_key.get_secret_value(),
             api_key=fs.api_key.get_secret_value(), encoding=fs.encoding, compress_level=fs.compress_level,
-            timeout_s=fs.timeout_s, retry=retry_policy(settings), on_retry=on_retry))
+            timeout_s=fs.timeout_s, retry=retry_policy(settings), on_retry=on_retry,
+            ssl_context=tls_context(fs.ca_bundle, key="freshsuccess.ca_bundle", source=settings.source)))
     fp = settings.freshpaint
     assert fp.token is not None
     return FreshpaintDestination(FreshpaintSink(
         base_url=fp.base_url, token=fp.token.get_secret_value(), max_in_flight=fp.max_in_flight_requests,
-        timeout_s=fp.timeout_s, retry=retry_policy(settings), on_retry=on_retry), ordered=fp.ordered)
+        timeout_s=fp.timeout_s, retry=retry_policy(settings), on_retry=on_retry,
+        ssl_context=tls_context(fp.ca_bundle, key="freshpaint.ca_bundle", source=settings.source)),
+        ordered=fp.ordered)
+
+
+def tls_context(ca_bundle: Path | None, *, key: str, source: str | None = None) -> ssl.SSLContext | None:
+    """A verifying TLS client context trusting only ``ca_bundle`` (None: the sink's default trust store).
+
+    Certificate and host name verification stay on either way; there is no switch to turn them off.
+    """
+    if ca_bundle is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(ca_bundle))
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a PEM CA bundle"
+        raise ConfigError(f"cannot load {ca_bundle} ({why})", key=key, file=source) from None
 
 
 def ping_freshsuccess(destination: FreshsuccessDestination, delivery: DeliveryLoop, attempts: int = 3) -> None:

@@ -235,12 +235,21 @@ class LocalKafka:
     """One KRaft broker+controller on 127.0.0.1, in a work directory of its own."""
 
     def __init__(self, work_dir: Path | None = None, *, heap_mb: int = 768, tie_to_parent: bool = True,
-                 extra_properties: dict[str, str] | None = None) -> None:
+                 extra_properties: dict[str, str] | None = None, extra_listeners: dict[str, str] | None = None,
+                 format_args: tuple[str, ...] = ()) -> None:
+        """``extra_listeners`` maps more listener names to their security protocol (e.g. ``{"SASL_SSL":
+        "SASL_SSL"}``); each gets a free port of its own (:meth:`listener_bootstrap`), while PLAINTEXT stays
+        the inter-broker, controller-facing and readiness listener. Their settings (key stores, SASL) go in
+        ``extra_properties``; ``format_args`` are added to the storage format step (e.g. ``--add-scram=...``).
+        """
         self.temporary = work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="usage-consumer-kafka-")) if work_dir is None else work_dir
         self.heap_mb = heap_mb
         self.tie_to_parent = tie_to_parent
         self.extra_properties = dict(extra_properties or {})
+        self.extra_listeners = dict(extra_listeners or {})
+        self.format_args = tuple(format_args)
+        self.listener_ports: dict[str, int] = {}
         self.port = 0
         self.controller_port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -249,20 +258,26 @@ class LocalKafka:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def listener_bootstrap(self, name: str) -> str:
+        """The bootstrap address of one of ``extra_listeners`` (known once started)."""
+        return f"127.0.0.1:{self.listener_ports[name]}"
+
     @property
     def log_path(self) -> Path:
         return self.work_dir / "broker.log"
 
     def _properties(self) -> str:
+        extra = "".join(f",{name}://127.0.0.1:{self.listener_ports[name]}" for name in self.extra_listeners)
+        protocols = "".join(f",{name}:{protocol}" for name, protocol in self.extra_listeners.items())
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}{extra}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}{extra}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": f"PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocols}",
             "log.dirs": str(self.work_dir / "data"),
             "num.partitions": "1",
             "auto.create.topics.enable": "false",
@@ -292,7 +307,7 @@ class LocalKafka:
         proc = subprocess.run(
             # "=" form: a random cluster id may start with "-", which argparse would take for a flag.
             self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-                       f"--config={self.work_dir / 'server.properties'}"),
+                       f"--config={self.work_dir / 'server.properties'}", *self.format_args),
             capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
@@ -307,7 +322,8 @@ class LocalKafka:
         last_error: BrokerError | None = None
         for _attempt in range(3):  # a free port can be taken between choosing and binding it
             self.port, self.controller_port = free_port(), free_port()
-            if self.port == self.controller_port:
+            self.listener_ports = {name: free_port() for name in self.extra_listeners}
+            if len({self.port, self.controller_port, *self.listener_ports.values()}) < 2 + len(self.listener_ports):
                 continue
             (self.work_dir / "server.properties").write_text(self._properties())
             self._format()
@@ -399,6 +415,60 @@ class LocalKafka:
         self.process = None
         if self.temporary:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def kill(self, timeout_s: float = 30.0) -> None:
+        """SIGKILL the broker, as a crash would; its work dir, data and ports are kept for :meth:`restart`."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout_s)
+        (_registry() / f"{process.pid}.json").unlink(missing_ok=True)
+        log(f"broker at {self.bootstrap} killed (pid {process.pid})")
+
+    def restart(self, timeout_s: float = 90.0) -> str:
+        """Stop the broker with SIGTERM (SIGKILL after ``timeout_s``) keeping its work dir, data and ports,
+        start it again on the same ports, and return once it answers a metadata request.
+
+        Clients keep their bootstrap address across the restart, as they would across a broker's rolling
+        restart in production. Also brings back a broker stopped by :meth:`kill`.
+        """
+        process = self.process
+        if process is None:
+            raise BrokerError("restart() needs a broker started by this LocalKafka")
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log(f"broker pid {process.pid} ignored SIGTERM for {timeout_s:.0f}s; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        (_registry() / f"{process.pid}.json").unlink(missing_ok=True)
+        log(f"broker at {self.bootstrap} stopped for a restart (exit {process.returncode})")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            starts_before = self._read_log().count(STARTED_LINE)
+            self._spawn()
+            new = self.process
+            assert new is not None
+            while new.poll() is None and self._read_log().count(STARTED_LINE) == starts_before:
+                if time.monotonic() >= deadline:
+                    raise BrokerError(f"restarted broker did not start within {timeout_s:.0f}s:\n{self.log_tail()}")
+                time.sleep(0.1)
+            if new.poll() is None:
+                break
+            (_registry() / f"{new.pid}.json").unlink(missing_ok=True)
+            # The old listener's port can linger briefly; anything else is a real failure.
+            if "Address already in use" not in self.log_tail() or time.monotonic() >= deadline:
+                raise BrokerError(f"restarted broker exited with {new.returncode}:\n{self.log_tail()}")
+            time.sleep(0.5)
+        self._wait_ready(max(1.0, deadline - time.monotonic()))
+        log(f"broker restarted at {self.bootstrap} (pid {self.pid})")
+        return self.bootstrap
 
     def __enter__(self) -> LocalKafka:
         self.start()

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 from concurrent.futures import Future
@@ -37,12 +38,22 @@ ENV_API_KEY: Final = "FRESHSUCCESS_API_KEY"
 ENV_TOKEN: Final = "FRESHPAINT_TOKEN"
 
 
-class EmulatorServers:
-    """Serves each emulator on its own port of ``host``, on the running event loop."""
+def server_tls_context(certfile: Path, keyfile: Path | None = None) -> ssl.SSLContext:
+    """A TLS server context serving ``certfile`` (PEM; with its key, or the key in ``keyfile``)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
 
-    def __init__(self, host: str, emulators: list[tuple[BaseEmulator, int]]) -> None:
+
+class EmulatorServers:
+    """Serves each emulator on its own port of ``host``, on the running event loop; over HTTPS when given
+    an ``ssl_context``."""
+
+    def __init__(self, host: str, emulators: list[tuple[BaseEmulator, int]], *,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._host = host
         self._emulators = emulators
+        self._ssl_context = ssl_context
         self._runners: list[web.ServerRunner] = []
 
     async def start(self) -> list[str]:
@@ -65,10 +76,11 @@ class EmulatorServers:
                 runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE_S)
                 await runner.setup()
                 self._runners.append(runner)
-                site = web.TCPSite(runner, self._host, port, backlog=1024)
+                site = web.TCPSite(runner, self._host, port, backlog=1024, ssl_context=self._ssl_context)
                 await site.start()
                 bound_port = runner.addresses[0][1]
-                urls.append(f"http://{self._host}:{bound_port}")
+                scheme = "https" if self._ssl_context is not None else "http"
+                urls.append(f"{scheme}://{self._host}:{bound_port}")
         except BaseException:
             await self.stop()
             raise
@@ -87,15 +99,18 @@ class Emulators:
     """Both destination emulators on loopback, for tests; a context manager.
 
     ``max_recorded_requests`` bounds ``requests()`` (bodies included) and ``max_kept_events`` bounds
-    ``events()`` and ``dropped()``; counters in ``stats()`` are always exact.
+    ``events()`` and ``dropped()``; counters in ``stats()`` are always exact. With ``ssl_certfile`` (PEM,
+    plus ``ssl_keyfile`` unless the key is in it) both serve HTTPS.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", freshsuccess_port: int = 0, freshpaint_port: int = 0,
                  auth_key: str, api_key: str, token: str, record_dir: Path | None = None,
                  freshpaint_bad_token_status: int = 401,
                  max_recorded_requests: int | None = DEFAULT_MAX_RECORDED_REQUESTS,
-                 max_kept_events: int | None = None) -> None:
+                 max_kept_events: int | None = None, ssl_certfile: Path | None = None,
+                 ssl_keyfile: Path | None = None) -> None:
         self._host = host
+        self._ssl_context = server_tls_context(ssl_certfile, ssl_keyfile) if ssl_certfile is not None else None
         self._ports = (freshsuccess_port, freshpaint_port)
         self.freshsuccess = FreshsuccessEmulator(auth_key=auth_key, api_key=api_key, record_dir=record_dir,
                                                  max_recorded_requests=max_recorded_requests,
@@ -121,7 +136,7 @@ class Emulators:
         thread.start()
         self._loop, self._thread = loop, thread
         servers = EmulatorServers(self._host, [(self.freshsuccess, self._ports[0]),
-                                               (self.freshpaint, self._ports[1])])
+                                               (self.freshpaint, self._ports[1])], ssl_context=self._ssl_context)
         try:
             urls = _call(loop, servers.start(), START_TIMEOUT_S)
         except BaseException:
@@ -199,6 +214,9 @@ def _parser() -> argparse.ArgumentParser:
                              "counters stay exact)")
     parser.add_argument("--max-recorded-requests", type=_non_negative_int, default=0,
                         help="requests (with bodies) kept in memory per emulator (default 0)")
+    parser.add_argument("--ssl-certfile", type=Path, default=None,
+                        help="serve HTTPS with this PEM certificate (chain); the key too unless --ssl-keyfile")
+    parser.add_argument("--ssl-keyfile", type=Path, default=None, help="PEM private key for --ssl-certfile")
     return parser
 
 
@@ -217,7 +235,8 @@ def _write_ready_file(path: Path, info: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-async def _serve(args: argparse.Namespace, auth_key: str, api_key: str, token: str) -> None:
+async def _serve(args: argparse.Namespace, auth_key: str, api_key: str, token: str,
+                 context: ssl.SSLContext | None = None) -> None:
     freshsuccess = FreshsuccessEmulator(auth_key=auth_key, api_key=api_key, record_dir=args.record_dir,
                                         max_recorded_requests=args.max_recorded_requests,
                                         max_kept_events=args.max_kept_events)
@@ -226,7 +245,7 @@ async def _serve(args: argparse.Namespace, auth_key: str, api_key: str, token: s
                                     max_recorded_requests=args.max_recorded_requests,
                                     max_kept_events=args.max_kept_events)
     servers = EmulatorServers(args.host, [(freshsuccess, args.freshsuccess_port),
-                                          (freshpaint, args.freshpaint_port)])
+                                          (freshpaint, args.freshpaint_port)], ssl_context=context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -259,8 +278,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage-consumer emulate: set {', '.join(missing)} in the environment (the keys the "
               "emulators accept)", file=sys.stderr)
         return 2
+    if args.ssl_keyfile is not None and args.ssl_certfile is None:
+        print("usage-consumer emulate: --ssl-keyfile needs --ssl-certfile", file=sys.stderr)
+        return 2
+    context = None
+    if args.ssl_certfile is not None:
+        try:
+            context = server_tls_context(args.ssl_certfile, args.ssl_keyfile)
+        except OSError as exc:  # ssl.SSLError included
+            print(f"usage-consumer emulate: cannot serve HTTPS with {args.ssl_certfile}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 2
     try:
-        asyncio.run(_serve(args, env[ENV_AUTH_KEY], env[ENV_API_KEY], env[ENV_TOKEN]))
+        asyncio.run(_serve(args, env[ENV_AUTH_KEY], env[ENV_API_KEY], env[ENV_TOKEN], context))
     except OSError as exc:
         print(f"usage-consumer emulate: could not listen on {args.host}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -58,7 +59,9 @@ class FreshpaintSink:
                  timeout_s: float = 10.0, retry: RetryPolicy = DEFAULT_RETRY,
                  client: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep,
                  rng: random.Random | None = None, on_retry: OnRetry | None = None,
-                 transport: Transport = "aiohttp") -> None:
+                 transport: Transport = "aiohttp", ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context`` verifies the server's certificate (default: the standard trust store); it is
+        ignored when ``client`` is given."""
         if not token:
             raise ConfigError("must be set", key="freshpaint.token")
         if max_in_flight < 1:
@@ -81,6 +84,7 @@ class FreshpaintSink:
         self._owns_client = client is None
         self._client: httpx.AsyncClient | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._post: Callable[[bytes], Awaitable[_Answer]]
         self._retryable: tuple[type[Exception], ...]
         if client is not None or transport == "httpx":
@@ -88,7 +92,7 @@ class FreshpaintSink:
             self._httpx_timeout = httpx.Timeout(timeout_s)
             if client is None:
                 limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
-                client = httpx.AsyncClient(timeout=self._httpx_timeout, limits=limits)
+                client = httpx.AsyncClient(timeout=self._httpx_timeout, limits=limits, verify=self._ssl)
             self._client = client
             self._post = self._post_httpx
             self._retryable = RETRYABLE_ERRORS
@@ -213,7 +217,8 @@ class FreshpaintSink:
 
     def _open_session(self) -> aiohttp.ClientSession:
         """Created on first use so that it binds to the delivery loop, not the thread that built the sink."""
-        connector = aiohttp.TCPConnector(limit=self._max_in_flight, limit_per_host=self._max_in_flight)
+        connector = aiohttp.TCPConnector(limit=self._max_in_flight, limit_per_host=self._max_in_flight,
+                                         ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s),
             cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False,

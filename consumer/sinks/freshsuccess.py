@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Literal
@@ -41,6 +42,19 @@ _DATACENTER_URLS = {
 _INLINE_COMPRESS_MAX_BYTES = 16 * 1024
 
 
+def tls_failure(exc: BaseException) -> str | None:
+    """The certificate problem behind a connection error (e.g. ``certificate verify failed: unable to get
+    local issuer certificate``), or None when it was not a TLS verification failure."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> ssl: a short chain
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen.reason or "certificate verify failed")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def datacenter_url(datacenter: Literal["us", "eu"]) -> str:
     """The event endpoint's base URL for a Freshsuccess datacenter."""
     try:
@@ -56,7 +70,10 @@ class FreshsuccessSink:
     def __init__(self, *, base_url: str, auth_key: str, api_key: str, encoding: Encoding = "gzip",
                  compress_level: int = 1, timeout_s: float = 30.0, retry: RetryPolicy = DEFAULT_RETRY,
                  client: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep,
-                 rng: random.Random | None = None, on_retry: OnRetry | None = None) -> None:
+                 rng: random.Random | None = None, on_retry: OnRetry | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context`` verifies the server's certificate (default: the standard trust store); it is
+        ignored when ``client`` is given."""
         if not auth_key or not api_key:
             raise ConfigError("auth_key and api_key must both be set", key="freshsuccess")
         if encoding not in ENCODINGS:
@@ -73,7 +90,8 @@ class FreshsuccessSink:
         self._level = compress_level
         self._timeout = httpx.Timeout(timeout_s)
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient(timeout=self._timeout)
+        self._client = client if client is not None else httpx.AsyncClient(
+            timeout=self._timeout, verify=ssl_context if ssl_context is not None else True)
         self._headers = {"Content-Type": "application/json"}
         if encoding != "none":
             self._headers["Content-Encoding"] = encoding
@@ -94,6 +112,10 @@ class FreshsuccessSink:
         try:
             response = await self._client.post(self._ping_url, content=b"", timeout=self._timeout)
         except RETRYABLE_ERRORS as exc:
+            tls = tls_failure(exc)
+            if tls is not None:
+                raise TransientError(f"Freshsuccess at {self.host} failed TLS verification ({tls}); check "
+                                     "freshsuccess.ca_bundle and freshsuccess.base_url") from None
             raise TransientError(f"Freshsuccess at {self.host} did not answer the ping "
                                  f"({type(exc).__name__})") from None
         status = response.status_code
