@@ -1,0 +1,334 @@
+"""``usage-consumer map``: what the consumer would do with each sample event, without sending anything.
+
+For every event and every destination the plan says, in the order a lane decides it: the destination is
+not running, the record is oversized, it does not decode, the mapping fails on it (each dead-lettered
+with the reason code the dead-letter headers would carry), no rule selects it (skipped), or the exact
+requests that would carry its outputs: method, URL with the keys masked, headers, and the body before
+compression (Freshsuccess: the NDJSON lines; Freshpaint: the JSON object, ``"token": "***"``).
+
+Freshsuccess batches many events into one POST; a plan shows the request as if the event were alone in
+its batch (``Content-Length`` is the compressed size of that body).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from consumer.config import Settings
+from consumer.errors import EventError, FatalError, MappingFailed, OversizedEvent, TransientError
+from consumer.lane import Decoder
+from consumer.mapping import CompiledMapping
+from consumer.sinks.compress import compress
+from consumer.sinks.freshsuccess import datacenter_url
+from consumer.tools.samples import Sample
+
+MASK = "***"
+DESTINATIONS = ("freshsuccess", "freshpaint")
+Outcome = Literal["send", "skip", "dead_letter", "retry", "stop", "off"]
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """One HTTP request as it would be sent (secrets masked, body before compression)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: str
+    rules: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"method": self.method, "url": self.url, "headers": self.headers, "body": self.body,
+                "rules": list(self.rules)}
+
+
+@dataclass
+class DestinationPlan:
+    """What one destination's lane would do with the event."""
+
+    destination: str
+    outcome: Outcome
+    reason: str | None = None
+    """Dead-letter reason code (as in the ``dlq.reason`` header), or ``no_rule``/``disabled``/``no_rules``."""
+    message: str = ""
+    outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """``(rule, output)`` in emission order."""
+    requests: list[PlannedRequest] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"outcome": self.outcome}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.message:
+            out["message"] = self.message
+        if self.outputs:
+            out["outputs"] = [{"rule": rule, "output": output} for rule, output in self.outputs]
+        if self.requests:
+            out["requests"] = [r.as_json() for r in self.requests]
+        return out
+
+
+@dataclass
+class EventPlan:
+    sample: Sample
+    event_type: str | None = None
+    event_id: str | None = None
+    rules: list[str] = field(default_factory=list)
+    """Every rule whose ``when:`` selects the event, in file order."""
+    destinations: dict[str, DestinationPlan] = field(default_factory=dict)
+    problem: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        sample = self.sample
+        out: dict[str, Any] = {"source": sample.label, "topic": sample.topic, "partition": sample.partition,
+                               "offset": sample.offset}
+        if self.problem is not None:
+            out["problem"] = self.problem
+            return out
+        out.update(event_type=self.event_type, event_id=self.event_id, rules=self.rules,
+                   destinations={name: plan.as_json() for name, plan in self.destinations.items()})
+        return out
+
+
+class DryRun:
+    """Plans samples against one configuration and compiled mapping; sends nothing."""
+
+    def __init__(self, settings: Settings, mapping: CompiledMapping, *, decoder: Decoder | None = None) -> None:
+        self.settings = settings
+        self.mapping = mapping
+        self.decoder = decoder
+        fs = settings.freshsuccess
+        self._fs_url = f"{(fs.base_url or datacenter_url(fs.datacenter)).rstrip('/')}/v1/{MASK}/{MASK}"
+        self._fp_url = f"{settings.freshpaint.base_url.rstrip('/')}/track"
+        token = settings.freshpaint.token
+        self._token = token.get_secret_value() if token is not None else MASK
+
+    def plan(self, sample: Sample) -> EventPlan:
+        plan = EventPlan(sample)
+        if sample.problem is not None:
+            plan.problem = sample.problem
+            return plan
+        running = [d for d in DESTINATIONS if self._runs(d, plan)]
+        if not running:
+            return plan
+        record: dict[str, Any] | None = None
+        failure: DestinationPlan | None = None
+        limit = self.settings.decoding.max_event_bytes
+        if sample.size_bytes > limit:
+            failure = _dead(OversizedEvent(f"event of {sample.size_bytes} bytes exceeds max_event_bytes={limit}"))
+        else:
+            decoder = sample.decoder or self.decoder
+            if decoder is None:
+                raise FatalError("no decoder for a topic sample")  # a programming error, not a user's
+            try:
+                record = decoder.decode(sample.value)
+            except TransientError as exc:
+                failure = DestinationPlan("", "retry", "transient", f"{exc} (the lane would retry, not dead-letter)")
+            except FatalError as exc:
+                failure = DestinationPlan("", "stop", "fatal", f"{exc} (the lane would stop)")
+            except EventError as exc:
+                failure = _dead(exc)
+        if record is None:
+            assert failure is not None
+            for name in running:
+                plan.destinations[name] = DestinationPlan(name, failure.outcome, failure.reason, failure.message)
+            return plan
+        plan.event_type = _text(record.get("event_type"))
+        plan.event_id = _text(record.get("event_id"))
+        programs = self.mapping._programs  # the compiled rules, to name the rule behind each output
+        plan.rules = [p.name for p in programs if p.matches(record)]
+        for name in running:
+            plan.destinations[name] = self._destination(name, record, sample)
+        return plan
+
+    def _runs(self, name: str, plan: EventPlan) -> bool:
+        if not getattr(self.settings, name).enabled:
+            plan.destinations[name] = DestinationPlan(name, "off", "disabled", f"{name}.enabled is false")
+            return False
+        if getattr(self.mapping, name) is None:
+            plan.destinations[name] = DestinationPlan(
+                name, "off", "no_rules", f"the mapping has no {name} outputs, so the {name} lane does not run")
+            return False
+        return True
+
+    def _destination(self, name: str, record: dict[str, Any], sample: Sample) -> DestinationPlan:
+        outputs: list[tuple[str, dict[str, Any]]] = []
+        emitted: list[dict[str, Any]] = []
+        try:
+            for program in self.mapping._programs:
+                fn = getattr(program, name)
+                if fn is None or not program.matches(record):
+                    continue
+                before = len(emitted)
+                fn(record, sample.topic, sample.partition, sample.offset, emitted)
+                outputs.extend((program.name, o) for o in emitted[before:])
+        except EventError as exc:
+            return _dead(exc, name)
+        except Exception as exc:  # the lane dead-letters a mapping bug the same way
+            return _dead(MappingFailed(f"mapping raised {type(exc).__name__}: {exc}"), name)
+        if not outputs:
+            return DestinationPlan(name, "skip", "no_rule",
+                                   f"no rule with {name} outputs selects this event (committed, nothing sent)")
+        plan = DestinationPlan(name, "send", outputs=outputs)
+        try:
+            plan.requests = (self._freshsuccess_requests(outputs) if name == "freshsuccess"
+                             else self._freshpaint_requests(outputs))
+        except (TypeError, ValueError) as exc:  # orjson cannot serialize a value
+            return _dead(MappingFailed(f"an output cannot be serialized as JSON: {exc}"), name)
+        return plan
+
+    def _freshsuccess_requests(self, outputs: list[tuple[str, dict[str, Any]]]) -> list[PlannedRequest]:
+        fs = self.settings.freshsuccess
+        body = b"".join(orjson.dumps(output, option=orjson.OPT_APPEND_NEWLINE) for _, output in outputs)
+        headers = {"Content-Type": "application/json"}
+        if fs.encoding != "none":
+            headers["Content-Encoding"] = fs.encoding
+        headers["Content-Length"] = str(len(compress(body, fs.encoding, fs.compress_level)))
+        rules = tuple(dict.fromkeys(rule for rule, _ in outputs))
+        return [PlannedRequest("POST", self._fs_url, headers, body.decode(), rules)]
+
+    def _freshpaint_requests(self, outputs: list[tuple[str, dict[str, Any]]]) -> list[PlannedRequest]:
+        requests = []
+        for rule, output in outputs:
+            properties = dict(output["properties"])
+            properties["token"] = self._token  # where the sink puts it: last
+            length = len(orjson.dumps({**output, "properties": properties}))
+            properties["token"] = MASK
+            body = orjson.dumps({**output, "properties": properties}).decode()
+            headers = {"Content-Type": "application/json", "Content-Length": str(length)}
+            requests.append(PlannedRequest("POST", self._fp_url, headers, body, (rule,)))
+        return requests
+
+
+def _dead(error: EventError, destination: str = "") -> DestinationPlan:
+    return DestinationPlan(destination, "dead_letter", error.reason, str(error))
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def summary(plans: Iterable[EventPlan]) -> dict[str, Any]:
+    """Counts per destination and outcome, outputs and requests, dead letters by reason, bad samples."""
+    events = 0
+    problems = 0
+    per: dict[str, Counter[str]] = {name: Counter() for name in DESTINATIONS}
+    for plan in plans:
+        events += 1
+        if plan.problem is not None:
+            problems += 1
+            continue
+        for name, dest in plan.destinations.items():
+            counts = per[name]
+            counts[dest.outcome] += 1
+            counts["outputs"] += len(dest.outputs)
+            counts["requests"] += len(dest.requests)
+            if dest.outcome == "dead_letter" and dest.reason:
+                counts[f"dead_letter:{dest.reason}"] += 1
+    return {"events": events, "bad_samples": problems,
+            "destinations": {name: dict(counts) for name, counts in per.items() if counts}}
+
+
+def render_json(plans: list[EventPlan]) -> str:
+    document = {"events": [p.as_json() for p in plans], "summary": summary(plans)}
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+_OUTCOME_TEXT = {"send": "to send", "skip": "skipped", "dead_letter": "dead-lettered", "retry": "retried",
+                 "stop": "lane stops", "off": "not running"}
+
+
+def render_text(plans: list[EventPlan], *, batch_note: bool = True) -> str:
+    lines: list[str] = []
+    for plan in plans:
+        lines.extend(_render_event(plan))
+        lines.append("")
+    lines.append(_render_summary(summary(plans)))
+    if batch_note and any(p.destinations.get("freshsuccess") and p.destinations["freshsuccess"].requests
+                          for p in plans):
+        lines.append("Freshsuccess requests are shown one per event; the consumer sends up to "
+                     "batching.max_events events per POST.")
+    return "\n".join(lines) + "\n"
+
+
+def _render_event(plan: EventPlan) -> list[str]:
+    sample = plan.sample
+    head = f"== {sample.label}"
+    if sample.label != f"{sample.topic}[{sample.partition}]@{sample.offset}":
+        head += f" (as {sample.topic}[{sample.partition}]@{sample.offset})"
+    if plan.problem is not None:
+        return [head, f"   not a usable sample: {plan.problem}"]
+    if plan.event_type is not None:
+        head += f": {plan.event_type}"
+    if plan.event_id:
+        head += f" event_id={plan.event_id}"
+    lines = [head]
+    if plan.event_type is not None or plan.rules:
+        lines.append(f"   rules matched: {', '.join(plan.rules) if plan.rules else 'none'}")
+    for name, dest in plan.destinations.items():
+        if dest.outcome != "send":
+            reason = f" [{dest.reason}]" if dest.reason else ""
+            lines.append(f"   {name}: {_OUTCOME_TEXT[dest.outcome]}{reason}: {dest.message}")
+            continue
+        count = len(dest.outputs)
+        lines.append(f"   {name}: {count} output{'s' if count != 1 else ''} to send "
+                     f"in {len(dest.requests)} request{'s' if len(dest.requests) != 1 else ''}")
+        for request in dest.requests:
+            lines.append(f"     rule {', '.join(request.rules)}:")
+            lines.append(f"       {request.method} {request.url}")
+            lines.extend(f"       {key}: {value}" for key, value in request.headers.items())
+            lines.extend(f"       | {line}" for line in request.body.splitlines())
+    return lines
+
+
+def _render_summary(counts: dict[str, Any]) -> str:
+    parts = [f"{counts['events']} event{'s' if counts['events'] != 1 else ''}"]
+    if counts["bad_samples"]:
+        parts.append(f"{counts['bad_samples']} not usable")
+    lines = ["summary: " + ", ".join(parts)]
+    for name, per in counts["destinations"].items():
+        outcomes = ", ".join(f"{per[o]} {_OUTCOME_TEXT[o]}" for o in _OUTCOME_TEXT if per.get(o))
+        reasons = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in per.items() if k.startswith("dead_letter:"))
+        line = f"  {name}: {outcomes}"
+        if per.get("outputs"):
+            line += f"; {per['outputs']} output(s) in {per['requests']} request(s)"
+        if reasons:
+            line += f"; dead letters by reason: {reasons}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def run_map(settings: Settings, *, files: list[str], from_topic: int | None, partition: int | None,
+            offset: int | None, as_json: bool, out: Any) -> int:
+    """``usage-consumer map``: plan every sample and print the plans; 1 when a sample was not usable."""
+    from consumer.schemas import parse
+    from consumer.service import prepare
+    from consumer.tools.common import tool_decoder
+    from consumer.tools.samples import load_files, load_topic
+
+    prepared = prepare(settings)
+    reader = parse(prepared.reader_schema)
+    samples: list[Sample] = []
+    decoder = None
+    if files:
+        samples.extend(load_files(files, reader, framing=settings.decoding.framing, topic=settings.kafka.topics[0],
+                                  partition=partition or 0, first_offset=offset or 0))
+    if from_topic is not None:
+        decoder = tool_decoder(settings, prepared.reader_schema)
+        samples.extend(load_topic(settings, from_topic, partition=partition, offset=offset,
+                                  group_id=f"{settings.kafka.group_id}.map-dry-run"))
+    dry_run = DryRun(settings, prepared.mapping, decoder=decoder)
+    plans = [dry_run.plan(sample) for sample in samples]
+    out.write(render_json(plans) if as_json else render_text(plans))
+    return 1 if any(p.problem is not None for p in plans) else 0
