@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Where the time goes: the per-event CPU cost of each stage of the poll thread, without Kafka or HTTP.
+
+Measures decode (Confluent framing, cached schema), the compiled default mapping, serialization into the
+batch body, offset tracking, gzip of a closed batch, and the lane's whole ``_process`` over the same events
+(median of ``--repeat`` runs, microseconds per event). Run: ``.venv/bin/python bench/hotpath.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from eventgen import realistic_events  # noqa: E402
+
+from consumer.batcher import Batcher  # noqa: E402
+from consumer.config import default_mapping_file  # noqa: E402
+from consumer.decoder import RawDecoder  # noqa: E402
+from consumer.encoding import encode_raw  # noqa: E402
+from consumer.mapping import load_mapping  # noqa: E402
+from consumer.offsets import OffsetTracker  # noqa: E402
+from consumer.schemas import default_reader_schema_path, load_schema, parse  # noqa: E402
+from consumer.sinks.compress import compress  # noqa: E402
+
+
+class Message:
+    __slots__ = ("_offset", "_partition", "_value")
+
+    def __init__(self, partition: int, offset: int, value: bytes) -> None:
+        self._partition, self._offset, self._value = partition, offset, value
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return "usage"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def timed(repeat: int, events: int, run: Callable[[], Any]) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - started) / events * 1e6)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    schema = load_schema(default_reader_schema_path())
+    parsed = parse(schema)
+    events = list(realistic_events(args.events, seed=3))
+    values = [encode_raw(e, parsed) for e in events]
+    messages = [Message(i % 8, i // 8, v) for i, v in enumerate(values)]
+    decoder = RawDecoder(parsed, parsed)
+    mapping = load_mapping(default_mapping_file(), schema)
+    map_fs = mapping.freshsuccess
+    assert map_fs is not None
+    records = [decoder.decode(v) for v in values]
+    outputs = [map_fs(r, "usage", 0, i) for i, r in enumerate(records)]
+
+    def decode_all() -> None:
+        decode = decoder.decode
+        for v in values:
+            decode(v)
+
+    def map_all() -> None:
+        for i, r in enumerate(records):
+            map_fs(r, "usage", 0, i)
+
+    def serialize_all() -> None:
+        batcher = Batcher("freshsuccess", max_events=10**9, max_bytes=10**12, max_wait_s=1e9,
+                          clock=time.monotonic, serialize=True)
+        for i, out in enumerate(outputs):
+            if out:
+                batcher.add(out, None, ("usage", 0), i)
+
+    def track_all() -> None:
+        tracker = OffsetTracker()
+        batcher = Batcher("freshsuccess", max_events=2000, max_bytes=1 << 20, max_wait_s=1e9,
+                          clock=time.monotonic, serialize=False)
+        work = batcher.add([{}], None, ("usage", 0), 0)
+        for m in messages:
+            tracker.track((m.topic(), m._partition), m._offset, work)
+
+    body = bytearray()
+    for out in outputs[:3000]:
+        for o in out:
+            import orjson
+
+            body += orjson.dumps(o, option=orjson.OPT_APPEND_NEWLINE)
+    per_batch_events = sum(len(o) for o in outputs[:3000])
+
+    def gzip_batches() -> None:
+        for _ in range(args.events // per_batch_events):
+            compress(bytes(body), "gzip", 1)
+
+    stages = {
+        "decode (fastavro, cached schema)": timed(args.repeat, args.events, decode_all),
+        "map (compiled default mapping, Freshsuccess)": timed(args.repeat, args.events, map_all),
+        "serialize into the batch body (orjson)": timed(args.repeat, args.events, serialize_all),
+        "track offsets": timed(args.repeat, args.events, track_all),
+        "gzip the closed batches (isal level 1, delivery thread)": timed(args.repeat, args.events, gzip_batches),
+    }
+    print(f"per-event CPU, median of {args.repeat} runs over {args.events:,} events (µs/event):")
+    for name, value in stages.items():
+        print(f"  {name:<58}{value:6.2f}")
+    poll_thread = sum(v for k, v in stages.items() if "gzip" not in k)
+    print(f"  {'sum on the poll thread':<58}{poll_thread:6.2f}  -> at most {1e6 / poll_thread:,.0f} events/s/core")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
