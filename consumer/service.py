@@ -103,7 +103,10 @@ _TLS_CAUSES = (
      "set kafka.ssl_certificate_location and kafka.ssl_key_location"),
     ("alert unknown ca", "the broker does not trust the CA of our TLS client certificate",
      "check kafka.ssl_certificate_location and kafka.ssl_key_location"),
-    ("wrong version number", "the broker's listener does not speak TLS", "check kafka.security_protocol"),
+    ("connecting to a PLAINTEXT broker listener", "the broker's listener does not speak TLS",
+     "check kafka.security_protocol and the port in kafka.bootstrap_servers"),
+    ("wrong version number", "the broker's listener does not speak TLS",
+     "check kafka.security_protocol and the port in kafka.bootstrap_servers"),
 )
 
 
