@@ -35,6 +35,8 @@ class Batch:
     batch_id: int = field(default_factory=lambda: next(_batch_ids))
     events: int = 0
     messages: int = 0
+    source_bytes: int = 0
+    """Freshpaint: the summed size of the records' values, the batch's byte bound (outputs are objects)."""
     body: bytearray = field(default_factory=bytearray)
     """Freshsuccess: the NDJSON request body (one JSON object per line)."""
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -46,7 +48,11 @@ class Batch:
 
 
 class Batcher:
-    """Fills one open batch at a time for one destination."""
+    """Fills one open batch at a time for one destination.
+
+    ``max_bytes`` bounds the NDJSON body of a Freshsuccess batch, and the summed record sizes of a
+    Freshpaint batch, so a lane holds a bounded amount whatever the events look like.
+    """
 
     def __init__(self, destination: str, *, max_events: int, max_bytes: int, max_wait_s: float,
                  clock: Callable[[], float], serialize: bool) -> None:
@@ -77,6 +83,8 @@ class Batcher:
         else:
             batch.outputs.extend(outputs)
             batch.sources.extend([message] * len(outputs))
+            value = message.value() if message is not None else None
+            batch.source_bytes += len(value) if value else 0
         batch.events += len(outputs)
         batch.messages += 1
         span = batch.spans.get(key)
@@ -84,7 +92,8 @@ class Batcher:
             batch.spans[key] = [offset, offset]
         else:
             span[1] = offset
-        self.full = batch.events >= self.max_events or len(batch.body) >= self.max_bytes
+        self.full = (batch.events >= self.max_events or len(batch.body) >= self.max_bytes
+                     or batch.source_bytes >= self.max_bytes)
         return batch.work
 
     def is_due(self, now: float) -> bool:

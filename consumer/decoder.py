@@ -35,7 +35,7 @@ from consumer.encoding import (
 )
 from consumer.errors import ConfigError, DecodeError, UnknownSchema
 from consumer.registry import SchemaRegistryClient
-from consumer.schemas import ParsedSchema, SchemaStore, default_schema_dir, parse
+from consumer.schemas import ParsedSchema, SchemaStore, default_schema_dir, is_recursive, parse
 
 __all__ = [
     "FRAMINGS",
@@ -130,6 +130,9 @@ class ConfluentDecoder(Decoder):
             )
         schema_id = int.from_bytes(value[1:_CONFLUENT_HEADER_BYTES], "big")
         schema = self._registry.get_schema(schema_id)  # UnknownSchema / TransientError / FatalError
+        if is_recursive(schema):
+            raise UnknownSchema(f"schema id {schema_id} is recursive (a record containing itself): refused, "
+                                "because its data can nest deep enough to crash the decoder")
         try:
             writer = parse(schema)
         except ConfigError as exc:

@@ -97,6 +97,8 @@ class SchemaRegistryClient:
             schema = json.loads(schema_text)
         except json.JSONDecodeError as exc:
             raise UnknownSchema(f"schema id {schema_id} is not valid JSON: {exc.msg}") from exc
+        except RecursionError:
+            raise UnknownSchema(f"schema id {schema_id} is JSON nested too deep to be a schema") from None
         if not isinstance(schema, dict):
             raise UnknownSchema(
                 f"schema id {schema_id} is a bare {type(schema).__name__}, not an Avro named type (a record)"

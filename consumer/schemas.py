@@ -191,3 +191,37 @@ def default_schema_dir() -> Path:
 def default_reader_schema_path() -> Path:
     """Path of the default reader schema, ``usage_event.avsc`` in :func:`default_schema_dir`."""
     return default_schema_dir() / DEFAULT_SCHEMA_FILE
+
+
+def is_recursive(schema: Any) -> bool:
+    """Whether a record refers to itself or an enclosing record (a linked list, a tree).
+
+    Data written with such a schema can nest as deep as its bytes allow, and fastavro recurses in C per
+    level: a hostile record of under a megabyte crashes the process. Schemas from a registry are checked
+    with this before use; a schema too deep to walk counts as recursive.
+    """
+
+    def walk(node: Any, enclosing: frozenset[str], namespace: str) -> bool:
+        if isinstance(node, str):
+            return node in enclosing or f"{namespace}.{node}" in enclosing
+        if isinstance(node, list):
+            return any(walk(branch, enclosing, namespace) for branch in node)
+        if not isinstance(node, dict):
+            return False
+        kind = node.get("type")
+        if kind in ("record", "error"):
+            name = str(node.get("name", ""))
+            space = str(node.get("namespace", namespace)) if "." not in name else name.rsplit(".", 1)[0]
+            full = name if "." in name else (f"{space}.{name}" if space else name)
+            names = enclosing | {full, name.rsplit(".", 1)[-1]}
+            return any(walk(f.get("type"), names, space) for f in node.get("fields", []) if isinstance(f, dict))
+        if kind == "array":
+            return walk(node.get("items"), enclosing, namespace)
+        if kind == "map":
+            return walk(node.get("values"), enclosing, namespace)
+        return isinstance(kind, dict | list) and walk(kind, enclosing, namespace)
+
+    try:
+        return walk(schema, frozenset(), "")
+    except RecursionError:
+        return True

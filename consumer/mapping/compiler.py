@@ -25,6 +25,8 @@ import structlog
 from consumer.errors import ConfigError, MappingInvalid, MissingRequiredField
 from consumer.mapping.model import (
     CONVERTERS,
+    EPOCH_MS_MAX,
+    EPOCH_MS_MIN,
     FRESHPAINT_REQUIRED_PROPERTIES,
     FRESHSUCCESS_ACTIONS,
     FRESHSUCCESS_BASE_FIELDS,
@@ -298,10 +300,11 @@ def _without(p: Predicate, term: Compare) -> Predicate:
 # ---------------------------------------------------------------------------------------------------------
 # Outputs -> generated code
 
+_EPOCH_RANGE = f"{EPOCH_MS_MIN} <= {{v}} <= {EPOCH_MS_MAX}"  # the slow path raises outside it
 _INLINE_CONVERT: dict[Convert, str] = {
     # {v}: the variable, {fn}: the slow-path converter, {ctx}: the message constant.
-    Convert.EPOCH_MS: "if {v}.__class__ is not int: {v} = {fn}({v}, {ctx})",
-    Convert.EPOCH_MS_TO_S: "{v} = {v} / 1000 if {v}.__class__ is int else {fn}({v}, {ctx})",
+    Convert.EPOCH_MS: "if {v}.__class__ is not int or not " + _EPOCH_RANGE + ": {v} = {fn}({v}, {ctx})",
+    Convert.EPOCH_MS_TO_S: "{v} = {v} / 1000 if {v}.__class__ is int and " + _EPOCH_RANGE + " else {fn}({v}, {ctx})",
     Convert.MS_TO_S: "{v} = {v} / 1000 if {v}.__class__ is int else {fn}({v}, {ctx})",
     Convert.S_TO_MS: "{v} = {fn}({v}, {ctx})",
     Convert.STRING: "if {v}.__class__ is not str: {v} = {fn}({v}, {ctx})",

@@ -297,27 +297,40 @@ def _as_float(value: Any, convert: Convert, ctx: str) -> float:
     return number
 
 
+EPOCH_MS_MIN = 100_000_000_000
+"""1973-03-03: anything earlier is a producer bug (seconds sent as milliseconds, or a zero), and the
+destinations would drop it silently (Freshsuccess inside a 200) or misfile it."""
+EPOCH_MS_MAX = 4_102_444_800_000
+"""2100-01-01."""
+
+
+def _in_range(ms: int, convert: Convert, ctx: str) -> int:
+    if EPOCH_MS_MIN <= ms <= EPOCH_MS_MAX:
+        return ms
+    raise _fail(ms, convert, ctx, "outside 1973-2100 epoch milliseconds")
+
+
 def to_epoch_ms(value: Any, ctx: str) -> int:
-    """Epoch milliseconds as an int: ints pass, floats truncate, datetimes convert (aware, or naive = UTC)."""
+    """Epoch milliseconds as an int, 1973-2100: ints pass, floats truncate, datetimes convert (naive = UTC)."""
     if type(value) is int:
-        return value
+        return value if EPOCH_MS_MIN <= value <= EPOCH_MS_MAX else _in_range(value, Convert.EPOCH_MS, ctx)
     if isinstance(value, datetime):
         aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return int(aware.timestamp() * 1000)
+        return _in_range(int(aware.timestamp() * 1000), Convert.EPOCH_MS, ctx)
     if isinstance(value, str):
         raise _fail(value, Convert.EPOCH_MS, ctx)
-    return _as_int(value, Convert.EPOCH_MS, ctx)
+    return _in_range(_as_int(value, Convert.EPOCH_MS, ctx), Convert.EPOCH_MS, ctx)
 
 
 def epoch_ms_to_s(value: Any, ctx: str) -> float:
-    """Epoch milliseconds to float seconds that keep the millisecond fraction (Freshpaint ``time``)."""
-    if type(value) is int:
+    """Epoch milliseconds (1973-2100) to float seconds keeping the millisecond fraction (Freshpaint ``time``)."""
+    if type(value) is int and EPOCH_MS_MIN <= value <= EPOCH_MS_MAX:
         return value / 1000
-    if isinstance(value, datetime):
+    if isinstance(value, datetime) or type(value) is int:
         return to_epoch_ms(value, ctx) / 1000
     if isinstance(value, bool | str):
         raise _fail(value, Convert.EPOCH_MS_TO_S, ctx)
-    return round(_as_float(value, Convert.EPOCH_MS_TO_S, ctx)) / 1000
+    return _in_range(round(_as_float(value, Convert.EPOCH_MS_TO_S, ctx)), Convert.EPOCH_MS_TO_S, ctx) / 1000
 
 
 def ms_to_s(value: Any, ctx: str) -> float:

@@ -497,10 +497,6 @@ def test_out_of_range_timestamps_never_crash_and_every_record_is_finished(name: 
     check_lane(values, delivery)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the default mapping passes any epoch_ms through: a negative or year-9999 occurred_at is sent (Freshsuccess "
-    "drops such an event silently inside a 200 batch) instead of being dead-lettered; needs a range check in "
-    "consumer/mapping (convert epoch_ms / epoch_ms_to_s), see docs/security.md"))
 @pytest.mark.parametrize("name", sorted(OUT_OF_RANGE_TIMESTAMPS))
 def test_out_of_range_timestamps_are_dead_lettered(name: str, delivery: DeliveryLoop) -> None:
     parked = check_lane([encode(base_event(occurred_at=OUT_OF_RANGE_TIMESTAMPS[name]))], delivery)
@@ -532,10 +528,6 @@ def registry_answering(schema_text: str) -> SchemaRegistryClient:
     return SchemaRegistryClient("http://registry.test", transport=httpx.MockTransport(handler))
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    "consumer/registry.py catches only json.JSONDecodeError around json.loads(schema): deeply nested JSON from "
-    "the registry raises RecursionError out of decode() and stops the lane (a poison pill); catch "
-    "RecursionError there too and raise UnknownSchema"))
 def test_deeply_nested_json_from_the_registry_is_an_unknown_schema() -> None:
     decoder = make_decoder("confluent", reader_schema=PARSED,
                            registry=registry_answering("[" * 100_000 + "]" * 100_000))
@@ -581,11 +573,6 @@ def test_a_recursive_writer_schema_with_shallow_data_is_handled() -> None:
     assert result.stdout.strip().splitlines()[-1] in ("decoded", "dead-letter: unknown_schema"), result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fastavro recurses in C through a recursive writer schema: a producer that registers one and writes a "
-    "record nested 500k levels deep (1 byte a level, under max_event_bytes) kills the consumer with SIGSEGV, "
-    "and the record kills it again after every restart; consumer/decoder.py must refuse recursive (or too "
-    "deep) writer schemas when it builds a plan (UnknownSchema), see docs/security.md"))
 def test_a_recursive_writer_schema_with_deep_data_is_dead_lettered_not_a_crash() -> None:
     result = run_recursive_schema(500_000)
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
@@ -601,10 +588,6 @@ def test_a_blocked_freshsuccess_lane_holds_a_bounded_amount_of_hostile_data(deli
     assert_bounded_while_blocked("freshsuccess", delivery)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Freshpaint batches close on max_events only (batching.max_bytes counts Freshsuccess body bytes): 2000 "
-    "records of near max_event_bytes with big maps are held as Python objects (~20x their size each) per "
-    "batch; the Freshpaint batch needs a byte bound too (e.g. the sum of record sizes), see docs/security.md"))
 def test_a_blocked_freshpaint_lane_holds_a_bounded_amount_of_hostile_data(delivery: DeliveryLoop) -> None:
     assert_bounded_while_blocked("freshpaint", delivery)
 

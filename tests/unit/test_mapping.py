@@ -283,7 +283,7 @@ def test_values_consts_templates_defaults_and_objects() -> None:
 @pytest.mark.parametrize(("convert", "field", "value", "expected"), [
     ("epoch_ms", "occurred_at", 1_700_000_000_123, 1_700_000_000_123),
     ("epoch_ms_to_s", "occurred_at", 1_700_000_000_123, 1_700_000_000.123),
-    ("epoch_ms_to_s", "occurred_at", 5, 0.005),
+    ("epoch_ms_to_s", "occurred_at", 1_700_000_000_005, 1_700_000_000.005),
     ("ms_to_s", "duration_ms", 1500, 1.5),
     ("s_to_ms", "account.mrr", 1.2346, 1235),
     ("string", "count", 42, "42"),
@@ -305,7 +305,7 @@ def test_converts(convert: str, field: str, value: Any, expected: Any) -> None:
         properties:
           out: {{field: {field}, convert: {convert}}}
 """)
-    record = event(occurred_at=value if field == "occurred_at" else 1_000)
+    record = event(occurred_at=value if field == "occurred_at" else 1_700_000_000_000)
     top, _, rest = field.partition(".")
     if rest:
         record[top] = {"n": value} if top == "properties" else {"mrr": value, "name": None, "plan": None,
