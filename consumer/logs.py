@@ -59,6 +59,8 @@ class _CurrentStderr:
 def configure_logging(*, level: str = "info", fmt: Literal["auto", "json", "console"] = "auto",
                       secrets: Iterable[str] = (), stream: Any = None) -> None:
     """Configure structlog once for the process (the CLI calls this before anything logs)."""
+    # httpx logs request URLs at INFO, and Freshsuccess URLs carry the keys: never let it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     out = stream if stream is not None else _CurrentStderr()
     console = fmt == "console" or (fmt == "auto" and hasattr(out, "isatty") and out.isatty())
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if console
