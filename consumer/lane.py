@@ -66,7 +66,8 @@ class Destination(Protocol):
     def deliver(self, batch: Batch) -> Coroutine[Any, Any, list[tuple[int, Rejected]]]: ...
 
 
-SourceFactory = Callable[[RebalanceCallback, RebalanceCallback], MessageSource]
+SourceFactory = Callable[[RebalanceCallback, RebalanceCallback, RebalanceCallback], MessageSource]
+"""Builds the lane's source from its (on_assign, on_revoke, on_lost) callbacks."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class Lane:
         self._next_progress = clock() + settings.progress_interval_s
         self._closing = False
         self._rng = random.Random()
-        self.source = source_factory(self._on_assign, self._on_revoke)
+        self.source = source_factory(self._on_assign, self._on_revoke, self._on_lost)
 
     # ------------------------------------------------------------------------------- the loop
 
@@ -389,6 +390,16 @@ class Lane:
             self._paused.discard(key)
         if self._held:
             self._held = deque(m for m in self._held if (m.topic(), m.partition()) not in revoked)
+
+    def _on_lost(self, keys: list[TopicPartitionKey]) -> None:
+        """Partitions taken away without a revocation (session lost): another member may own them already,
+        so commit nothing for them and do not wait; their unfinished work is redelivered to the new owner."""
+        lost = set(keys)
+        for key in lost:
+            self.tracker.forget(key)
+            self._paused.discard(key)
+        if self._held:
+            self._held = deque(m for m in self._held if (m.topic(), m.partition()) not in lost)
 
     # ----------------------------------------------------------------------------- shutdown
 

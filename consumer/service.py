@@ -304,8 +304,9 @@ class Service:
         config = consumer_config(base, settings.kafka, group_id=group)
         topics = settings.kafka.topics
 
-        def source_factory(on_assign: RebalanceCallback, on_revoke: RebalanceCallback) -> KafkaSource:
-            return KafkaSource(config, topics, on_assign=on_assign, on_revoke=on_revoke)
+        def source_factory(on_assign: RebalanceCallback, on_revoke: RebalanceCallback,
+                           on_lost: RebalanceCallback) -> KafkaSource:
+            return KafkaSource(config, topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
 
         dead_letters = DeadLetterProducer(settings.kafka.dead_letter_topic, base, on_parked=self.on_parked)
         log.info("lane_started", destination=name, group=group, topics=list(topics))

@@ -63,10 +63,11 @@ class KafkaSource:
     """A subscribed consumer with rebalance callbacks that report (topic, partition) keys."""
 
     def __init__(self, config: dict[str, Any], topics: Sequence[str], *, on_assign: RebalanceCallback,
-                 on_revoke: RebalanceCallback) -> None:
+                 on_revoke: RebalanceCallback, on_lost: RebalanceCallback) -> None:
         self._consumer = Consumer(config)
         self._on_assign = on_assign
         self._on_revoke = on_revoke
+        self._on_lost = on_lost
         self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
                                  on_lost=self._lost)
 
@@ -83,7 +84,7 @@ class KafkaSource:
     def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         log.warning("partitions_lost", partitions=_describe(keys))
-        self._on_revoke(keys)
+        self._on_lost(keys)
 
     def consume(self, max_messages: int, timeout_s: float) -> Sequence[Any]:
         messages: list[Any] = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)

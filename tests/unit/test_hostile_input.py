@@ -237,7 +237,8 @@ def run_lane(values: Sequence[bytes | None], destination: str, delivery: Deliver
     """Feed ``values`` (offsets 0..n-1) through a real lane until every offset is committed."""
     source_holder: list[ListSource] = []
 
-    def factory(on_assign: RebalanceCallback, _on_revoke: RebalanceCallback) -> ListSource:
+    def factory(on_assign: RebalanceCallback, _on_revoke: RebalanceCallback,
+                _on_lost: RebalanceCallback) -> ListSource:
         source_holder.append(ListSource([Message(i, v) for i, v in enumerate(values)], on_assign))
         return source_holder[0]
 
@@ -596,7 +597,8 @@ def assert_bounded_while_blocked(destination: str, delivery: DeliveryLoop) -> No
     record = real_map(5_000)  # ~40 KB on the wire, several MB as Python objects
     values = [record] * 100
 
-    def factory(on_assign: RebalanceCallback, _on_revoke: RebalanceCallback) -> ListSource:
+    def factory(on_assign: RebalanceCallback, _on_revoke: RebalanceCallback,
+                _on_lost: RebalanceCallback) -> ListSource:
         return ListSource([Message(i, v) for i, v in enumerate(values)], on_assign)
 
     sink = RecordingDestination(destination, blocked=True)

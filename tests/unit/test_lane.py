@@ -157,7 +157,7 @@ def make_lane(messages: list[FakeMessage], destination: Any, dead: FakeDeadLette
               delivery: DeliveryLoop, **overrides: Any) -> tuple[Lane, FakeSource]:
     sources: list[FakeSource] = []
 
-    def factory(on_assign: RebalanceCallback, on_revoke: RebalanceCallback) -> FakeSource:
+    def factory(on_assign: RebalanceCallback, on_revoke: RebalanceCallback, _on_lost: RebalanceCallback) -> FakeSource:
         sources.append(FakeSource(messages, on_assign, on_revoke))
         return sources[0]
 
@@ -255,3 +255,21 @@ def test_an_unwritable_dead_letter_topic_stops_the_lane_before_committing_past_t
     assert all(offset <= 7 for commit in source.commits for offset in commit.values())
     lane.shutdown(1.0)
     assert all(offset <= 7 for commit in source.commits for offset in commit.values())
+
+
+def test_lost_partitions_are_dropped_without_waiting_or_committing(delivery: DeliveryLoop) -> None:
+    destination = GatedDestination()  # closed: nothing finishes
+    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery)
+    for _ in range(5):
+        lane.step()
+    assert lane.tracker.pending_messages((TOPIC, 0))
+    lane._on_lost([(TOPIC, 0)])
+    assert (TOPIC, 0) not in lane.tracker.owned()
+    destination.gate.set()
+
+    def partition_1_committed() -> bool:
+        lane.step()
+        return (TOPIC, 1) in source.committed()
+
+    wait_for(partition_1_committed, timeout_s=10, what="the kept partition to commit")
+    assert all((TOPIC, 0) not in commit for commit in source.commits)
