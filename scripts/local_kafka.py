@@ -398,15 +398,7 @@ class LocalKafka:
         """SIGTERM, wait for a clean shutdown, SIGKILL after ``timeout_s``; remove a temporary work dir."""
         process = self.process
         if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                log(f"broker pid {process.pid} ignored SIGTERM for {timeout_s:.0f}s; killing it")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+            _terminate(process, timeout_s)
             if not quiet:
                 how = "killed" if process.returncode == -signal.SIGKILL else "clean shutdown"
                 log(f"broker at {self.bootstrap} stopped ({how}, exit {process.returncode})")
@@ -438,15 +430,7 @@ class LocalKafka:
         if process is None:
             raise BrokerError("restart() needs a broker started by this LocalKafka")
         if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                log(f"broker pid {process.pid} ignored SIGTERM for {timeout_s:.0f}s; killing it")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+            _terminate(process, timeout_s)
         (_registry() / f"{process.pid}.json").unlink(missing_ok=True)
         log(f"broker at {self.bootstrap} stopped for a restart (exit {process.returncode})")
         deadline = time.monotonic() + timeout_s
@@ -477,6 +461,19 @@ class LocalKafka:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM the broker's process group, SIGKILL it if it is still there after ``timeout_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        log(f"broker pid {process.pid} ignored SIGTERM for {timeout_s:.0f}s; killing it")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def _silent_logger() -> Any:
