@@ -82,6 +82,10 @@ class LaneSettings:
     commit_interval_s: float = 1.0
     revoke_timeout_s: float = 30.0
     progress_interval_s: float = 10.0
+    rejoin_timeout_s: float = 45.0
+    """After partitions are lost, a consumer that has not been through a rebalance (no assignment callback,
+    even an empty one) for this long is replaced by a new one: librdkafka can stay out of its group after a
+    session timeout across a broker restart."""
     transient_backoff_s: tuple[float, float] = (0.5, 30.0)
 
 
@@ -132,6 +136,8 @@ class Lane:
         self._next_progress = clock() + settings.progress_interval_s
         self._closing = False
         self._rng = random.Random()
+        self._source_factory = source_factory
+        self._lost_at: float | None = None
         self.source = source_factory(self._on_assign, self._on_revoke, self._on_lost)
 
     # ------------------------------------------------------------------------------- the loop
@@ -175,6 +181,23 @@ class Lane:
         if now >= self._next_progress:
             self._next_progress = now + self.settings.progress_interval_s
             self._log_progress()
+        if self._lost_at is not None and now - self._lost_at > self.settings.rejoin_timeout_s:
+            self._replace_source(now)
+
+    def _replace_source(self, now: float) -> None:
+        """Close a consumer stuck outside its group and subscribe a new one (nothing is owned to commit)."""
+        log.warning("consumer_replaced", destination=self.name, stuck_s=round(now - (self._lost_at or now), 1))
+        old = self.source
+        self._closing = True  # the old consumer owns nothing: its callbacks must not commit or wait
+        try:
+            old.close()
+        except Exception as exc:  # a stuck client may fail to close cleanly; the new one matters
+            log.warning("consumer_close_failed", destination=self.name, error=str(exc))
+        finally:
+            self._closing = False
+        self._paused.clear()
+        self._lost_at = self.clock()
+        self.source = self._source_factory(self._on_assign, self._on_revoke, self._on_lost)
 
     # ---------------------------------------------------------------------- per-message work
 
@@ -372,6 +395,7 @@ class Lane:
                 self.dead_letters.flush(0.05)
 
     def _on_assign(self, keys: list[TopicPartitionKey]) -> None:
+        self._lost_at = None
         for key in keys:
             self.tracker.assign(key)
 
@@ -395,6 +419,7 @@ class Lane:
         """Partitions taken away without a revocation (session lost): another member may own them already,
         so commit nothing for them and do not wait; their unfinished work is redelivered to the new owner."""
         lost = set(keys)
+        self._lost_at = self.clock()
         for key in lost:
             self.tracker.forget(key)
             self._paused.discard(key)

@@ -273,3 +273,27 @@ def test_lost_partitions_are_dropped_without_waiting_or_committing(delivery: Del
 
     wait_for(partition_1_committed, timeout_s=10, what="the kept partition to commit")
     assert all((TOPIC, 0) not in commit for commit in source.commits)
+
+
+def test_a_consumer_left_out_of_its_group_after_a_loss_is_replaced(delivery: DeliveryLoop) -> None:
+    created: list[FakeSource] = []
+
+    def factory(on_assign: RebalanceCallback, on_revoke: RebalanceCallback, _on_lost: RebalanceCallback) -> FakeSource:
+        created.append(FakeSource(messages(4) if not created else [], on_assign, on_revoke))
+        return created[-1]
+
+    lane = Lane(destination=GatedDestination(), source_factory=factory, decoder=Decoder(), map_fn=map_one,
+                dead_letters=FakeDeadLetters(), delivery=delivery,
+                settings=LaneSettings(consume_timeout_s=0.001, rejoin_timeout_s=0.05, commit_interval_s=0.0))
+    lane.step()
+    created[0].assigned = True  # the stuck client never calls back again
+    lane._on_lost([(TOPIC, 0), (TOPIC, 1)])
+    def replaced() -> bool:
+        lane.step()
+        return len(created) == 2
+
+    wait_for(replaced, timeout_s=10, what="a new consumer")
+    lane.step()  # the new consumer's first poll runs the assignment callback
+    assert created[1].assigned
+    assert lane._lost_at is None
+    lane.shutdown(1.0)
