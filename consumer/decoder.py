@@ -107,15 +107,7 @@ class ConfluentDecoder(Decoder):
         plan = self._plans.get(value[:_CONFLUENT_HEADER_BYTES])
         if plan is None:
             plan = self._new_plan(value)
-        body = value[_CONFLUENT_HEADER_BYTES:]
-        fo = BytesIO(body)
-        try:
-            record: dict[str, Any] = _read_avro(fo, plan.writer, plan.reader)
-        except Exception as exc:  # fastavro's errors are many and untyped; every one means "bad body"
-            raise _body_error(plan, exc) from exc
-        if fo.tell() != len(body):
-            raise _trailing_error(plan, len(body) - fo.tell())
-        return record
+        return _read_body(plan, value[_CONFLUENT_HEADER_BYTES:])
 
     def _new_plan(self, value: bytes) -> _Plan:
         if len(value) < _CONFLUENT_HEADER_BYTES:
@@ -158,15 +150,7 @@ class SingleObjectDecoder(Decoder):
         plan = self._plans.get(value[:_SINGLE_OBJECT_HEADER_BYTES])
         if plan is None:
             plan = self._new_plan(value)
-        body = value[_SINGLE_OBJECT_HEADER_BYTES:]
-        fo = BytesIO(body)
-        try:
-            record: dict[str, Any] = _read_avro(fo, plan.writer, plan.reader)
-        except Exception as exc:  # fastavro's errors are many and untyped; every one means "bad body"
-            raise _body_error(plan, exc) from exc
-        if fo.tell() != len(body):
-            raise _trailing_error(plan, len(body) - fo.tell())
-        return record
+        return _read_body(plan, value[_SINGLE_OBJECT_HEADER_BYTES:])
 
     def _new_plan(self, value: bytes) -> _Plan:
         if len(value) < _SINGLE_OBJECT_HEADER_BYTES:
@@ -198,15 +182,7 @@ class RawDecoder(Decoder):
     def decode(self, value: bytes | None) -> dict[str, Any]:
         if value is None:
             raise DecodeError(_NO_VALUE)
-        plan = self._plan
-        fo = BytesIO(value)
-        try:
-            record: dict[str, Any] = _read_avro(fo, plan.writer, plan.reader)
-        except Exception as exc:  # fastavro's errors are many and untyped; every one means "bad body"
-            raise _body_error(plan, exc) from exc
-        if fo.tell() != len(value):
-            raise _trailing_error(plan, len(value) - fo.tell())
-        return record
+        return _read_body(self._plan, value)
 
 
 def make_decoder(
@@ -252,6 +228,18 @@ def _parsed(schema: dict[str, Any] | ParsedSchema, key: str) -> ParsedSchema:
         return parse(schema)
     except ConfigError as exc:
         raise ConfigError(str(exc), key=key) from exc
+
+
+def _read_body(plan: _Plan, body: bytes) -> dict[str, Any]:
+    """Decode one Avro body with ``plan``; the whole body must be one record."""
+    fo = BytesIO(body)
+    try:
+        record: dict[str, Any] = _read_avro(fo, plan.writer, plan.reader)
+    except Exception as exc:  # fastavro's errors are many and untyped; every one means "bad body"
+        raise _body_error(plan, exc) from exc
+    if fo.tell() != len(body):
+        raise _trailing_error(plan, len(body) - fo.tell())
+    return record
 
 
 def _body_error(plan: _Plan, exc: Exception) -> DecodeError:
