@@ -3,7 +3,8 @@
 Used by ``tests/faults``. Everything a fault scenario needs that is not an assertion lives here:
 
 * :class:`ConsumerProcess` runs ``python -m consumer.cli run --config FILE`` with the dev secrets, kills it
-  with SIGKILL or stops it with SIGTERM (timing the exit), and reads its memory from ``/proc/PID/status``;
+  with SIGKILL or stops it with SIGTERM (timing the exit), reads its memory from ``/proc/PID/status`` and
+  scrapes its ``/metrics`` (the port it logged at start: every process picks a free one);
 * :class:`StreamProducer` writes realistic events (and optionally malformed records) to a topic from a
   background thread at a steady rate, and remembers where each one landed (partition, offset);
 * :class:`Expected`, :func:`delivery_report` and :func:`commit_violations` say, by event identity, what a
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from devstack import DevStack
 from eventgen import BASE_TIME_MS, make_event, malformed_values
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.emulators import Emulators
 
@@ -49,6 +52,9 @@ Placement = tuple[int, int]
 FRESHSUCCESS_ACTIONS = {"feature_used": "feature", "module_ended": "moduleEnd", "session_synced": "sessionSync",
                         "user_identified": "identifyUser", "account_identified": "identifyAccount"}
 """What the default mapping sends Freshsuccess per event type; page views go to Freshpaint only."""
+
+COMMITTED_OFFSET_METRIC = "usage_consumer_committed_offset"
+"""Per destination, topic and partition: the next offset this process committed (consumer/metrics.py)."""
 
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before any fork: the child only makes the call
@@ -106,6 +112,7 @@ class ConsumerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss_kib = 0
         """The largest resident set seen (``VmHWM``), read before every stop."""
+        self._health_port: int | None = None
 
     def start(self) -> ConsumerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +194,48 @@ class ConsumerProcess:
                     if isinstance(parsed, dict):
                         events.append(parsed)
         return events
+
+    # ---- its own /metrics
+
+    def health_port(self, timeout_s: float = 30.0) -> int:
+        """The port of the process's health server, from its ``health_server_started`` log line
+        (the scenarios configure ``health.port: 0``, so each process picks a free one)."""
+        if self._health_port is not None:
+            return self._health_port
+
+        def logged() -> int | None:
+            for event in self.log_events():
+                if event.get("event") == "health_server_started" and isinstance(event.get("port"), int):
+                    return int(event["port"])
+            assert self.alive(), f"{self.name} exited before its health server started\n{self.log_tail()}"
+            return None
+
+        self._health_port = wait_until(logged, timeout_s=timeout_s, what=f"{self.name}'s health server to start",
+                                       diagnose=self.log_tail)
+        return self._health_port
+
+    def metrics_text(self, timeout_s: float = 5.0) -> str:
+        """The Prometheus exposition of ``/metrics`` (one scrape)."""
+        url = f"http://127.0.0.1:{self.health_port()}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return str(response.read().decode())
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """One scrape of ``/metrics``: sample name -> ``[(labels, value)]`` (parsed with prometheus_client)."""
+        samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+        return samples
+
+    def committed_offsets(self, topic: str) -> dict[str, dict[int, int]]:
+        """What this process reports as committed for ``topic``: destination -> partition -> next offset
+        (``usage_consumer_committed_offset{destination,topic,partition}``)."""
+        reported: dict[str, dict[int, int]] = {}
+        for labels, value in self.metrics().get(COMMITTED_OFFSET_METRIC, []):
+            if labels.get("topic") == topic:
+                reported.setdefault(labels["destination"], {})[int(labels["partition"])] = int(value)
+        return reported
 
     def log_tail(self, lines: int = 40) -> str:
         tail = "\n".join(self.log_text().splitlines()[-lines:])
@@ -661,6 +710,34 @@ class Scenario:
         end = {p: o for p, o in self.end_offsets().items() if o > 0}
         wait_until(lambda: all(self.committed(d) == end for d in DESTINATIONS), timeout_s=timeout_s,
                    interval_s=0.25, diagnose=self.diagnose, what=f"both groups committed to the end {end}")
+
+    def owners(self, admin: AdminClient) -> dict[str, dict[int, str]]:
+        """Per destination: partition -> ``client.id`` of the member the broker says owns it now."""
+        owned: dict[str, dict[int, str]] = {}
+        for destination, group in self.groups.items():
+            _, members = group_members(admin, group)
+            owned[destination] = {p: member for member, partitions in members.items() for p in partitions}
+        return owned
+
+    def wait_members(self, admin: AdminClient, names: set[str], *, partitions: int,
+                     timeout_s: float = 90.0) -> dict[str, dict[str, list[int]]]:
+        """Both groups stable with exactly ``names`` as members, each owning a partition, all partitions
+        owned; returns each group's ``client.id -> partitions``."""
+        seen: dict[str, dict[str, list[int]]] = {}
+
+        def settled() -> bool:
+            for destination, group in self.groups.items():
+                state, members = group_members(admin, group)
+                seen[destination] = members
+                owned = sorted(p for assigned in members.values() for p in assigned)
+                if state != "STABLE" or set(members) != names or owned != list(range(partitions)) \
+                        or not all(members.values()):
+                    return False
+            return True
+
+        wait_until(settled, timeout_s=timeout_s, interval_s=0.25, what=f"both groups to settle on {sorted(names)}",
+                   diagnose=lambda: f"last seen {seen}\n{self.diagnose()}")
+        return seen
 
     def dead_letters(self) -> list[Any]:
         return self.stack.read_all(self.dlq, timeout_s=30)
