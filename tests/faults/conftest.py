@@ -4,8 +4,8 @@ The broker fixture is the integration tier's (``tests/integration/conftest.py``)
 tiers start and stop their broker the same way (``KAFKA_BOOTSTRAP_SERVERS`` reuses a running one).
 
 Every test records its figures (events produced, delivered, duplicated before and after de-duplication,
-dead-lettered, lost, memory); at the end of the session they are printed and written to
-``.local/faults-summary.json``, from which ``docs/reliability.md`` takes its table.
+dead-lettered, lost, memory; the SIGKILL test also Freshsuccess duplicates per kill); at the end of the session
+they are printed and written to ``.local/faults-summary.json``, from which ``docs/reliability.md`` takes its table.
 """
 
 from __future__ import annotations
@@ -173,11 +173,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("fault-injection figures")
     write(f"seed {config.stash[SEED]}; written to {SUMMARY_PATH.relative_to(REPO)}")
     write(f"{'scenario':<60} {'events':>7} {'bad':>4} | {'FS got':>7} {'dup':>5} {'lost':>4} | "
-          f"{'FP got':>7} {'dup':>5} {'kept':>4} {'lost':>4} | {'DLQ':>4} {'RSS MiB':>8}")
+          f"{'FP got':>7} {'dup':>5} {'kept':>4} {'lost':>4} | {'DLQ':>4} {'RSS MiB':>8} {'FS dup/kill':>11}")
     for name, f in book.items():
         fs, fp = f.get("freshsuccess", {}), f.get("freshpaint", {})
         rss = f.get("rss_mib", {}).get("max") if isinstance(f.get("rss_mib"), dict) else f.get("peak_rss_mib")
         write(f"{short_name(name):<60} {f.get('events_produced', 0):>7} {f.get('malformed_produced', 0):>4} | "
               f"{fs.get('delivered', 0):>7} {fs.get('duplicates', 0):>5} {fs.get('lost', 0):>4} | "
               f"{fp.get('delivered', 0):>7} {fp.get('duplicates', 0):>5} {fp.get('duplicates_after_dedup', 0):>4} "
-              f"{fp.get('lost', 0):>4} | {sum(f.get('dead_lettered', {}).values()):>4} {rss or '-':>8}")
+              f"{fp.get('lost', 0):>4} | {sum(f.get('dead_lettered', {}).values()):>4} {rss or '-':>8} "
+              f"{f.get('freshsuccess_duplicates_per_kill', '-'):>11}")
+    per_kill = {name: f["freshsuccess_duplicates_per_kill"] for name, f in book.items()
+                if "freshsuccess_duplicates_per_kill" in f}
+    for name, value in per_kill.items():
+        write(f"Freshsuccess duplicates per SIGKILL ({short_name(name)}): {value}")

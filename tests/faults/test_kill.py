@@ -3,7 +3,9 @@
 The consumer is killed several times (no flush, no commit, no goodbye to the group) and started again each
 time. After each kill the broker's committed offsets and end offsets are read: only records between the two
 (the uncommitted window) may be delivered again, once per kill that caught them. Freshpaint removes the
-repeats by ``$insert_id``; Freshsuccess cannot, so its repeats are counted.
+repeats by ``$insert_id``; Freshsuccess cannot, so its repeats are counted per kill
+(``freshsuccess_duplicates_per_kill``, in the suite's summary) and held to
+:data:`MAX_FRESHSUCCESS_DUPLICATES_PER_KILL`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from consumer.emulators import Emulators
 
 KILLS = 3
 RATE_PER_S = 400
+MAX_FRESHSUCCESS_DUPLICATES_PER_KILL = 475
+"""Issue 11: at most half of the ~950 Freshsuccess repeats per SIGKILL measured at this rate with a fixed 1 s commit
+interval; committing as soon as a partition's finished prefix advances leaves only the batches in flight."""
 Window = tuple[dict[int, int], dict[int, int]]
 
 
@@ -61,7 +66,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_only_the_uncommitte
     copies = {"freshsuccess": received(own_emulators, "freshsuccess"),
               "freshpaint": freshpaint_copies(own_emulators)}
     windowed = {d: window_size(windows[d], expected.of_destination(d)) for d in DESTINATIONS}
-    figures.record(scenario.figures(kills=kills, uncommitted_window_events=windowed))
+    freshsuccess = delivery_report(own_emulators, expected, "freshsuccess")
+    per_kill = round(freshsuccess.duplicates / KILLS, 1)
+    figures.record(scenario.figures(kills=kills, uncommitted_window_events=windowed,
+                                    freshsuccess_duplicates_per_kill=per_kill))
     for destination in DESTINATIONS:
         report = delivery_report(own_emulators, expected, destination)
         assert report.lost == [], f"{destination} lost {len(report.lost)}: {report.lost[:5]}"
@@ -74,3 +82,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_only_the_uncommitte
     assert delivery_report(own_emulators, expected, "freshpaint").duplicates_after_dedup == 0
     assert sum(copies["freshpaint"].values()) - len(copies["freshpaint"]) == \
         own_emulators.freshpaint.stats()["duplicates"]
+    # Freshsuccess cannot de-duplicate: what a crash costs it is the uncommitted window, held to a bound.
+    assert freshsuccess.lost == []
+    assert per_kill <= MAX_FRESHSUCCESS_DUPLICATES_PER_KILL, \
+        f"{freshsuccess.duplicates} Freshsuccess duplicates over {KILLS} SIGKILLs = {per_kill}/kill at " \
+        f"{RATE_PER_S} events/s (at most {MAX_FRESHSUCCESS_DUPLICATES_PER_KILL}); uncommitted windows {windowed}"
