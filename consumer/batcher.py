@@ -4,9 +4,9 @@ A batch carries the :class:`~consumer.offsets.Work` its messages are tracked aga
 makes committable travel with the data. All outputs of one message go into the same batch: a batch only
 closes between messages.
 
-Freshsuccess batches are built as the NDJSON body itself: each output is serialized by orjson straight
-into one reused ``bytearray`` (no per-event ``bytes`` objects, see docs/performance.md). Freshpaint
-batches keep the output objects, because every event is its own request and the sink adds the token.
+Freshsuccess batches are built as the NDJSON body itself: the lines the verdict serialized
+(:mod:`consumer.verdict`) are appended to one ``bytearray``. Freshpaint batches keep the output objects,
+because every event is its own request and the sink adds the token.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from consumer.offsets import Work
+from consumer.verdict import Decision
 
-_APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
 _batch_ids = itertools.count(1)
 
 
@@ -71,15 +69,14 @@ class Batcher:
         batch.work.description = f"{self.destination} batch {batch.batch_id}"
         return batch
 
-    def add(self, outputs: list[dict[str, Any]], message: Any, key: tuple[str, int], offset: int) -> Work:
-        """Append one message's outputs; returns the work the message is now tracked against."""
+    def add(self, decision: Decision, message: Any, key: tuple[str, int], offset: int) -> Work:
+        """Append one message's outputs (a ``send`` decision); returns the work the message is now tracked against."""
         batch = self._open
         if batch is None:
             batch = self._open = self._new()
+        outputs = decision.outputs
         if self._serialize:
-            body = batch.body
-            for output in outputs:
-                body += orjson.dumps(output, option=_APPEND_NEWLINE)
+            batch.body += decision.body
         else:
             batch.outputs.extend(outputs)
             batch.sources.extend([message] * len(outputs))

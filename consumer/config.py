@@ -90,7 +90,12 @@ class BatchingConfig(_Section):
 
 
 class CommitConfig(_Section):
-    interval_s: float = Field(1.0, gt=0)
+    """Commits follow delivery: each lane commits as soon as a partition's finished prefix advances (one
+    request at a time, later advances coalesced) and counts a commit only once the broker confirmed it."""
+
+    retry_initial_backoff_s: float = Field(0.2, gt=0)
+    """Wait before a refused commit (rebalance, coordinator moving) is sent again; doubles per refusal."""
+    retry_max_backoff_s: float = Field(5.0, gt=0)
 
 
 class ShutdownConfig(_Section):

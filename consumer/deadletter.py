@@ -68,7 +68,7 @@ class DeadLetterProducer:
     def __init__(self, topic: str, kafka_config: dict[str, Any], *,
                  on_parked: Callable[[DeadLetter], None] | None = None) -> None:
         self.topic = topic
-        self._producer = Producer({
+        self._producer: Producer | None = Producer({
             **kafka_config,
             "acks": "all",
             "enable.idempotence": True,
@@ -102,15 +102,30 @@ class DeadLetterProducer:
                 self._on_parked(letter)
 
         self.in_flight += 1
+        if self._producer is None:
+            raise RuntimeError("dead letters parked after close()")
         self._producer.produce(self.topic, value=message.value(), key=message.key(),
                                headers=dead_letter_headers(message, error, destination), on_delivery=delivered)
 
     def poll(self) -> None:
         """Serve delivery callbacks (on the poll thread, where the tracker lives)."""
-        if self.in_flight:
+        if self.in_flight and self._producer is not None:
             self._producer.poll(0)
 
     def flush(self, timeout_s: float) -> int:
         """Wait for outstanding dead letters; returns how many are still unconfirmed."""
+        if self._producer is None:
+            return self.in_flight
         remaining: int = self._producer.flush(timeout_s)
         return remaining
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Wait up to ``timeout_s`` for outstanding dead letters, drop the rest (their events stay uncommitted,
+        so they are read again), and release the producer."""
+        if self._producer is None:
+            return
+        producer, self._producer = self._producer, None
+        if producer.flush(timeout_s):
+            producer.purge()
+            producer.flush(0)
+        producer.close()

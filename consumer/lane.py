@@ -2,18 +2,17 @@
 
 Read top to bottom, one iteration of :meth:`Lane.step` is::
 
-    consume a batch of messages            (source: the lane's own consumer)
-      -> decode each (Avro framing + schema) (decoder)
-      -> map it to destination outputs       (the compiled mapping)
-      -> add the outputs to the open batch   (batcher), or park the message (dead letters)
-    submit closed batches to the sink        (delivery thread: compression + HTTP)
     collect finished deliveries              (release their work)
-    commit the contiguous finished prefix    (offset tracker -> source.commit)
+    commit what they finished                (committer: asynchronous, confirmed by the broker)
+    consume a batch of messages              (source: the lane's own consumer)
+      -> decide each one                     (verdict: size, decode, map, serialize)
+      -> add its outputs to the open batch   (batcher), or park it (dead letters), or skip it
+    submit closed batches to the sink        (delivery thread: compression + HTTP)
 
 Each destination gets a lane of its own (its own consumer group by default), so an outage of one
 destination pauses only its lane: the other keeps delivering and committing. A lane never commits past
 a message whose outputs were neither accepted nor dead-lettered; after a fatal error (e.g. Freshsuccess
-answered 400) it commits nothing further and stops.
+answered 400) or an internal one it commits nothing further and stops.
 """
 
 from __future__ import annotations
@@ -30,19 +29,17 @@ from typing import Any, Protocol
 import structlog
 
 from consumer.batcher import Batch, Batcher
+from consumer.committer import CommitResult, Committer
 from consumer.delivery import DeliveryLoop
-from consumer.errors import EventError, FatalError, MappingFailed, OversizedEvent, Rejected, TransientError
+from consumer.errors import EventError, FatalError, Rejected, TransientError
 from consumer.metrics import Metrics
 from consumer.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
-from consumer.source import MessageSource, RebalanceCallback
+from consumer.source import MessageSource, SourceCallbacks
+from consumer.verdict import PARK, SEND, SKIP, WAIT, Decoder, Judge, MapFn
+
+__all__ = ["DeadLetters", "Decoder", "Destination", "Lane", "LaneSettings", "LaneStats", "MapFn", "SourceFactory"]
 
 log = structlog.get_logger(__name__)
-
-MapFn = Callable[[dict[str, Any], str, int, int], list[dict[str, Any]]]
-
-
-class Decoder(Protocol):
-    def decode(self, value: bytes | None) -> dict[str, Any]: ...
 
 
 class DeadLetters(Protocol):
@@ -54,6 +51,7 @@ class DeadLetters(Protocol):
     def park(self, message: Any, error: EventError, destination: str, work: Work) -> None: ...
     def poll(self) -> None: ...
     def flush(self, timeout_s: float) -> int: ...
+    def close(self, timeout_s: float = 5.0) -> None: ...
 
 
 class Destination(Protocol):
@@ -66,20 +64,18 @@ class Destination(Protocol):
     def deliver(self, batch: Batch) -> Coroutine[Any, Any, list[tuple[int, Rejected]]]: ...
 
 
-SourceFactory = Callable[[RebalanceCallback, RebalanceCallback, RebalanceCallback], MessageSource]
-"""Builds the lane's source from its (on_assign, on_revoke, on_lost) callbacks."""
+SourceFactory = Callable[[SourceCallbacks], MessageSource]
+"""Builds the lane's source, reporting rebalances and commit answers to the given callbacks."""
 
 
 @dataclass(frozen=True)
 class LaneSettings:
     consume_batch_size: int = 1000
     consume_timeout_s: float = 0.1
-    max_event_bytes: int = 1_048_576
     max_events: int = 2000
     max_bytes: int = 1_048_576
     max_wait_s: float = 1.0
     max_in_flight_batches: int = 4
-    commit_interval_s: float = 1.0
     revoke_timeout_s: float = 30.0
     progress_interval_s: float = 10.0
     rejoin_timeout_s: float = 45.0
@@ -87,11 +83,15 @@ class LaneSettings:
     even an empty one) for this long is replaced by a new one: librdkafka can stay out of its group after a
     session timeout across a broker restart."""
     transient_backoff_s: tuple[float, float] = (0.5, 30.0)
+    commit_retry_backoff_s: tuple[float, float] = (0.2, 5.0)
+    """Waits before a refused commit is sent again (doubling up to the second value)."""
+    committed_lookup_timeout_s: float = 5.0
+    """At assignment, how long to wait for the group's committed offsets of the new partitions (metrics, lag)."""
 
 
 @dataclass
 class LaneStats:
-    """What a lane did; read by the demo's summary, the tests and (later) the metrics endpoint."""
+    """What a lane did; read by the demo's summary, the tests and the metrics endpoint."""
 
     consumed: int = 0
     delivered_messages: int = 0
@@ -100,28 +100,32 @@ class LaneStats:
     skipped: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
     transient_failures: int = 0
+    commits_refused: int = 0
     committed: dict[TopicPartitionKey, int] = field(default_factory=dict)
+    """Broker-confirmed ``next_offset`` per owned partition (the committer's own record)."""
     lag: dict[TopicPartitionKey, int] = field(default_factory=dict)
-    """High watermark minus committed offset, refreshed at each commit."""
+    """High watermark minus committed offset, refreshed about once a second."""
 
 
 class Lane:
     """Consumes for one destination and commits only what that destination has taken."""
 
-    def __init__(self, *, destination: Destination, source_factory: SourceFactory, decoder: Decoder,
-                 map_fn: MapFn, dead_letters: DeadLetters, delivery: DeliveryLoop,
-                 settings: LaneSettings = LaneSettings(), clock: Callable[[], float] = time.monotonic,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, *, destination: Destination, source_factory: SourceFactory, judge: Judge,
+                 dead_letters: DeadLetters, delivery: DeliveryLoop, settings: LaneSettings = LaneSettings(),
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
         self.name = destination.name
         self.destination = destination
-        self.decoder = decoder
-        self.map_fn = map_fn
+        self.judge = judge
+        self.decoder = judge.decoder
         self.dead_letters = dead_letters
         self.delivery = delivery
         self.settings = settings
         self.clock = clock
         self.stats = LaneStats()
         self.tracker = OffsetTracker()
+        self.committer = Committer(self.tracker, destination=destination.name, clock=clock,
+                                   retry_backoff_s=settings.commit_retry_backoff_s)
+        self.stats.committed = self.committer.confirmed
         self.batcher = Batcher(destination.name, max_events=settings.max_events, max_bytes=settings.max_bytes,
                                max_wait_s=settings.max_wait_s, clock=clock, serialize=destination.serialize)
         self.fatal: str | None = None
@@ -132,26 +136,37 @@ class Lane:
         self._retry_at = 0.0
         self._retry_delay_s = settings.transient_backoff_s[0]
         self._paused: set[TopicPartitionKey] = set()
-        self._next_commit = clock() + settings.commit_interval_s
+        self._released: set[TopicPartitionKey] = set()
+        """Partitions revoked or lost since the last ``consume`` began: its records of them are dropped."""
         self._next_progress = clock() + settings.progress_interval_s
+        self._next_lag = clock()
         self._closing = False
         self._rng = random.Random()
         self._source_factory = source_factory
         self._lost_at: float | None = None
-        self.source = source_factory(self._on_assign, self._on_revoke, self._on_lost)
+        self._callbacks = SourceCallbacks(on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                          on_lost=self._on_lost, on_commit=self._on_commit)
+        self.source = source_factory(self._callbacks)
+        self.committer.bind(self.source)
 
     # ------------------------------------------------------------------------------- the loop
 
     def run(self, stop: threading.Event, *, shutdown_timeout_s: float = 30.0) -> None:
-        """Step until ``stop`` is set or a fatal error; then shut down within ``shutdown_timeout_s``."""
+        """Step until ``stop`` is set or a fatal error; then shut down within ``shutdown_timeout_s``.
+
+        An unexpected exception stops the lane like a fatal error (nothing more is committed) and is raised.
+        """
         try:
             while not stop.is_set() and self.fatal is None:
                 self.step()
+        except BaseException as exc:
+            self._fail(f"internal error: {type(exc).__name__}: {exc}")
+            raise
         finally:
             self.shutdown(shutdown_timeout_s)
 
     def step(self) -> None:
-        """One iteration: collect, submit, consume, process, commit."""
+        """One iteration: collect, commit, submit, consume, decide, submit."""
         self.last_step_at = self.clock()
         self._collect()
         self.dead_letters.poll()
@@ -159,30 +174,46 @@ class Lane:
             self._fail(self.dead_letters.failure)
         if self.fatal is not None:
             return
+        self.committer.poll()
         now = self.clock()
         if self.batcher.is_due(now) and self._has_capacity():
             self._submit()
-        if self._held and now >= self._retry_at:
+        if self._held and now >= self._retry_at and not self._blocked():
             self._process(self._take_held())
         self._apply_backpressure()
+        self._released.clear()
         messages = self.source.consume(self.settings.consume_batch_size, self.settings.consume_timeout_s)
         if messages:
             self.stats.consumed += len(messages)
-            if self._held:  # keep partition order behind messages waiting for a retry
+            if self._released:
+                messages = self._owned_only(messages)
+            if self._held:  # keep partition order behind messages waiting for a retry or for capacity
                 self._held.extend(messages)
             else:
                 self._process(messages)
         if self.batcher.full and self._has_capacity():
             self._submit()
+        self.committer.poll()
         now = self.clock()
-        if now >= self._next_commit:
-            self._next_commit = now + self.settings.commit_interval_s
-            self.commit(asynchronous=True)
+        if now >= self._next_lag:
+            self._next_lag = now + 1.0
+            self._refresh_lag()
         if now >= self._next_progress:
             self._next_progress = now + self.settings.progress_interval_s
             self._log_progress()
         if self._lost_at is not None and now - self._lost_at > self.settings.rejoin_timeout_s:
             self._replace_source(now)
+
+    def _owned_only(self, messages: Sequence[Any]) -> list[Any]:
+        """Drop records of partitions revoked or lost while ``consume`` ran: another member owns them now."""
+        released = self._released
+        kept = [m for m in messages
+                if m.error() is not None or ((m.topic(), m.partition()) not in released
+                                             and self.tracker.owns((m.topic(), m.partition())))]
+        if len(kept) != len(messages):
+            log.info("records_of_released_partitions_dropped", destination=self.name,
+                     records=len(messages) - len(kept))
+        return kept
 
     def _replace_source(self, now: float) -> None:
         """Close a consumer stuck outside its group and subscribe a new one (nothing is owned to commit)."""
@@ -196,8 +227,10 @@ class Lane:
         finally:
             self._closing = False
         self._paused.clear()
+        self.committer.released(self.committer.owned)
         self._lost_at = self.clock()
-        self.source = self._source_factory(self._on_assign, self._on_revoke, self._on_lost)
+        self.source = self._source_factory(self._callbacks)
+        self.committer.bind(self.source)
 
     # ---------------------------------------------------------------------- per-message work
 
@@ -206,16 +239,18 @@ class Lane:
         self._held.clear()
         return held
 
+    def _blocked(self) -> bool:
+        """The open batch is full and no in-flight slot is free: nothing more may be added."""
+        return self.batcher.full and len(self._in_flight) >= self.settings.max_in_flight_batches
+
     def _process(self, messages: Sequence[Any]) -> None:
         # The per-event path: locals instead of attribute lookups, counters summed once per call.
-        decode = self.decoder.decode
-        map_fn = self.map_fn
+        decide = self.judge.decide
         track = self.tracker.track
         batcher = self.batcher
         add = batcher.add
         in_flight = self._in_flight
         max_in_flight = self.settings.max_in_flight_batches
-        max_event_bytes = self.settings.max_event_bytes
         skipped = 0
         try:
             for index, message in enumerate(messages):
@@ -224,40 +259,36 @@ class Lane:
                     if error.fatal():
                         self._fail(f"Kafka consumer error: {error}")
                         return
-                    log.warning("consumer_error_seen", error=str(error))
+                    log.warning("consumer_error_seen", destination=self.name, error=str(error))
                     continue
                 topic, partition, offset = message.topic(), message.partition(), message.offset()
                 key = (topic, partition)
-                value = message.value()
-                try:
-                    if value is not None and len(value) > max_event_bytes:
-                        raise OversizedEvent(f"event of {len(value)} bytes exceeds max_event_bytes={max_event_bytes}")
-                    record = decode(value)
-                    try:
-                        outputs = map_fn(record, topic, partition, offset)
-                    except EventError:
-                        raise
-                    except Exception as exc:  # a mapping bug must not stop the partition: park the event
-                        raise MappingFailed(f"mapping raised {type(exc).__name__}: {exc}") from exc
-                except TransientError as exc:
-                    self._hold(messages[index:], exc)
-                    return
-                except FatalError as exc:  # e.g. the schema registry URL points at something else
-                    self._fail(str(exc))
-                    return
-                except EventError as exc:
-                    work = Work(f"dead letter {topic}[{partition}]@{offset}", holds=0)
-                    self.dead_letters.park(message, exc, self.name, work)
-                    track(key, offset, work)
-                    self.stats.dead_lettered[exc.reason] += 1
-                    continue
-                if outputs:
-                    track(key, offset, add(outputs, message, key, offset))
-                    if batcher.full and len(in_flight) < max_in_flight:
-                        self._submit()
-                else:
+                decision = decide(message.value(), topic, partition, offset)
+                kind = decision.kind
+                if kind is SEND:
+                    track(key, offset, add(decision, message, key, offset))
+                    if batcher.full:
+                        if len(in_flight) < max_in_flight:
+                            self._submit()
+                        else:  # no slot for the full batch: keep the rest until one frees
+                            self._held.extend(messages[index + 1:])
+                            return
+                elif kind is SKIP:
                     track(key, offset, NOTHING_TO_DO)
                     skipped += 1
+                elif kind is PARK:
+                    assert isinstance(decision.error, EventError)
+                    work = Work(f"dead letter {topic}[{partition}]@{offset}", holds=0)
+                    self.dead_letters.park(message, decision.error, self.name, work)
+                    track(key, offset, work)
+                    self.stats.dead_lettered[decision.error.reason] += 1
+                elif kind is WAIT:
+                    assert isinstance(decision.error, TransientError)
+                    self._hold(messages[index:], decision.error)
+                    return
+                else:  # STOP, e.g. the schema registry URL points at something else
+                    self._fail(str(decision.error))
+                    return
         finally:
             self.stats.skipped += skipped
         self._retry_delay_s = self.settings.transient_backoff_s[0]
@@ -271,8 +302,8 @@ class Lane:
         self._retry_delay_s = min(self._retry_delay_s * 2, self.settings.transient_backoff_s[1])
         self.stats.transient_failures += 1
         first = messages[0]
-        log.warning("decode_retry_scheduled", error=str(exc), delay_s=round(delay, 2), held=len(self._held),
-                    topic=first.topic(), partition=first.partition(), offset=first.offset())
+        log.warning("decode_retry_scheduled", destination=self.name, error=str(exc), delay_s=round(delay, 2),
+                    held=len(self._held), topic=first.topic(), partition=first.partition(), offset=first.offset())
 
     # ------------------------------------------------------------------------- delivery side
 
@@ -332,12 +363,12 @@ class Lane:
     def _fail(self, reason: str) -> None:
         if self.fatal is None:
             self.fatal = reason
+            self.committer.halt(reason)
             log.error("lane_stopped", destination=self.name, reason=reason)
 
     def _apply_backpressure(self) -> None:
         """Pause fetching while the destination cannot take more; keep polling to stay in the group."""
-        blocked = bool(self._held) or (self.batcher.full and not self._has_capacity())
-        if blocked:
+        if self._held or self._blocked():
             to_pause = set(self.source.assignment()) - self._paused
             if to_pause:
                 self.source.pause(to_pause)
@@ -352,25 +383,16 @@ class Lane:
 
     # ------------------------------------------------------------------------------ commits
 
-    def commit(self, *, asynchronous: bool) -> dict[TopicPartitionKey, int]:
-        """Commit every partition's finished prefix; nothing after a fatal error."""
-        if self.fatal is not None:
-            return {}
-        offsets = self.tracker.committable()
-        done: dict[TopicPartitionKey, int] = {}
-        if offsets and self.source.commit(offsets, asynchronous=asynchronous):
-            self.tracker.mark_committed(offsets)
-            self.stats.committed.update(offsets)
-            done = offsets
-        self._refresh_lag()
-        return done
+    def _on_commit(self, result: CommitResult) -> None:
+        self.committer.confirm(result)
+        self.stats.commits_refused = self.committer.refused
 
     def _refresh_lag(self) -> None:
         lag = {}
-        for key in self.tracker.owned():
+        for key, committed in list(self.committer.confirmed.items()):
             high = self.source.high_watermark(key)
-            if high is not None and key in self.stats.committed:
-                lag[key] = max(0, high - self.stats.committed[key])
+            if high is not None:
+                lag[key] = max(0, high - committed)
         self.stats.lag = lag
 
     def _wait_for(self, keys: set[TopicPartitionKey] | None, timeout_s: float) -> bool:
@@ -383,7 +405,7 @@ class Lane:
             self.dead_letters.poll()
             if self.fatal is not None:
                 return False
-            owned = self.tracker.owned() if keys is None else [k for k in keys if k in self.tracker.owned()]
+            owned = self.tracker.owned() if keys is None else [k for k in keys if self.tracker.owns(k)]
             if not any(self.tracker.pending_messages(k) for k in owned):
                 return True
             if self.clock() >= deadline:
@@ -396,57 +418,62 @@ class Lane:
 
     def _on_assign(self, keys: list[TopicPartitionKey]) -> None:
         self._lost_at = None
-        for key in keys:
-            self.tracker.assign(key)
+        committed = self.source.committed(keys, self.settings.committed_lookup_timeout_s) if keys else {}
+        self.committer.assigned(keys, committed)
 
     def _on_revoke(self, keys: list[TopicPartitionKey]) -> None:
-        """Finish the revoked partitions' work within a bound, commit it, and forget them."""
+        """Finish the revoked partitions' work within a bound, commit it (confirmed), and forget them."""
         revoked = set(keys)
+        self._released |= revoked
         if not self._closing:
             finished = self._wait_for(revoked, self.settings.revoke_timeout_s)
             if not finished:
                 log.warning("revocation_deadline_passed", destination=self.name, partitions=len(revoked))
-            offsets = {k: v for k, v in self.tracker.committable().items() if k in revoked}
-            if offsets and self.fatal is None and self.source.commit(offsets, asynchronous=False):
-                self.stats.committed.update(offsets)
-        for key in revoked:
-            self.tracker.forget(key)
-            self._paused.discard(key)
-        if self._held:
-            self._held = deque(m for m in self._held if (m.topic(), m.partition()) not in revoked)
+            self.committer.commit_now(revoked)
+        self._forget(revoked)
 
     def _on_lost(self, keys: list[TopicPartitionKey]) -> None:
         """Partitions taken away without a revocation (session lost): another member may own them already,
         so commit nothing for them and do not wait; their unfinished work is redelivered to the new owner."""
-        lost = set(keys)
         self._lost_at = self.clock()
-        for key in lost:
-            self.tracker.forget(key)
-            self._paused.discard(key)
+        self._released |= set(keys)
+        self._forget(set(keys))
+
+    def _forget(self, keys: set[TopicPartitionKey]) -> None:
+        self.committer.released(keys)
+        self._paused -= keys
         if self._held:
-            self._held = deque(m for m in self._held if (m.topic(), m.partition()) not in lost)
+            self._held = deque(m for m in self._held if (m.topic(), m.partition()) not in keys)
 
     # ----------------------------------------------------------------------------- shutdown
 
     def shutdown(self, timeout_s: float) -> None:
-        """Flush in-flight work within ``timeout_s``, commit synchronously, leave the group."""
+        """Flush in-flight work within ``timeout_s``, commit synchronously (confirmed), leave the group."""
         if self._closing:
             return
         finished = self._wait_for(None, timeout_s) if self.fatal is None else False
         if self.fatal is None:
             if not finished:
                 log.warning("shutdown_deadline_passed", destination=self.name, in_flight=len(self._in_flight))
-            self.commit(asynchronous=False)
+            self.committer.commit_now()
         self._closing = True
         for _batch, future in self._in_flight:
             future.cancel()
-        self.dead_letters.flush(5.0)
+        self.dead_letters.close(5.0)
         self.source.close()
         self._log_progress(final=True)
+
+    def close(self) -> None:
+        """Release the consumer and producer of a lane that never ran (a failed start); commits nothing."""
+        if self._closing:
+            return
+        self._closing = True
+        self.dead_letters.close(0.0)
+        self.source.close()
 
     def _log_progress(self, *, final: bool = False) -> None:
         stats = self.stats
         log.info("lane_finished" if final else "lane_progress", destination=self.name, consumed=stats.consumed,
                  delivered_events=stats.delivered_events, delivered_messages=stats.delivered_messages,
                  skipped=stats.skipped, dead_lettered=dict(stats.dead_lettered), in_flight=len(self._in_flight),
-                 paused=len(self._paused), held=len(self._held))
+                 paused=len(self._paused), held=len(self._held), commits_refused=stats.commits_refused)

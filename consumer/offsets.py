@@ -64,7 +64,6 @@ class _PartitionState:
     segments: deque[_Segment] = field(default_factory=deque)
     next_offset: int | None = None
     """One past the last finished message of the done prefix: what may be committed."""
-    committed: int | None = None
     last_tracked: int = -1
 
 
@@ -84,11 +83,15 @@ class OffsetTracker:
     def owned(self) -> list[TopicPartitionKey]:
         return list(self._partitions)
 
+    def owns(self, key: TopicPartitionKey) -> bool:
+        return key in self._partitions
+
     def track(self, key: TopicPartitionKey, offset: int, work: Work) -> None:
-        """Record that the message at ``offset`` finishes when ``work`` does. Offsets arrive in order."""
-        state = self._partitions.get(key)
-        if state is None:
-            state = self._partitions[key] = _PartitionState()
+        """Record that the message at ``offset`` finishes when ``work`` does. Offsets arrive in order.
+
+        Only assigned partitions are tracked: a record of any other is a caller's bug (``KeyError``).
+        """
+        state = self._partitions[key]
         if offset <= state.last_tracked:
             raise ValueError(f"offset {offset} of {key} tracked after {state.last_tracked}")
         state.last_tracked = offset
@@ -104,19 +107,13 @@ class OffsetTracker:
             state.next_offset = segments.popleft().last_offset + 1
 
     def committable(self) -> dict[TopicPartitionKey, int]:
-        """``next_offset`` per partition where it moved past what was last marked committed."""
+        """``next_offset`` of every partition with a finished prefix (the committer knows what is new)."""
         ready: dict[TopicPartitionKey, int] = {}
         for key, state in self._partitions.items():
             self._advance(state)
-            if state.next_offset is not None and state.next_offset != state.committed:
+            if state.next_offset is not None:
                 ready[key] = state.next_offset
         return ready
-
-    def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
-        for key, next_offset in offsets.items():
-            state = self._partitions.get(key)
-            if state is not None:
-                state.committed = next_offset
 
     def pending_messages(self, key: TopicPartitionKey) -> bool:
         """Whether any tracked message of the partition is not finished yet."""

@@ -8,6 +8,7 @@ are set, and Freshsuccess answers its ping. Then each lane runs in its own threa
 
 from __future__ import annotations
 
+import errno
 import ssl
 import threading
 import time
@@ -27,7 +28,7 @@ from consumer.delivery import DeliveryLoop
 from consumer.destinations import FreshpaintDestination, FreshsuccessDestination
 from consumer.errors import ConfigError, FatalError, TransientError
 from consumer.health import HealthServer
-from consumer.lane import Decoder, Destination, Lane, LaneSettings, MapFn
+from consumer.lane import Destination, Lane, LaneSettings
 from consumer.mapping import CompiledMapping, load_mapping
 from consumer.metrics import Metrics
 from consumer.registry import SchemaRegistryClient
@@ -35,7 +36,8 @@ from consumer.schemas import SchemaStore, default_reader_schema_path, default_sc
 from consumer.sinks.freshpaint import FreshpaintSink
 from consumer.sinks.freshsuccess import FreshsuccessSink, datacenter_url
 from consumer.sinks.retry import RetryPolicy
-from consumer.source import KafkaSource, RebalanceCallback, consumer_config
+from consumer.source import KafkaSource, SourceCallbacks, consumer_config
+from consumer.verdict import Decoder, Judge, MapFn
 
 log = structlog.get_logger(__name__)
 
@@ -201,6 +203,22 @@ def build_destination(settings: Settings, name: str, *, on_retry: Callable[[str,
         ordered=fp.ordered)
 
 
+def start_health_server(settings: Settings, *, live: Callable[[], tuple[bool, str]],
+                        ready: Callable[[], tuple[bool, str]], metrics: Callable[[], bytes]) -> HealthServer:
+    """Serve /livez, /readyz and /metrics; a taken port is a configuration error naming ``health.port``."""
+    health = settings.health
+    try:
+        server = HealthServer(health.host, health.port, live=live, ready=ready, metrics=metrics)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {health.port} on {health.host} is already in use (another usage-consumer, or "
+                              "another server, on this host?); set health.port to a free port, or stop the other "
+                              "process", key="health.port", file=settings.source) from None
+        raise ConfigError(f"cannot listen on {health.host}:{health.port}: {exc.strerror or exc}",
+                          key="health.port", file=settings.source) from None
+    return server.start()
+
+
 def tls_context(ca_bundle: Path | None, *, key: str, source: str | None = None) -> ssl.SSLContext | None:
     """A verifying TLS client context trusting only ``ca_bundle`` (None: the sink's default trust store).
 
@@ -232,11 +250,18 @@ def ping_freshsuccess(destination: FreshsuccessDestination, delivery: DeliveryLo
 def lane_settings(settings: Settings, *, ordered: bool = False) -> LaneSettings:
     return LaneSettings(
         consume_batch_size=settings.kafka.consume_batch_size, consume_timeout_s=settings.kafka.consume_timeout_s,
-        max_event_bytes=settings.decoding.max_event_bytes, max_events=settings.batching.max_events,
-        max_bytes=settings.batching.max_bytes, max_wait_s=settings.batching.max_wait_s,
+        max_events=settings.batching.max_events, max_bytes=settings.batching.max_bytes,
+        max_wait_s=settings.batching.max_wait_s,
         max_in_flight_batches=1 if ordered else settings.batching.max_in_flight_batches,
-        commit_interval_s=settings.commit.interval_s, revoke_timeout_s=settings.kafka.revocation_timeout_s,
+        revoke_timeout_s=settings.kafka.revocation_timeout_s,
+        commit_retry_backoff_s=(settings.commit.retry_initial_backoff_s, settings.commit.retry_max_backoff_s),
     )
+
+
+def judge_for(settings: Settings, name: str, decoder: Decoder, map_fn: MapFn) -> Judge:
+    """The verdict on each event for destination ``name`` (the lane's, the dry run's and the replay's)."""
+    return Judge(decoder=decoder, map_fn=map_fn, max_event_bytes=settings.decoding.max_event_bytes,
+                 ndjson=name == "freshsuccess")
 
 
 class Service:
@@ -257,10 +282,18 @@ class Service:
         self._sinks: list[FreshsuccessDestination | FreshpaintDestination] = []
 
     def start(self) -> None:
+        """Check everything and build the lanes; on any failure, close what was opened and raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
         settings = self.settings
         if settings.health.enabled:
-            self.health = HealthServer(settings.health.host, settings.health.port, live=self.live,
-                                       ready=self.ready, metrics=self.metrics.exposition).start()
+            self.health = start_health_server(settings, live=self.live, ready=self.ready,
+                                              metrics=self.metrics.exposition)
         settings.require_secrets(self.destinations)
         prepared = prepare(settings)
         check_kafka(settings)
@@ -304,16 +337,20 @@ class Service:
         config = consumer_config(base, settings.kafka, group_id=group)
         topics = settings.kafka.topics
 
-        def source_factory(on_assign: RebalanceCallback, on_revoke: RebalanceCallback,
-                           on_lost: RebalanceCallback) -> KafkaSource:
-            return KafkaSource(config, topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
+        def source_factory(callbacks: SourceCallbacks) -> KafkaSource:
+            return KafkaSource(config, topics, callbacks, destination=name)
 
+        judge = judge_for(settings, name, build_decoder(settings, prepared.reader_schema), map_fn)
         dead_letters = DeadLetterProducer(settings.kafka.dead_letter_topic, base, on_parked=self.on_parked)
+        try:
+            lane = Lane(destination=destination, source_factory=source_factory, judge=judge,
+                        dead_letters=dead_letters, delivery=self.delivery,
+                        settings=lane_settings(settings, ordered=getattr(settings, name).ordered),
+                        metrics=self.metrics)
+        except BaseException:
+            dead_letters.close()
+            raise
         log.info("lane_started", destination=name, group=group, topics=list(topics))
-        lane = Lane(destination=destination, source_factory=source_factory,
-                    decoder=build_decoder(settings, prepared.reader_schema), map_fn=map_fn,
-                    dead_letters=dead_letters, delivery=self.delivery,
-                    settings=lane_settings(settings, ordered=getattr(settings, name).ordered), metrics=self.metrics)
         self.metrics.add_lane(lane)
         return lane
 
@@ -344,6 +381,10 @@ class Service:
             self.stop_event.set()
 
     def close(self) -> None:
+        """Release everything: lanes that never ran are closed here (a failed start), the rest closed themselves."""
+        for lane in self.lanes:
+            if not any(t.name == f"lane-{lane.name}" for t in self._threads):
+                lane.close()
         if self.health is not None:
             self.health.stop()
             self.health = None

@@ -1,37 +1,57 @@
-"""The Kafka source: the only module that imports the consumer, and the one place that commits.
+"""The Kafka source: the module that imports the consumer, and where commit requests meet the broker.
 
 A plain confluent-kafka loop: ``consume(num_messages=...)`` in batches, auto-commit and offset
-auto-store off, explicit commits of the offsets the tracker says are safe, cooperative-sticky
-rebalancing with callbacks, and pause/resume for backpressure (the member keeps polling, so it stays in
-the group while paused).
+auto-store off, cooperative-sticky rebalancing with callbacks, and pause/resume for backpressure (the member
+keeps polling, so it stays in the group while paused). What to commit and when is the
+:class:`~consumer.committer.Committer`'s decision; this module sends the requests and reads every
+partition's answer (:func:`commit_checked` for synchronous commits, the ``on_commit`` callback for the rest).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from consumer.committer import CommitResult, describe
 from consumer.config import KafkaConfig
 from consumer.offsets import TopicPartitionKey
 
 log = structlog.get_logger(__name__)
 
 RebalanceCallback = Callable[[list[TopicPartitionKey]], None]
+CommitCallback = Callable[[CommitResult], None]
 
 
 class MessageSource(Protocol):
-    """What a lane needs from Kafka; tests may supply their own."""
+    """What a lane needs from Kafka; tests may supply their own.
+
+    Commits are the :class:`~consumer.committer.Committer`'s: ``commit_async`` answers through the
+    ``on_commit`` callback the source was built with, ``commit_sync`` returns the answer.
+    """
 
     def consume(self, max_messages: int, timeout_s: float) -> Sequence[Any]: ...
-    def commit(self, offsets: dict[TopicPartitionKey, int], *, asynchronous: bool) -> bool: ...
+    def commit_async(self, offsets: dict[TopicPartitionKey, int]) -> None: ...
+    def commit_sync(self, offsets: dict[TopicPartitionKey, int]) -> CommitResult: ...
+    def committed(self, keys: list[TopicPartitionKey], timeout_s: float) -> dict[TopicPartitionKey, int]: ...
     def pause(self, keys: Iterable[TopicPartitionKey]) -> None: ...
     def resume(self, keys: Iterable[TopicPartitionKey]) -> None: ...
     def assignment(self) -> list[TopicPartitionKey]: ...
     def high_watermark(self, key: TopicPartitionKey) -> int | None: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SourceCallbacks:
+    """What a source reports back to its lane, on the poll thread (from within ``consume``)."""
+
+    on_assign: RebalanceCallback
+    on_revoke: RebalanceCallback
+    on_lost: RebalanceCallback
+    on_commit: CommitCallback
 
 
 def consumer_config(base: dict[str, Any], kafka: KafkaConfig, *, group_id: str) -> dict[str, Any]:
@@ -60,59 +80,61 @@ def consumer_config(base: dict[str, Any], kafka: KafkaConfig, *, group_id: str) 
 
 
 class KafkaSource:
-    """A subscribed consumer with rebalance callbacks that report (topic, partition) keys."""
+    """A subscribed consumer whose rebalance and commit callbacks report (topic, partition) keys.
 
-    def __init__(self, config: dict[str, Any], topics: Sequence[str], *, on_assign: RebalanceCallback,
-                 on_revoke: RebalanceCallback, on_lost: RebalanceCallback) -> None:
-        self._consumer = Consumer(config)
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
-        self._on_lost = on_lost
+    ``destination`` names the lane in every log line, since each lane has a consumer of its own.
+    """
+
+    def __init__(self, config: dict[str, Any], topics: Sequence[str], callbacks: SourceCallbacks, *,
+                 destination: str = "") -> None:
+        self._callbacks = callbacks
+        self.destination = destination
+        self._consumer = Consumer({**config, "on_commit": self._committed})
         self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked,
                                  on_lost=self._lost)
 
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        log.info("partitions_assigned", partitions=_describe(keys))
-        self._on_assign(keys)
+        log.info("partitions_assigned", destination=self.destination, partitions=describe(keys))
+        self._callbacks.on_assign(keys)
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        log.info("partitions_revoked", partitions=_describe(keys))
-        self._on_revoke(keys)
+        log.info("partitions_revoked", destination=self.destination, partitions=describe(keys))
+        self._callbacks.on_revoke(keys)
 
     def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        log.warning("partitions_lost", partitions=_describe(keys))
-        self._on_lost(keys)
+        log.warning("partitions_lost", destination=self.destination, partitions=describe(keys))
+        self._callbacks.on_lost(keys)
+
+    def _committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self._callbacks.on_commit(commit_result(error, partitions))
 
     def consume(self, max_messages: int, timeout_s: float) -> Sequence[Any]:
         messages: list[Any] = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
         return messages
 
-    def commit(self, offsets: dict[TopicPartitionKey, int], *, asynchronous: bool) -> bool:
-        """The one function that commits offsets (``next_offset`` values, as Kafka expects).
-
-        Returns False when the commit failed (broker unreachable, rebalance in progress): nothing is
-        lost, the same or a later offset is committed next time, and at-least-once still holds.
-        """
-        if not offsets:
-            return True
-        partitions = [TopicPartition(topic, partition, next_offset)
-                      for (topic, partition), next_offset in offsets.items()]
+    def commit_async(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        """Ask for a commit; the broker's answer arrives in ``on_commit`` during a later ``consume``."""
         try:
-            self._consumer.commit(offsets=partitions, asynchronous=asynchronous)
+            self._consumer.commit(offsets=_partitions(offsets), asynchronous=True)
+        except KafkaException as exc:  # refused before it was sent (e.g. no longer in the group)
+            self._callbacks.on_commit({key: (offset, _text(exc)) for key, offset in offsets.items()})
+
+    def commit_sync(self, offsets: dict[TopicPartitionKey, int]) -> CommitResult:
+        return commit_checked(self._consumer, offsets)
+
+    def committed(self, keys: list[TopicPartitionKey], timeout_s: float) -> dict[TopicPartitionKey, int]:
+        """The group's committed ``next_offset`` of ``keys`` (those with none, or on a failure, left out)."""
+        if not keys:
+            return {}
+        try:
+            found = self._consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=timeout_s)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            code = error.code() if isinstance(error, KafkaError) else None
-            if code == KafkaError._NO_OFFSET:
-                return True
-            log.warning("commit_failed", error=str(exc), asynchronous=asynchronous,
-                        partitions=_describe(list(offsets)))
-            return False
-        log.debug("offsets_committed", offsets={f"{t}[{p}]": o for (t, p), o in offsets.items()},
-                  asynchronous=asynchronous)
-        return True
+            log.warning("committed_offsets_unknown", destination=self.destination, error=_text(exc))
+            return {}
+        return {(tp.topic, tp.partition): int(tp.offset) for tp in found if tp.error is None and tp.offset >= 0}
 
     def pause(self, keys: Iterable[TopicPartitionKey]) -> None:
         partitions = [TopicPartition(t, p) for t, p in keys]
@@ -140,5 +162,36 @@ class KafkaSource:
         self._consumer.close()
 
 
-def _describe(keys: list[TopicPartitionKey]) -> str:
-    return ",".join(f"{t}[{p}]" for t, p in sorted(keys))
+def commit_checked(consumer: Any, offsets: dict[TopicPartitionKey, int]) -> CommitResult:
+    """The one function that commits synchronously: ``consumer.commit`` with each partition's answer read.
+
+    librdkafka can accept a commit request and still refuse single partitions in it, so an exception is not
+    the only failure: every returned partition's own error is checked.
+    """
+    if not offsets:
+        return {}
+    try:
+        answered = consumer.commit(offsets=_partitions(offsets), asynchronous=False)
+    except KafkaException as exc:
+        return {key: (offset, _text(exc)) for key, offset in offsets.items()}
+    return commit_result(None, answered or [])
+
+
+def commit_result(error: KafkaError | None, partitions: list[TopicPartition]) -> CommitResult:
+    """``{(topic, partition): (next_offset, error text or None)}`` from a commit answer."""
+    result: dict[TopicPartitionKey, tuple[int, str | None]] = {}
+    for tp in partitions:
+        failure = tp.error or error
+        if failure is not None and failure.code() == KafkaError._NO_OFFSET:
+            failure = None
+        result[(tp.topic, tp.partition)] = (int(tp.offset), None if failure is None else failure.str())
+    return result
+
+
+def _partitions(offsets: dict[TopicPartitionKey, int]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition, next_offset) for (topic, partition), next_offset in offsets.items()]
+
+
+def _text(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)

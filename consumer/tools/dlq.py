@@ -43,16 +43,14 @@ from consumer.errors import (
     ConfigError,
     EventError,
     FatalError,
-    MappingFailed,
-    OversizedEvent,
     Rejected,
     TransientError,
 )
-from consumer.lane import Decoder
 from consumer.offsets import Work
 from consumer.tools.common import format_time_ms, parse_time_ms, tool_decoder
 from consumer.tools.kafkaread import Reader, Record
 from consumer.tools.progress import Progress
+from consumer.verdict import PARK, SEND, STOP, WAIT, Decision, Decoder, Judge
 from consumer.yamlsource import closest
 
 if TYPE_CHECKING:
@@ -635,7 +633,7 @@ class _DestinationReplay:
     """Decodes, maps and delivers each dead letter to the destination that parked it, in same-destination runs."""
 
     def __init__(self, settings: Settings, prepared: Prepared, timeout_s: float, bar: Progress) -> None:
-        from consumer.service import build_destination
+        from consumer.service import build_destination, judge_for
 
         self.settings = settings
         self.mapping = prepared.mapping
@@ -646,6 +644,8 @@ class _DestinationReplay:
         self.delivery = DeliveryLoop(name="replay-delivery").start()
         self.destinations: dict[str, Any] = {}
         self._build = build_destination
+        self._judge_for = judge_for
+        self.judges: dict[str, Judge] = {}
         self.parker = DeadLetterProducer(settings.kafka.dead_letter_topic,
                                          {"log_level": 0, **settings.kafka_client_config()})
 
@@ -674,6 +674,11 @@ class _DestinationReplay:
             self.delivery.stop()
             self.parker.flush(5.0)
 
+    def _judge(self, name: str) -> Judge:
+        if name not in self.judges:
+            self.judges[name] = self._judge_for(self.settings, name, self.decoder, getattr(self.mapping, name))
+        return self.judges[name]
+
     def _destination(self, name: str) -> Any:
         if name not in self.destinations:
             self.destinations[name] = self._build(self.settings, name)
@@ -682,38 +687,28 @@ class _DestinationReplay:
     def _deliver_run(self, run: list[Item]) -> None:
         """Map every item of the run, deliver the outputs, park anew what fails; all or nothing is done."""
         name = run[0].letter.destination
-        map_fn = getattr(self.mapping, name)
-        limit = self.settings.decoding.max_event_bytes
-        mapped: list[tuple[Item, list[dict[str, Any]]]] = []
+        judge = self._judge(name)
+        mapped: list[tuple[Item, Decision]] = []
         reparks: list[tuple[Item, EventError]] = []
         stop: str | None = None
         for item in run:
             letter = item.letter
-            value = letter.record.value
             topic, partition, offset = letter.source_key or (letter.source_topic or "", 0, 0)
-            try:
-                if value is not None and len(value) > limit:
-                    raise OversizedEvent(f"event of {len(value)} bytes exceeds max_event_bytes={limit}")
-                record = self.decoder.decode(value)
-                try:
-                    outputs = map_fn(record, topic, partition, offset)
-                except EventError:
-                    raise
-                except Exception as exc:  # as the lane does: a mapping bug parks the event
-                    raise MappingFailed(f"mapping raised {type(exc).__name__}: {exc}") from exc
-            except (TransientError, FatalError) as exc:
-                stop = f"{letter.record.position} could not be decoded now: {exc}"
+            decision = judge.decide(letter.record.value, topic, partition, offset)
+            if decision.kind in (WAIT, STOP):
+                stop = f"{letter.record.position} could not be decoded now: {decision.error}"
                 break
-            except EventError as exc:
-                reparks.append((item, exc))
+            if decision.kind == PARK:
+                assert isinstance(decision.error, EventError)
+                reparks.append((item, decision.error))
                 continue
-            mapped.append((item, outputs))
+            mapped.append((item, decision))
         if stop is not None:  # deliver nothing of this run: the next replay starts at its first item
             raise FatalError(stop)
         destination = self._destination(name)
-        with_outputs = [(item, outputs) for item, outputs in mapped if outputs]
+        with_outputs = [(item, decision.outputs) for item, decision in mapped if decision.kind == SEND]
         if name == "freshsuccess":
-            body = b"".join(orjson.dumps(o, option=orjson.OPT_APPEND_NEWLINE) for _, outs in with_outputs for o in outs)
+            body = b"".join(decision.body for _, decision in mapped)
             count = sum(len(outs) for _, outs in with_outputs)
             if count:
                 self._call(lambda: destination.sink.deliver(body, count), name)
@@ -730,11 +725,11 @@ class _DestinationReplay:
                         reparks.append((item, error))
         reparked = {id(item) for item, _ in reparks}
         self._park(reparks, name)
-        for item, outputs in mapped:
+        for item, decision in mapped:
             if id(item) in reparked:
                 continue
             item.done = True
-            item.outcome = "delivered" if outputs else "skipped"
+            item.outcome = "delivered" if decision.kind == SEND else "skipped"
         self.bar.advance(len(run))
 
     def _call(self, factory: Callable[[], Any], name: str) -> Any:

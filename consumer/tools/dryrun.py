@@ -1,10 +1,11 @@
 """``usage-consumer map``: what the consumer would do with each sample event, without sending anything.
 
-For every event and every destination the plan says, in the order a lane decides it: the destination is
-not running, the record is oversized, it does not decode, the mapping fails on it (each dead-lettered
-with the reason code the dead-letter headers would carry), no rule selects it (skipped), or the exact
-requests that would carry its outputs: method, URL with the keys masked, headers, and the body before
-compression (Freshsuccess: the NDJSON lines; Freshpaint: the JSON object, ``"token": "***"``).
+For every event and every destination the plan says what the lane's own verdict (:mod:`consumer.verdict`)
+decides: the destination is not running, the record is oversized, it does not decode, the mapping fails on
+it or makes a value JSON cannot carry (each dead-lettered with the reason code the dead-letter headers would
+carry), no rule selects it (skipped), or the exact requests that would carry its outputs: method, URL with
+the keys masked, headers, and the body before compression (Freshsuccess: the NDJSON lines; Freshpaint: the
+JSON object, ``"token": "***"``).
 
 Freshsuccess batches many events into one POST; a plan shows the request as if the event were alone in
 its batch (``Content-Length`` is the compressed size of that body).
@@ -20,12 +21,13 @@ from typing import Any, Literal
 import orjson
 
 from consumer.config import Settings
-from consumer.errors import EventError, FatalError, MappingFailed, OversizedEvent, TransientError
-from consumer.lane import Decoder
+from consumer.errors import FatalError
 from consumer.mapping import CompiledMapping
+from consumer.service import judge_for
 from consumer.sinks.compress import compress
 from consumer.sinks.freshsuccess import datacenter_url
 from consumer.tools.samples import Sample
+from consumer.verdict import PARK, SKIP, STOP, WAIT, Decision, Decoder
 
 MASK = "***"
 DESTINATIONS = ("freshsuccess", "freshpaint")
@@ -114,36 +116,20 @@ class DryRun:
             plan.problem = sample.problem
             return plan
         running = [d for d in DESTINATIONS if self._runs(d, plan)]
-        if not running:
-            return plan
-        record: dict[str, Any] | None = None
-        failure: DestinationPlan | None = None
-        limit = self.settings.decoding.max_event_bytes
-        if sample.size_bytes > limit:
-            failure = _dead(OversizedEvent(f"event of {sample.size_bytes} bytes exceeds max_event_bytes={limit}"))
-        else:
-            decoder = sample.decoder or self.decoder
-            if decoder is None:
-                raise FatalError("no decoder for a topic sample")  # a programming error, not a user's
-            try:
-                record = decoder.decode(sample.value)
-            except TransientError as exc:
-                failure = DestinationPlan("", "retry", "transient", f"{exc} (the lane would retry, not dead-letter)")
-            except FatalError as exc:
-                failure = DestinationPlan("", "stop", "fatal", f"{exc} (the lane would stop)")
-            except EventError as exc:
-                failure = _dead(exc)
-        if record is None:
-            assert failure is not None
-            for name in running:
-                plan.destinations[name] = DestinationPlan(name, failure.outcome, failure.reason, failure.message)
-            return plan
-        plan.event_type = _text(record.get("event_type"))
-        plan.event_id = _text(record.get("event_id"))
-        programs = self.mapping._programs  # the compiled rules, to name the rule behind each output
-        plan.rules = [p.name for p in programs if p.matches(record)]
+        decoder = sample.decoder or self.decoder
+        if running and decoder is None:
+            raise FatalError("no decoder for a topic sample")  # a programming error, not a user's
         for name in running:
-            plan.destinations[name] = self._destination(name, record, sample)
+            assert decoder is not None
+            judge = judge_for(self.settings, name, decoder, getattr(self.mapping, name))
+            decision = judge.decide(sample.value, sample.topic, sample.partition, sample.offset,
+                                    size_bytes=sample.size_bytes)
+            record = decision.record
+            if record is not None and not plan.rules and plan.event_type is None:
+                plan.event_type = _text(record.get("event_type"))
+                plan.event_id = _text(record.get("event_id"))
+                plan.rules = [p.name for p in self.mapping._programs if p.matches(record)]
+            plan.destinations[name] = self._destination(name, decision, sample)
         return plan
 
     def _runs(self, name: str, plan: EventPlan) -> bool:
@@ -156,35 +142,42 @@ class DryRun:
             return False
         return True
 
-    def _destination(self, name: str, record: dict[str, Any], sample: Sample) -> DestinationPlan:
-        outputs: list[tuple[str, dict[str, Any]]] = []
-        emitted: list[dict[str, Any]] = []
-        try:
-            for program in self.mapping._programs:
-                fn = getattr(program, name)
-                if fn is None or not program.matches(record):
-                    continue
-                before = len(emitted)
-                fn(record, sample.topic, sample.partition, sample.offset, emitted)
-                outputs.extend((program.name, o) for o in emitted[before:])
-        except EventError as exc:
-            return _dead(exc, name)
-        except Exception as exc:  # the lane dead-letters a mapping bug the same way
-            return _dead(MappingFailed(f"mapping raised {type(exc).__name__}: {exc}"), name)
-        if not outputs:
+    def _destination(self, name: str, decision: Decision, sample: Sample) -> DestinationPlan:
+        """The verdict as a plan; the rule behind each output is read back from the compiled rules."""
+        if decision.kind == PARK:
+            return DestinationPlan(name, "dead_letter", decision.reason, str(decision.error))
+        if decision.kind == WAIT:
+            return DestinationPlan(name, "retry", "transient", f"{decision.error} (the lane would retry, not "
+                                   "dead-letter)")
+        if decision.kind == STOP:
+            return DestinationPlan(name, "stop", "fatal", f"{decision.error} (the lane would stop)")
+        if decision.kind == SKIP:
             return DestinationPlan(name, "skip", "no_rule",
                                    f"no rule with {name} outputs selects this event (committed, nothing sent)")
+        assert decision.record is not None
+        rules = self._rules_behind(name, decision.record, sample)
+        outputs = list(zip(rules, decision.outputs, strict=True))
         plan = DestinationPlan(name, "send", outputs=outputs)
-        try:
-            plan.requests = (self._freshsuccess_requests(outputs) if name == "freshsuccess"
-                             else self._freshpaint_requests(outputs))
-        except (TypeError, ValueError) as exc:  # orjson cannot serialize a value
-            return _dead(MappingFailed(f"an output cannot be serialized as JSON: {exc}"), name)
+        plan.requests = (self._freshsuccess_requests(outputs, decision.body) if name == "freshsuccess"
+                         else self._freshpaint_requests(outputs))
         return plan
 
-    def _freshsuccess_requests(self, outputs: list[tuple[str, dict[str, Any]]]) -> list[PlannedRequest]:
+    def _rules_behind(self, name: str, record: dict[str, Any], sample: Sample) -> list[str]:
+        """The rule that made each of ``name``'s outputs, in emission order (only for labels: the verdict
+        already decided; the compiled rules run again here to say which rule made what)."""
+        labels: list[str] = []
+        emitted: list[dict[str, Any]] = []
+        for program in self.mapping._programs:
+            fn = getattr(program, name)
+            if fn is None or not program.matches(record):
+                continue
+            before = len(emitted)
+            fn(record, sample.topic, sample.partition, sample.offset, emitted)
+            labels += [program.name] * (len(emitted) - before)
+        return labels
+
+    def _freshsuccess_requests(self, outputs: list[tuple[str, dict[str, Any]]], body: bytes) -> list[PlannedRequest]:
         fs = self.settings.freshsuccess
-        body = b"".join(orjson.dumps(output, option=orjson.OPT_APPEND_NEWLINE) for _, output in outputs)
         headers = {"Content-Type": "application/json"}
         if fs.encoding != "none":
             headers["Content-Encoding"] = fs.encoding
@@ -203,10 +196,6 @@ class DryRun:
             headers = {"Content-Type": "application/json", "Content-Length": str(length)}
             requests.append(PlannedRequest("POST", self._fp_url, headers, body, (rule,)))
         return requests
-
-
-def _dead(error: EventError, destination: str = "") -> DestinationPlan:
-    return DestinationPlan(destination, "dead_letter", error.reason, str(error))
 
 
 def _text(value: Any) -> str | None:

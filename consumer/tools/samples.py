@@ -84,7 +84,9 @@ def _json_lines(data: bytes, name: str, reader: ParsedSchema, header_bytes: int,
 
     decoder = make_decoder("raw", reader_schema=reader)
     offset = first_offset
-    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+    # JSON lines end at "\n" only: str.splitlines() would also split inside strings at U+2028, U+0085, ...
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        line = raw.decode("utf-8", "replace").removesuffix("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         label = f"{name}:{number}"

@@ -41,12 +41,14 @@ from consumer.decoder import Decoder, make_decoder
 from consumer.delivery import DeliveryLoop
 from consumer.encoding import encode_confluent
 from consumer.errors import EventError, Rejected, UnknownSchema
-from consumer.lane import Lane, LaneSettings, MapFn
+from consumer.committer import CommitResult
+from consumer.lane import Lane, LaneSettings
+from consumer.source import SourceCallbacks
+from consumer.verdict import Judge, MapFn
 from consumer.mapping import CompiledMapping, load_mapping
 from consumer.offsets import TopicPartitionKey, Work
 from consumer.registry import SchemaRegistryClient
 from consumer.schemas import ParsedSchema, default_reader_schema_path, load_schema, parse
-from consumer.source import RebalanceCallback
 from tests.helpers import wait_for
 
 TOPIC = "hostile"
@@ -62,6 +64,11 @@ ROOT = Path(__file__).resolve().parents[2]
 READER: dict[str, Any] = load_schema(default_reader_schema_path())
 PARSED: ParsedSchema = parse(READER)
 MAPPING: CompiledMapping = load_mapping(default_mapping_file(), READER)
+
+
+def judge_for(destination: str, decoder: Decoder) -> Judge:
+    return Judge(decoder=decoder, map_fn=map_fn_for(destination), max_event_bytes=MAX_EVENT_BYTES,
+                 ndjson=destination == "freshsuccess")
 
 
 def map_fn_for(destination: str) -> MapFn:
@@ -142,23 +149,29 @@ class ListSource:
     """One partition holding ``pending``; honours pause like librdkafka (paused: nothing is returned)."""
 
     pending: list[Message]
-    on_assign: RebalanceCallback
-    committed: dict[TopicPartitionKey, int] = field(default_factory=dict)
+    callbacks: SourceCallbacks
+    stored: dict[TopicPartitionKey, int] = field(default_factory=dict)
     paused: bool = False
     assigned: bool = False
 
     def consume(self, max_messages: int, timeout_s: float) -> Sequence[Any]:
         if not self.assigned:
             self.assigned = True
-            self.on_assign([(TOPIC, 0)])
+            self.callbacks.on_assign([(TOPIC, 0)])
         if self.paused:
             return []
         out, self.pending = self.pending[:max_messages], self.pending[max_messages:]
         return out
 
-    def commit(self, offsets: dict[TopicPartitionKey, int], *, asynchronous: bool) -> bool:
-        self.committed.update(offsets)
-        return True
+    def commit_async(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        self.callbacks.on_commit(self.commit_sync(offsets))
+
+    def commit_sync(self, offsets: dict[TopicPartitionKey, int]) -> CommitResult:
+        self.stored.update(offsets)
+        return {key: (offset, None) for key, offset in offsets.items()}
+
+    def committed(self, keys: list[TopicPartitionKey], timeout_s: float) -> dict[TopicPartitionKey, int]:
+        return {}
 
     def pause(self, keys: Iterable[TopicPartitionKey]) -> None:
         self.paused = True
@@ -217,6 +230,9 @@ class RecordingDeadLetters:
     def flush(self, timeout_s: float) -> int:
         return 0
 
+    def close(self, timeout_s: float = 5.0) -> None:
+        pass
+
 
 @pytest.fixture(scope="module")
 def delivery() -> Iterator[DeliveryLoop]:
@@ -237,28 +253,25 @@ def run_lane(values: Sequence[bytes | None], destination: str, delivery: Deliver
     """Feed ``values`` (offsets 0..n-1) through a real lane until every offset is committed."""
     source_holder: list[ListSource] = []
 
-    def factory(on_assign: RebalanceCallback, _on_revoke: RebalanceCallback,
-                _on_lost: RebalanceCallback) -> ListSource:
-        source_holder.append(ListSource([Message(i, v) for i, v in enumerate(values)], on_assign))
+    def factory(callbacks: SourceCallbacks) -> ListSource:
+        source_holder.append(ListSource([Message(i, v) for i, v in enumerate(values)], callbacks))
         return source_holder[0]
 
     dead = RecordingDeadLetters()
     lane = Lane(destination=RecordingDestination(destination), source_factory=factory,
-                decoder=decoder or new_decoder(), map_fn=map_fn_for(destination), dead_letters=dead,
-                delivery=delivery,
-                settings=LaneSettings(consume_batch_size=50, consume_timeout_s=0.0, max_event_bytes=MAX_EVENT_BYTES,
-                                      max_events=100, max_wait_s=0.0, commit_interval_s=0.0))
+                judge=judge_for(destination, decoder or new_decoder()), dead_letters=dead, delivery=delivery,
+                settings=LaneSettings(consume_batch_size=50, consume_timeout_s=0.0, max_events=100, max_wait_s=0.0))
     source = source_holder[0]
     end = len(values)
 
     def drained() -> bool:
         lane.step()
         assert lane.fatal is None, lane.fatal
-        return source.committed.get((TOPIC, 0)) == end or end == 0
+        return source.stored.get((TOPIC, 0)) == end or end == 0
 
     wait_for(drained, timeout_s=timeout_s, interval_s=0.0, what=f"the {destination} lane to commit {end} records")
     lane.shutdown(5.0)
-    return Outcome(dead.parked, source.committed.get((TOPIC, 0), 0), lane)
+    return Outcome(dead.parked, source.stored.get((TOPIC, 0), 0), lane)
 
 
 def oracle(value: bytes | None, destination: str) -> str | int:
@@ -597,17 +610,15 @@ def assert_bounded_while_blocked(destination: str, delivery: DeliveryLoop) -> No
     record = real_map(5_000)  # ~40 KB on the wire, several MB as Python objects
     values = [record] * 100
 
-    def factory(on_assign: RebalanceCallback, _on_revoke: RebalanceCallback,
-                _on_lost: RebalanceCallback) -> ListSource:
-        return ListSource([Message(i, v) for i, v in enumerate(values)], on_assign)
+    def factory(callbacks: SourceCallbacks) -> ListSource:
+        return ListSource([Message(i, v) for i, v in enumerate(values)], callbacks)
 
     sink = RecordingDestination(destination, blocked=True)
     max_bytes = 64 * 1024
-    lane = Lane(destination=sink, source_factory=factory, decoder=new_decoder(), map_fn=map_fn_for(destination),
+    lane = Lane(destination=sink, source_factory=factory, judge=judge_for(destination, new_decoder()),
                 dead_letters=RecordingDeadLetters(), delivery=delivery,
-                settings=LaneSettings(consume_batch_size=5, consume_timeout_s=0.0, max_event_bytes=MAX_EVENT_BYTES,
-                                      max_events=2000, max_bytes=max_bytes, max_wait_s=60.0,
-                                      max_in_flight_batches=1, commit_interval_s=0.0))
+                settings=LaneSettings(consume_batch_size=5, consume_timeout_s=0.0, max_events=2000,
+                                      max_bytes=max_bytes, max_wait_s=60.0, max_in_flight_batches=1))
     tracemalloc.start()
     try:
         for _ in range(200):

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 
 from consumer.batcher import Batch
@@ -15,7 +16,9 @@ from consumer.delivery import DeliveryLoop
 from consumer.errors import DecodeError, EventError, Rejected, TransientError
 from consumer.lane import Lane, LaneSettings
 from consumer.offsets import TopicPartitionKey, Work
-from consumer.source import RebalanceCallback
+from consumer.committer import CommitResult
+from consumer.source import SourceCallbacks
+from consumer.verdict import Judge
 from tests.helpers import wait_for
 
 TOPIC = "usage"
@@ -51,27 +54,49 @@ class FakeMessage:
 
 @dataclass
 class FakeSource:
-    """A MessageSource over a fixed list of messages, honouring pause/resume like librdkafka does."""
+    """A MessageSource over a fixed list of messages, honouring pause/resume like librdkafka does.
+
+    Asynchronous commits are answered (confirmed) during the next ``consume``, as librdkafka's callback is.
+    """
 
     pending: list[FakeMessage]
-    on_assign: RebalanceCallback
-    on_revoke: RebalanceCallback
+    callbacks: SourceCallbacks
     paused: set[TopicPartitionKey] = field(default_factory=set)
     commits: list[dict[TopicPartitionKey, int]] = field(default_factory=list)
+    """Commits the broker stored, in order."""
+    unanswered: list[dict[TopicPartitionKey, int]] = field(default_factory=list)
     assigned: bool = False
+    revoke_during_consume: list[TopicPartitionKey] = field(default_factory=list)
+    revoked: set[TopicPartitionKey] = field(default_factory=set)
+    """Partitions to revoke inside the next ``consume``, after it picked its messages (as librdkafka can)."""
 
     def consume(self, max_messages: int, timeout_s: float) -> Sequence[Any]:
         if not self.assigned:
             self.assigned = True
-            self.on_assign(self.assignment())
+            self.callbacks.on_assign(self.assignment())
         out = [m for m in self.pending if (TOPIC, m.partition()) not in self.paused][:max_messages]
         for m in out:
             self.pending.remove(m)
+        for offsets in self.unanswered:
+            self.commits.append(offsets)
+            self.callbacks.on_commit({k: (v, None) for k, v in offsets.items()})
+        self.unanswered.clear()
+        if self.revoke_during_consume:
+            revoked, self.revoke_during_consume = self.revoke_during_consume, []
+            self.revoked |= set(revoked)
+            self.callbacks.on_revoke(revoked)
+            self.pending = [m for m in self.pending if (TOPIC, m.partition()) not in self.revoked]
         return out
 
-    def commit(self, offsets: dict[TopicPartitionKey, int], *, asynchronous: bool) -> bool:
+    def commit_async(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        self.unanswered.append(dict(offsets))
+
+    def commit_sync(self, offsets: dict[TopicPartitionKey, int]) -> CommitResult:
         self.commits.append(dict(offsets))
-        return True
+        return {k: (v, None) for k, v in offsets.items()}
+
+    def committed(self, keys: list[TopicPartitionKey], timeout_s: float) -> dict[TopicPartitionKey, int]:
+        return {}
 
     def pause(self, keys: Iterable[TopicPartitionKey]) -> None:
         self.paused |= set(keys)
@@ -80,7 +105,7 @@ class FakeSource:
         self.paused -= set(keys)
 
     def assignment(self) -> list[TopicPartitionKey]:
-        return [(TOPIC, 0), (TOPIC, 1)]
+        return [key for key in ((TOPIC, 0), (TOPIC, 1)) if key not in self.revoked]
 
     def high_watermark(self, key: TopicPartitionKey) -> int | None:
         return None
@@ -88,7 +113,8 @@ class FakeSource:
     def close(self) -> None:
         pass
 
-    def committed(self) -> dict[TopicPartitionKey, int]:
+    def stored(self) -> dict[TopicPartitionKey, int]:
+        """What the broker holds now."""
         merged: dict[TopicPartitionKey, int] = {}
         for commit in self.commits:
             merged.update(commit)
@@ -126,6 +152,9 @@ class FakeDeadLetters:
     def flush(self, timeout_s: float) -> int:
         return 0
 
+    def close(self, timeout_s: float = 5.0) -> None:
+        pass
+
 
 class Decoder:
     def __init__(self, transient_failures: int = 0) -> None:
@@ -153,18 +182,21 @@ def delivery() -> Iterator[DeliveryLoop]:
     loop.stop()
 
 
+def judge(decoder: Any, map_fn: Any = map_one, *, ndjson: bool = True) -> Judge:
+    return Judge(decoder=decoder, map_fn=map_fn, max_event_bytes=1_048_576, ndjson=ndjson)
+
+
 def make_lane(messages: list[FakeMessage], destination: Any, dead: FakeDeadLetters, decoder: Decoder,
-              delivery: DeliveryLoop, **overrides: Any) -> tuple[Lane, FakeSource]:
+              delivery: DeliveryLoop, map_fn: Any = map_one, **overrides: Any) -> tuple[Lane, FakeSource]:
     sources: list[FakeSource] = []
 
-    def factory(on_assign: RebalanceCallback, on_revoke: RebalanceCallback, _on_lost: RebalanceCallback) -> FakeSource:
-        sources.append(FakeSource(messages, on_assign, on_revoke))
+    def factory(callbacks: SourceCallbacks) -> FakeSource:
+        sources.append(FakeSource(messages, callbacks))
         return sources[0]
 
     settings = LaneSettings(**{"consume_batch_size": 10, "consume_timeout_s": 0.001, "max_events": 5,
-                               "max_wait_s": 0.01, "max_in_flight_batches": 2, "commit_interval_s": 0.0,
-                               **overrides})
-    lane = Lane(destination=destination, source_factory=factory, decoder=decoder, map_fn=map_one,
+                               "max_wait_s": 0.01, "max_in_flight_batches": 2, **overrides})
+    lane = Lane(destination=destination, source_factory=factory, judge=judge(decoder, map_fn),
                 dead_letters=dead, delivery=delivery, settings=settings)
     return lane, sources[0]
 
@@ -180,13 +212,13 @@ def test_backpressure_pauses_fetching_and_nothing_is_committed_until_delivery(de
         lane.step()
     assert source.paused == {(TOPIC, 0), (TOPIC, 1)}  # in-flight limit reached: fetching paused
     assert len(source.pending) > 50                    # and the rest was left in Kafka
-    assert source.committed() == {}
+    assert source.stored() == {}
 
     destination.gate.set()
 
     def drained() -> bool:
         lane.step()
-        return not source.pending and source.committed() == {(TOPIC, 0): 50, (TOPIC, 1): 50}
+        return not source.pending and source.stored() == {(TOPIC, 0): 50, (TOPIC, 1): 50}
 
     wait_for(drained, timeout_s=10, what="the lane to drain and commit")
     assert sum(destination.delivered) == 100
@@ -201,7 +233,7 @@ def test_transient_decode_failures_hold_messages_in_order_without_dead_letters(d
 
     def drained() -> bool:
         lane.step()
-        return source.committed() == {(TOPIC, 0): 10, (TOPIC, 1): 10}
+        return source.stored() == {(TOPIC, 0): 10, (TOPIC, 1): 10}
 
     wait_for(drained, timeout_s=10, what="delivery after the registry recovers")
     assert dead.parked == []
@@ -220,7 +252,7 @@ def test_bad_events_are_parked_and_never_block_their_partition(delivery: Deliver
 
     def drained() -> bool:
         lane.step()
-        return source.committed() == {(TOPIC, 0): 20}
+        return source.stored() == {(TOPIC, 0): 20}
 
     wait_for(drained, timeout_s=10, what="commit past the bad events")
     assert sorted(dead.parked) == [(4, "undecodable"), (13, "mapping_failed")]
@@ -265,11 +297,12 @@ def test_lost_partitions_are_dropped_without_waiting_or_committing(delivery: Del
     assert lane.tracker.pending_messages((TOPIC, 0))
     lane._on_lost([(TOPIC, 0)])
     assert (TOPIC, 0) not in lane.tracker.owned()
+    assert not lane.committer.owns((TOPIC, 0))
     destination.gate.set()
 
     def partition_1_committed() -> bool:
         lane.step()
-        return (TOPIC, 1) in source.committed()
+        return (TOPIC, 1) in source.stored()
 
     wait_for(partition_1_committed, timeout_s=10, what="the kept partition to commit")
     assert all((TOPIC, 0) not in commit for commit in source.commits)
@@ -278,13 +311,13 @@ def test_lost_partitions_are_dropped_without_waiting_or_committing(delivery: Del
 def test_a_consumer_left_out_of_its_group_after_a_loss_is_replaced(delivery: DeliveryLoop) -> None:
     created: list[FakeSource] = []
 
-    def factory(on_assign: RebalanceCallback, on_revoke: RebalanceCallback, _on_lost: RebalanceCallback) -> FakeSource:
-        created.append(FakeSource(messages(4) if not created else [], on_assign, on_revoke))
+    def factory(callbacks: SourceCallbacks) -> FakeSource:
+        created.append(FakeSource(messages(4) if not created else [], callbacks))
         return created[-1]
 
-    lane = Lane(destination=GatedDestination(), source_factory=factory, decoder=Decoder(), map_fn=map_one,
+    lane = Lane(destination=GatedDestination(), source_factory=factory, judge=judge(Decoder()),
                 dead_letters=FakeDeadLetters(), delivery=delivery,
-                settings=LaneSettings(consume_timeout_s=0.001, rejoin_timeout_s=0.05, commit_interval_s=0.0))
+                settings=LaneSettings(consume_timeout_s=0.001, rejoin_timeout_s=0.05))
     lane.step()
     created[0].assigned = True  # the stuck client never calls back again
     lane._on_lost([(TOPIC, 0), (TOPIC, 1)])
@@ -297,3 +330,149 @@ def test_a_consumer_left_out_of_its_group_after_a_loss_is_replaced(delivery: Del
     assert created[1].assigned
     assert lane._lost_at is None
     lane.shutdown(1.0)
+
+
+# ------------------------------------------------------------------ commits and decisions at the edges
+
+
+class RecordingDestination:
+    """Delivers at once while the gate is open; records every batch's events (NDJSON lines) in order."""
+
+    name = "freshsuccess"
+    serialize = True
+
+    def __init__(self, *, open_gate: bool = True) -> None:
+        self.gate = threading.Event()
+        if open_gate:
+            self.gate.set()
+        self.batches: list[list[dict[str, Any]]] = []
+
+    async def deliver(self, batch: Batch) -> list[tuple[int, Rejected]]:
+        while not self.gate.is_set():
+            await asyncio.sleep(0.005)
+        self.batches.append([orjson.loads(line) for line in bytes(batch.body).splitlines()])
+        return []
+
+    @property
+    def delivered(self) -> list[int]:
+        return [event["n"] for batch in self.batches for event in batch]
+
+
+def drain(lane: Lane, source: FakeSource, until: dict[TopicPartitionKey, int], what: str) -> None:
+    def done() -> bool:
+        lane.step()
+        return source.stored() == until and not source.unanswered
+
+    wait_for(done, timeout_s=10, what=what)
+
+
+def test_records_of_a_partition_revoked_during_consume_are_neither_tracked_nor_delivered(
+        delivery: DeliveryLoop) -> None:
+    destination = RecordingDestination()
+    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery)
+    source.revoke_during_consume = [(TOPIC, 0)]  # inside the very first consume, after it picked its records
+    drain(lane, source, {(TOPIC, 1): 10}, "partition 1 to be committed")
+    assert all(n % 2 == 1 for n in destination.delivered), "records of the revoked partition were delivered"
+    assert sorted(destination.delivered) == list(range(1, 20, 2))
+    assert all((TOPIC, 0) not in commit for commit in source.commits)
+    assert not lane.tracker.owns((TOPIC, 0))
+
+
+class ExplodingDeadLetters(FakeDeadLetters):
+    """The producer's queue is full: ``park`` raises (an internal error, not an event's)."""
+
+    def park(self, message: Any, error: EventError, destination: str, work: Work) -> None:
+        raise BufferError("Local: Queue full")
+
+
+def test_after_an_internal_error_the_lane_stops_and_commits_nothing_more(delivery: DeliveryLoop) -> None:
+    batch = messages(10, partitions=1)
+    batch[6]._value = b"bad"  # offsets 0-5 are finished (skipped) when parking offset 6 blows up
+    lane, source = make_lane(batch, RecordingDestination(), ExplodingDeadLetters(), Decoder(), delivery,
+                             map_fn=lambda record, topic, partition, offset: [])
+    with pytest.raises(BufferError):
+        lane.run(threading.Event(), shutdown_timeout_s=1.0)
+    assert lane.fatal is not None and lane.fatal.startswith("internal error: BufferError")
+    assert source.stored() == {} and source.unanswered == []
+
+
+def test_a_full_batch_stops_filling_while_no_in_flight_slot_is_free(delivery: DeliveryLoop) -> None:
+    destination = RecordingDestination(open_gate=False)
+    lane, source = make_lane(messages(200, partitions=1), destination, FakeDeadLetters(), Decoder(), delivery,
+                             consume_batch_size=50, max_events=5, max_in_flight_batches=1, max_wait_s=60.0)
+    for _ in range(10):
+        lane.step()
+    assert lane.batcher.open_events <= 5
+    destination.gate.set()
+    drain(lane, source, {(TOPIC, 0): 200}, "everything to be delivered and committed")
+    assert max(len(batch) for batch in destination.batches) <= 5
+    assert destination.delivered == list(range(200))
+
+
+def test_a_value_json_cannot_carry_is_dead_lettered_and_the_partition_goes_on(delivery: DeliveryLoop) -> None:
+    def map_bytes(record: dict[str, Any], topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
+        return [{"n": record["n"], "blob": b"\x00\xff" if record["n"] == 3 else None}]
+
+    dead = FakeDeadLetters()
+    destination = RecordingDestination()
+    lane, source = make_lane(messages(8, partitions=1), destination, dead, Decoder(), delivery, map_fn=map_bytes)
+    drain(lane, source, {(TOPIC, 0): 8}, "commit past the event with bytes")
+    assert dead.parked == [(3, "mapping_failed")]
+    assert destination.delivered == [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_commits_follow_delivery_not_a_timer_and_count_only_once_confirmed(delivery: DeliveryLoop) -> None:
+    destination = RecordingDestination()
+    lane, source = make_lane(messages(10, partitions=1), destination, FakeDeadLetters(), Decoder(), delivery,
+                             max_wait_s=3600.0)
+    lane.clock = lambda: 0.0  # time stands still: only delivery can move a commit
+
+    def committed_to_end() -> bool:
+        lane.step()
+        for asked in source.unanswered:  # sent, not yet answered: not reported as committed
+            assert all(lane.stats.committed.get(k, -1) < v for k, v in asked.items()), "reported before confirmed"
+        return source.stored() == {(TOPIC, 0): 10}
+
+    wait_for(committed_to_end, timeout_s=10, what="commits after each delivery")
+    assert lane.stats.committed == {(TOPIC, 0): 10}
+
+
+class RefusingSource(FakeSource):
+    """Refuses the first asynchronous commits, as a broker does during a rebalance."""
+
+    refusals: int = 2
+
+    def consume(self, max_messages: int, timeout_s: float) -> Sequence[Any]:
+        if self.unanswered and self.refusals:
+            self.refusals -= 1
+            offsets = self.unanswered.pop(0)
+            self.callbacks.on_commit({k: (v, "Broker: Group rebalance in progress") for k, v in offsets.items()})
+        return super().consume(max_messages, timeout_s)
+
+
+def test_a_refused_commit_is_retried_and_not_reported_until_the_broker_holds_it(delivery: DeliveryLoop) -> None:
+    sources: list[FakeSource] = []
+
+    def factory(callbacks: SourceCallbacks) -> FakeSource:
+        sources.append(RefusingSource(messages(10, partitions=1), callbacks))
+        return sources[0]
+
+    lane = Lane(destination=RecordingDestination(), source_factory=factory, judge=judge(Decoder()),
+                dead_letters=FakeDeadLetters(), delivery=delivery,
+                settings=LaneSettings(consume_timeout_s=0.001, max_events=100, max_wait_s=0.0,
+                                      commit_retry_backoff_s=(0.01, 0.02)))
+    source = sources[0]
+    seen: list[dict[TopicPartitionKey, int]] = []
+
+    def confirmed() -> bool:
+        lane.step()
+        seen.append(dict(lane.stats.committed))
+        assert all(lane.stats.committed.get(k, -1) <= v for k, v in source.stored().items()) or \
+            lane.stats.committed == source.stored(), "reported a commit the broker does not hold"
+        return source.stored() == {(TOPIC, 0): 10}
+
+    wait_for(confirmed, timeout_s=10, what="the refused commit to be retried")
+    assert lane.stats.commits_refused == 2
+    assert lane.stats.committed == {(TOPIC, 0): 10}
+    for reported in seen:
+        assert reported.get((TOPIC, 0), 0) in (0, 10) and (reported == {} or source.commits)

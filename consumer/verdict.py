@@ -1,0 +1,126 @@
+"""The decision on one event, made in one place: send these outputs, skip it, park it, wait, or stop.
+
+A record read from Kafka goes through four stages, and :meth:`Judge.decide` runs them in this order for
+one destination::
+
+    size       larger than decoding.max_event_bytes  -> park   (oversized)
+    decode     Avro framing and schema               -> park   (undecodable, unknown_schema, ...)
+                                                        wait   (the schema registry is down)
+                                                        stop   (the registry is not a registry)
+    map        the compiled mapping                  -> park   (missing_required_field, mapping_failed, ...)
+                                                        skip   (no rule selects it)
+    serialize  each output as JSON                   -> park   (mapping_failed: a value JSON cannot carry)
+                                                        send   (the outputs, and for NDJSON the body lines)
+
+The lane, ``usage-consumer map`` and ``dlq replay`` all call it, so they cannot disagree. Nothing that one
+event holds can raise out of it: any failure after the record was read is a dead letter with a reason code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, Literal, Protocol
+
+import orjson
+
+from consumer.errors import DecodeError, EventError, FatalError, MappingFailed, OversizedEvent, TransientError
+
+MapFn = Callable[[dict[str, Any], str, int, int], list[dict[str, Any]]]
+"""``(record, topic, partition, offset) -> outputs`` for one destination (see :mod:`consumer.mapping`)."""
+
+Kind = Literal["send", "skip", "park", "wait", "stop"]
+SEND: Final = "send"
+SKIP: Final = "skip"
+PARK: Final = "park"
+WAIT: Final = "wait"
+STOP: Final = "stop"
+
+_dumps = orjson.dumps
+_APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
+
+
+class Decoder(Protocol):
+    """Bytes of one record to the record as a dict (:mod:`consumer.decoder`)."""
+
+    def decode(self, value: bytes | None) -> dict[str, Any]: ...
+
+
+class Decision:
+    """What to do with one event. ``outputs`` and ``body`` are set for ``send``, ``error`` otherwise
+    (``park``: an :class:`EventError` whose ``reason`` goes to the dead-letter headers)."""
+
+    __slots__ = ("body", "error", "kind", "outputs", "record")
+
+    def __init__(self, kind: Kind, outputs: list[dict[str, Any]] | None = None, body: bytes = b"",
+                 error: Exception | None = None, record: dict[str, Any] | None = None) -> None:
+        self.kind = kind
+        self.outputs = outputs or []
+        self.body = body
+        """NDJSON destinations: the outputs' lines, ready to append to a batch body."""
+        self.error = error
+        self.record = record
+        """The decoded record, when decoding got that far (dry runs show it)."""
+
+    @property
+    def reason(self) -> str | None:
+        """The dead-letter reason code of a ``park``."""
+        return self.error.reason if isinstance(self.error, EventError) else None
+
+    def __repr__(self) -> str:
+        detail = f"{len(self.outputs)} outputs" if self.kind == SEND else repr(self.error)
+        return f"Decision({self.kind}, {detail})"
+
+
+class Judge:
+    """Decides events for one destination: its mapping function, and whether its requests carry NDJSON."""
+
+    def __init__(self, *, decoder: Decoder, map_fn: MapFn, max_event_bytes: int, ndjson: bool) -> None:
+        self.decoder = decoder
+        self.map_fn = map_fn
+        self.max_event_bytes = max_event_bytes
+        self.ndjson = ndjson
+
+    def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
+               size_bytes: int | None = None) -> Decision:
+        """The decision on the record ``value`` read at ``topic[partition]@offset``.
+
+        ``size_bytes`` stands in for ``len(value)`` where the value is shown without its framing (dry runs
+        of sample files).
+        """
+        size = (0 if value is None else len(value)) if size_bytes is None else size_bytes
+        if size > self.max_event_bytes:
+            return Decision(PARK, error=OversizedEvent(
+                f"event of {size} bytes exceeds max_event_bytes={self.max_event_bytes}"))
+        stage = "decoding"
+        record = None
+        try:
+            record = self.decoder.decode(value)
+            stage = "mapping"
+            outputs = self.map_fn(record, topic, partition, offset)
+            if not outputs:
+                return Decision(SKIP, record=record)
+            stage = "serializing"
+            if self.ndjson:
+                body = b"".join([_dumps(output, option=_APPEND_NEWLINE) for output in outputs])
+            else:
+                body = b""
+                for output in outputs:
+                    _dumps(output)  # the sink serializes it again with the token; refuse it here instead
+            return Decision(SEND, outputs, body, record=record)
+        except EventError as exc:
+            return Decision(PARK, error=exc, record=record)
+        except TransientError as exc:
+            return Decision(WAIT, error=exc)
+        except FatalError as exc:
+            return Decision(STOP, error=exc)
+        except Exception as exc:  # one event's value must never stop its partition
+            return Decision(PARK, error=_unexpected(stage, exc), record=record)
+
+
+def _unexpected(stage: str, exc: Exception) -> EventError:
+    if stage == "serializing":
+        return MappingFailed(f"an output holds a value JSON cannot carry ({exc}); convert it in the mapping "
+                             "(see docs/mapping.md, 'Values JSON cannot carry')")
+    if stage == "decoding":
+        return DecodeError(f"decoder raised {type(exc).__name__}: {exc}")
+    return MappingFailed(f"mapping raised {type(exc).__name__}: {exc}")
