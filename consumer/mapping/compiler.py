@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import re
 import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -27,9 +26,12 @@ from consumer.mapping.model import (
     CONVERTERS,
     EPOCH_MS_MAX,
     EPOCH_MS_MIN,
+    FRESHPAINT_PASS_THROUGH_RESERVED,
     FRESHPAINT_REQUIRED_PROPERTIES,
+    FRESHPAINT_REQUIRED_TEXT,
     FRESHSUCCESS_ACTIONS,
     FRESHSUCCESS_BASE_FIELDS,
+    FRESHSUCCESS_REQUIRED_TEXT,
     IDENTIFY_EVENT,
     AllOf,
     Always,
@@ -51,6 +53,8 @@ from consumer.mapping.model import (
     Rule,
     Template,
     Value,
+    decimal_converter,
+    is_valid_insert_id,
 )
 from consumer.mapping.validate import build_model
 from consumer.yamlsource import Located, load_yaml
@@ -63,6 +67,7 @@ __all__ = [
     "insert_id",
     "insert_id_base",
     "load_mapping",
+    "mapped_insert_id",
 ]
 
 log = structlog.get_logger(__name__)
@@ -81,7 +86,7 @@ INSERT_ID_NAMESPACE = uuid.UUID("5d0c3c3e-6f2b-5a7e-9f41-7a1b2c3d4e5f")
 """Namespace of the uuid5 values made for ``$insert_id``; changing it would re-send duplicates as new."""
 
 _NAMESPACE_BYTES = INSERT_ID_NAMESPACE.bytes
-_is_valid_insert_id = re.compile(r"[A-Za-z0-9-]{1,36}").fullmatch
+_is_valid_insert_id = is_valid_insert_id
 
 
 def _uuid5_text(name: str) -> str:
@@ -91,33 +96,45 @@ def _uuid5_text(name: str) -> str:
     return f"{h[0:8]}-{h[8:12]}-5{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 
-def insert_id_base(event_id: Any, topic: str, partition: int, offset: int) -> str:
-    """The event's own ``$insert_id``: its ``event_id`` if that is already a valid id, else a uuid5 of it.
+def insert_id(event_id: Any, topic: str, partition: int, offset: int, index: int) -> str:
+    """``$insert_id`` of the ``index``-th Freshpaint output (0-based, in emission order) made from one event.
 
-    Valid means 1 to 36 characters of ``[A-Za-z0-9-]`` (what Mixpanel-style destinations accept).
-    Without a usable ``event_id`` the id is the uuid5 of ``kafka:TOPIC:PARTITION:OFFSET``, which is just
-    as stable across redelivery.
+    - An ``event_id`` that is already a valid id (1 to 36 characters of ``[A-Za-z0-9-]``, as a UUID is)
+      is the first output's id as is.
+    - Otherwise, with a non-empty ``event_id`` (an int counts as its decimal text):
+      ``uuid5("event_id:" + len(event_id) + ":" + event_id + "#" + index)``.
+    - Without one: ``uuid5("kafka:" + len(topic) + ":" + topic + ":" + partition + ":" + offset + "#" + index)``.
+
+    Each name starts with its kind and length-prefixes the only free text in it, so the encoding is
+    injective: two different (kind, parts, index) never share a name, hence (short of a SHA-1 collision)
+    never an id. The same event under the same mapping always gets the same ids.
     """
     if event_id.__class__ is not str:
         event_id = str(event_id) if isinstance(event_id, int) and not isinstance(event_id, bool) else ""
     if event_id:
-        if _is_valid_insert_id(event_id):
+        if index == 0 and _is_valid_insert_id(event_id):
             return event_id  # type: ignore[no-any-return]
-        return _uuid5_text(event_id)
-    return _uuid5_text(f"kafka:{topic}:{partition}:{offset}")
+        return _uuid5_text(f"event_id:{len(event_id)}:{event_id}#{index}")
+    return _uuid5_text(f"kafka:{len(topic)}:{topic}:{partition}:{offset}#{index}")
 
 
-def insert_id(event_id: Any, topic: str, partition: int, offset: int, index: int) -> str:
-    """``$insert_id`` of the ``index``-th output (0-based, in emission order) made from one event.
+def insert_id_base(event_id: Any, topic: str, partition: int, offset: int) -> str:
+    """The ``$insert_id`` of an event's first Freshpaint output (``insert_id(..., 0)``)."""
+    return insert_id(event_id, topic, partition, offset, 0)
 
-    The first output carries the base id itself; output ``k > 0`` carries ``uuid5(base + "#" + k)``, so
-    outputs of one event never share an id and the same event under the same mapping always gets the same
-    ids.
-    """
-    if index == 0 and event_id.__class__ is str and _is_valid_insert_id(event_id):
-        return event_id
-    base = insert_id_base(event_id, topic, partition, offset)
-    return base if index == 0 else _uuid5_text(f"{base}#{index}")
+
+def mapped_insert_id(value: Any) -> str | None:
+    """A mapping's own ``$insert_id`` value made valid: kept when valid, ``None`` (left out) when blank,
+    else ``uuid5("insert_id:" + len(value) + ":" + value)`` (deterministic, in its own name space)."""
+    if value.__class__ is not str:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        value = str(value)
+    if _is_valid_insert_id(value):
+        return value  # type: ignore[no-any-return]
+    if not value or value.isspace():
+        return None
+    return _uuid5_text(f"insert_id:{len(value)}:{value}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -311,7 +328,21 @@ _INLINE_CONVERT: dict[Convert, str] = {
     Convert.INT: "if {v}.__class__ is not int: {v} = {fn}({v}, {ctx})",
     Convert.FLOAT: "{v} = {fn}({v}, {ctx})",
     Convert.BOOL: "if {v}.__class__ is not bool: {v} = {fn}({v}, {ctx})",
+    Convert.BASE64: "{v} = {fn}({v}, {ctx})",
+    Convert.HEX: "{v} = {fn}({v}, {ctx})",
 }
+# A float minus itself is 0.0 (falsy) when finite and NaN (truthy) for NaN and both infinities: one
+# subtraction tells whether JSON can carry it. Non-finite values are treated exactly like null.
+_NON_FINITE = "{v}.__class__ is float and {v} - {v}"
+_FINITE_MEMBER = "(x.__class__ is not float or not x - x)"
+# Blank text (empty or only whitespace) in a required text slot counts as missing.
+_BLANK = "{v}.__class__ is str and (not {v} or {v}.isspace())"
+
+
+def _strip_reserved(props: dict[str, Any]) -> None:
+    """Remove what ``pass_properties`` must never set (see FRESHPAINT_PASS_THROUGH_RESERVED)."""
+    for key in FRESHPAINT_PASS_THROUGH_RESERVED:
+        props.pop(key, None)
 
 
 def _literal(value: str | int) -> str:
@@ -332,6 +363,12 @@ def _describe_source(value: Value) -> str:
     return "the value is null"
 
 
+def _describe_user_props(value: Value) -> str:
+    if isinstance(value.expr, FieldRef):
+        return f"field '{'.'.join(value.expr.path)}' is null or empty"
+    return _describe_source(value)
+
+
 class _Compiler:
     def __init__(self, model: MappingModel) -> None:
         self.model = model
@@ -339,7 +376,10 @@ class _Compiler:
             "__builtins__": {},
             "_MRF": MissingRequiredField,
             "_insert_id": insert_id,
+            "_mapped_iid": mapped_insert_id,
             "_valid_iid": _is_valid_insert_id,
+            "_PT_RESERVED": FRESHPAINT_PASS_THROUGH_RESERVED,
+            "_strip_reserved": _strip_reserved,
             "_tostr": CONVERTERS[Convert.STRING],
             "_deepcopy": copy.deepcopy,
             "dict": dict,
@@ -379,21 +419,39 @@ class _Compiler:
     def emit(self, indent: int, text: str) -> None:
         self.lines.append("    " * indent + text)
 
-    def emit_value(self, indent: int, value: Value, target: str, ctx: str, missing: str | None = None) -> bool:
+    def emit_value(self, indent: int, value: Value, target: str, ctx: str, missing: str | None = None,
+                   blank: bool = False) -> bool:
         """Statements that leave the value (or None) in ``target``; returns whether None is possible.
 
         With ``missing`` (a message), a None value raises ``MissingRequiredField`` instead, checked
-        before the conversion so the converted value needs no second test.
+        before the conversion so the converted value needs no second test. With ``blank``, blank text
+        counts as None (before the default, so a default stands in for it).
         """
         expr = value.expr
         may_be_none = True
         if isinstance(expr, FieldRef):
             self.emit_path(indent, expr.path, target)
+            if expr.may_be_float:
+                self.emit(indent, f"if {_NON_FINITE.format(v=target)}:")
+                self.emit(indent + 1, f"{target} = None")
+            if blank and missing is not None and value.default is None:
+                # The common required id: one test for "null or blank".
+                self.emit(indent, f"if {target} is None or {_BLANK.format(v=target)}:")
+                self.emit(indent + 1, f"raise _MRF({self.bind(missing, '_m')})")
+                missing = None
+                may_be_none = False
+            elif blank:
+                self.emit_blank(indent, target)
         elif isinstance(expr, Const):
             self.emit(indent, f"{target} = {self.const_expr(expr.value)}")
             may_be_none = expr.value is None
+            if blank and isinstance(expr.value, str) and not expr.value.strip():
+                self.emit_blank(indent, target)
+                may_be_none = True
         elif isinstance(expr, Template):
             self.emit_template(indent, expr, target, ctx)
+            if blank:
+                self.emit_blank(indent, target)
         elif isinstance(expr, ObjectOf):
             self.emit_object(indent, expr, target, ctx)
         else:
@@ -405,20 +463,28 @@ class _Compiler:
             may_be_none = False
         if value.default is not None and may_be_none:
             self.emit(indent, f"if {target} is None:")
-            may_be_none = self.emit_value(indent + 1, value.default, target, ctx)
+            may_be_none = self.emit_value(indent + 1, value.default, target, ctx, blank=blank)
         if missing is not None and may_be_none:
             self.emit_required(indent, target, missing)
             may_be_none = False
         if value.convert is not None:
-            fn = f"_cv_{value.convert.value}"
             ctx_name = self.bind(ctx, "_m")
-            line = _INLINE_CONVERT[value.convert].format(v=target, fn=fn, ctx=ctx_name)
+            if value.decimal_scale is not None:
+                fn = self.bind(decimal_converter(value.convert, value.decimal_scale), "_dec")
+                line = f"{target} = {fn}({target}, {ctx_name})"
+            else:
+                fn = f"_cv_{value.convert.value}"
+                line = _INLINE_CONVERT[value.convert].format(v=target, fn=fn, ctx=ctx_name)
             if may_be_none:
                 self.emit(indent, f"if {target} is not None:")
                 self.emit(indent + 1, line)
             else:
                 self.emit(indent, line)
         return may_be_none
+
+    def emit_blank(self, indent: int, target: str) -> None:
+        self.emit(indent, f"if {_BLANK.format(v=target)}:")
+        self.emit(indent + 1, f"{target} = None")
 
     def emit_path(self, indent: int, path: FieldPath, target: str) -> None:
         """``target = r[a][b][c]``, where a null (or non-record) step anywhere gives None.
@@ -454,6 +520,9 @@ class _Compiler:
             else:
                 temp = self.tmp()
                 self.emit_path(indent, part.path, temp)
+                if part.may_be_float:
+                    self.emit(indent, f"if {_NON_FINITE.format(v=temp)}:")
+                    self.emit(indent + 1, f"{temp} = None")
                 temps.append(temp)
                 ctx_name = ctx_name or self.bind(f"{ctx} (template)", "_m")
                 pieces.append(f"({temp} if {temp}.__class__ is str else _tostr({temp}, {ctx_name}))")
@@ -468,7 +537,8 @@ class _Compiler:
             merged = self.tmp()
             self.emit_value(indent, expr.merge, merged, f"{ctx} (merge)")
             self.emit(indent, f"if {merged}.__class__ is dict:")
-            self.emit(indent + 1, f"{obj} = {{k: x for k, x in {merged}.items() if x is not None}}")
+            keep = f"x is not None and {_FINITE_MEMBER}" if expr.merge_may_hold_floats else "x is not None"
+            self.emit(indent + 1, f"{obj} = {{k: x for k, x in {merged}.items() if {keep}}}")
             self.emit(indent, "else:")
             self.emit(indent + 1, f"{obj} = {{}}")
         else:
@@ -515,7 +585,8 @@ class _Compiler:
             missing = None
             if key in required:
                 missing = f"{where}: required field {key!r} is missing ({_describe_source(value)})"
-            if self.emit_value(1, value, temp, f"{where}: field {key!r}", missing):
+            if self.emit_value(1, value, temp, f"{where}: field {key!r}", missing,
+                               blank=key in required and key in FRESHSUCCESS_REQUIRED_TEXT):
                 optional.append((key, temp))
             else:
                 present[key] = temp
@@ -551,7 +622,8 @@ class _Compiler:
         else:
             event = self.tmp()
             self.emit_value(1, output.event, event, f"{where}: event name",
-                            f"{where}: required field 'event' is missing ({_describe_source(output.event)})")
+                            f"{where}: required field 'event' is missing ({_describe_source(output.event)})",
+                            blank=True)
         props = self.tmp()
         conditional: list[tuple[str, str]] = []
         fixed: list[tuple[str, str]] = []
@@ -563,16 +635,32 @@ class _Compiler:
             missing = None
             if key in FRESHPAINT_REQUIRED_PROPERTIES:
                 missing = f"{where}: required property {key!r} is missing ({_describe_source(value)})"
-            if self.emit_value(1, value, temp, f"{where}: property {key!r}", missing):
+            may_be_none = self.emit_value(1, value, temp, f"{where}: property {key!r}", missing,
+                                          blank=key in FRESHPAINT_REQUIRED_TEXT)
+            if key == "$insert_id" and not isinstance(value.expr, InsertId):
+                # The mapping's own id: kept when valid, left out when blank, else made valid.
+                guard = f"{temp} is not None and " if may_be_none else ""
+                self.emit(1, f"if {guard}_valid_iid({temp}) is None:")
+                self.emit(2, f"{temp} = _mapped_iid({temp})")
+                may_be_none = True
+            if may_be_none:
                 conditional.append((key, temp))
             else:
                 fixed.append((key, temp))
         if output.pass_properties is not None:
+            ref = output.pass_properties
             passed = self.tmp()
-            self.emit_path(1, output.pass_properties.path, passed)
-            self.emit(1, f"{props} = dict({passed}) if {passed}.__class__ is dict else {{}}")
-            self.emit(1, f"if 'token' in {props}:")
-            self.emit(2, f"del {props}['token']")
+            self.emit_path(1, ref.path, passed)
+            if ref.members_may_be_float or ref.members_may_be_null:
+                keep = " and ".join(
+                    (["x is not None"] if ref.members_may_be_null else [])
+                    + ([_FINITE_MEMBER] if ref.members_may_be_float else []))
+                self.emit(1, f"{props} = {{k: x for k, x in {passed}.items() if {keep}}} "
+                             f"if {passed}.__class__ is dict else {{}}")
+            else:
+                self.emit(1, f"{props} = dict({passed}) if {passed}.__class__ is dict else {{}}")
+            self.emit(1, f"if not _PT_RESERVED.isdisjoint({props}):")
+            self.emit(2, f"_strip_reserved({props})")
             for key, expr in fixed:
                 self.emit(1, f"{props}[{_literal(key)}] = {expr}")
         else:
@@ -581,12 +669,13 @@ class _Compiler:
             self.emit(1, f"if {temp} is not None:")
             self.emit(2, f"{props}[{_literal(key)}] = {temp}")
         if output.user_props is not None:
+            # $identify exists to attach user properties: without any it is not sent (dead letter).
             temp = self.tmp()
-            if self.emit_value(1, output.user_props, temp, f"{where}: user_props"):
-                self.emit(1, f"if {temp} is not None:")
-                self.emit(2, f"{props}['$user_props'] = {temp}")
-            else:
-                self.emit(1, f"{props}['$user_props'] = {temp}")
+            self.emit_value(1, output.user_props, temp, f"{where}: user_props")
+            self.emit(1, f"if not {temp}:")
+            message = f"{where}: required property '$user_props' is missing ({_describe_user_props(output.user_props)})"
+            self.emit(2, f"raise _MRF({self.bind(message, '_m')})")
+            self.emit(1, f"{props}['$user_props'] = {temp}")
         if output.integrations is not None:
             integrations = self.bind(dict(output.integrations))
             self.emit(1, f"{props}['$options'] = {{'integrations': dict({integrations})}}")

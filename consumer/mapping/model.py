@@ -7,10 +7,13 @@ which the compiled code calls on its slow path (the common case is inlined by th
 
 from __future__ import annotations
 
+import base64
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeAlias
 
@@ -36,6 +39,8 @@ class Convert(StrEnum):
     INT = "int"
     FLOAT = "float"
     BOOL = "bool"
+    BASE64 = "base64"
+    HEX = "hex"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,9 +49,17 @@ class Convert(StrEnum):
 
 @dataclass(frozen=True)
 class FieldRef:
-    """The value at ``path`` in the event; ``None`` when any step is null or a map lacks the key."""
+    """The value at ``path`` in the event; ``None`` when any step is null or a map lacks the key.
+
+    ``may_be_float``: the schema lets the value be a float, so a NaN or an infinity (which JSON cannot
+    carry) must be turned into ``None``. ``members_may_be_float`` / ``members_may_be_null``: the value is a
+    map or record whose direct members can be floats / nulls (for ``merge:`` and ``pass_properties``).
+    """
 
     path: FieldPath
+    may_be_float: bool = False
+    members_may_be_float: bool = False
+    members_may_be_null: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,8 @@ class ObjectOf:
 
     entries: tuple[tuple[str, Value], ...]
     merge: Value | None
+    merge_may_hold_floats: bool = False
+    """The merged map/record can hold floats at its top level (NaN and infinities are left out like nulls)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,8 @@ class Value:
     default: Value | None = None
     convert: Convert | None = None
     line: int | None = None
+    decimal_scale: int | None = None
+    """Set when ``convert`` (string or float) reads an Avro decimal's bytes: the schema's scale."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,7 +236,22 @@ FRESHPAINT_RESERVED_PROPERTIES: Mapping[str, str] = {
     "$options": "use 'integrations:' on the output",
     "$user_props": "use 'identify: true' with 'user_props:'",
 }
+FRESHPAINT_PASS_THROUGH_RESERVED: frozenset[str] = frozenset({
+    "token", "$options", "$user_props", "$ip", "$device_id", "$insert_id",
+})
+"""Keys the Freshpaint contract gives a meaning to: ``pass_properties`` never copies them (a producer must
+not be able to re-route an event, attach user properties to a track event, spoof the IP or device, or
+choose the de-duplication id); only the mapping's explicit entries set them."""
 IDENTIFY_EVENT = "$identify"
+INSERT_ID_RULE = "1 to 36 characters of [A-Za-z0-9-]"
+is_valid_insert_id = re.compile(r"[A-Za-z0-9-]{1,36}").fullmatch
+"""An ``$insert_id`` that Freshpaint and the Mixpanel-style destinations behind it accept (destinations.md)."""
+
+FRESHSUCCESS_REQUIRED_TEXT: frozenset[str] = frozenset({"accountId", "userId", "sessionId", "feature", "module"})
+FRESHPAINT_REQUIRED_TEXT: frozenset[str] = frozenset({"distinct_id"})
+"""Required text slots (plus the Freshpaint event name) where a blank value (empty or only whitespace)
+counts as missing: it falls back to the ``default:``, else the event is dead-lettered. Freshsuccess drops
+such events silently inside a 200, and a blank id would merge unrelated users."""
 
 # What JSON type each well-known output slot takes.  Kinds: string, int, float, bool, object, array, bytes.
 STRING = frozenset({"string"})
@@ -394,6 +426,64 @@ def to_bool(value: Any, ctx: str) -> bool:
     raise _fail(value, Convert.BOOL, ctx)
 
 
+def _as_bytes(value: Any, convert: Convert, ctx: str) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise _fail(value, convert, ctx)
+
+
+def to_base64(value: Any, ctx: str) -> str:
+    """Bytes (Avro ``bytes``/``fixed``) as standard base64 text with padding."""
+    return base64.b64encode(_as_bytes(value, Convert.BASE64, ctx)).decode("ascii")
+
+
+def to_hex(value: Any, ctx: str) -> str:
+    """Bytes (Avro ``bytes``/``fixed``) as lower-case hexadecimal text."""
+    return _as_bytes(value, Convert.HEX, ctx).hex()
+
+
+def _decimal(value: Any, scale: int) -> Decimal | None:
+    """An Avro decimal as decoded without logical types (big-endian two's complement of the unscaled
+    value), or a ``Decimal`` already; ``None`` for anything else."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        # From text, so no context precision rounds it (Decimal arithmetic would, at 28 digits).
+        return Decimal(f"{int.from_bytes(value, 'big', signed=True)}E-{scale}")
+    if isinstance(value, Decimal):
+        return value
+    return None
+
+
+def decimal_converter(convert: Convert, scale: int) -> ConvertFn:
+    """``convert`` (``string`` or ``float``) for a field holding an Avro decimal of ``scale``.
+
+    ``string`` gives the exact value in plain notation (``"-123.45"``, never an exponent); ``float`` the
+    nearest float. Values that are not decimals (a ``default:``) go through the ordinary converter.
+    """
+    if convert is Convert.STRING:
+        def decimal_to_string(value: Any, ctx: str) -> str:
+            number = _decimal(value, scale)
+            if number is None:
+                return to_string(value, ctx)
+            if not number.is_finite():
+                raise _fail(value, convert, ctx, "not a finite number")
+            return format(number, "f")
+        return decimal_to_string
+    if convert is Convert.FLOAT:
+        def decimal_to_float(value: Any, ctx: str) -> float:
+            number = _decimal(value, scale)
+            if number is None:
+                return to_float(value, ctx)
+            result = float(number)
+            if not math.isfinite(result):
+                raise _fail(value, convert, ctx, "too large for a float")
+            return result
+        return decimal_to_float
+    raise ValueError(f"convert {convert.value!r} does not read decimals")
+
+
+DECIMAL_CONVERTS = frozenset({Convert.STRING, Convert.FLOAT})
+
+
 CONVERTERS: Mapping[Convert, ConvertFn] = {
     Convert.EPOCH_MS: to_epoch_ms,
     Convert.EPOCH_MS_TO_S: epoch_ms_to_s,
@@ -403,6 +493,8 @@ CONVERTERS: Mapping[Convert, ConvertFn] = {
     Convert.INT: to_int,
     Convert.FLOAT: to_float,
     Convert.BOOL: to_bool,
+    Convert.BASE64: to_base64,
+    Convert.HEX: to_hex,
 }
 
 CONVERT_INPUT_KINDS: Mapping[Convert, frozenset[str]] = {
@@ -414,6 +506,8 @@ CONVERT_INPUT_KINDS: Mapping[Convert, frozenset[str]] = {
     Convert.INT: frozenset({"string", "int", "float", "bool"}),
     Convert.FLOAT: frozenset({"string", "int", "float"}),
     Convert.BOOL: frozenset({"string", "int", "bool"}),
+    Convert.BASE64: frozenset({"bytes"}),
+    Convert.HEX: frozenset({"bytes"}),
 }
 
 CONVERT_OUTPUT_KINDS: Mapping[Convert, frozenset[str]] = {
@@ -425,4 +519,6 @@ CONVERT_OUTPUT_KINDS: Mapping[Convert, frozenset[str]] = {
     Convert.INT: INTEGER,
     Convert.FLOAT: frozenset({"float"}),
     Convert.BOOL: frozenset({"bool"}),
+    Convert.BASE64: STRING,
+    Convert.HEX: STRING,
 }

@@ -12,6 +12,7 @@ to a required slot without a ``default:`` is allowed: it is checked per event (`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -22,12 +23,16 @@ from consumer.mapping.model import (
     CONVERT_INPUT_KINDS,
     CONVERT_OUTPUT_KINDS,
     CONVERTERS,
+    DECIMAL_CONVERTS,
     FRESHPAINT_REQUIRED_PROPERTIES,
+    FRESHPAINT_REQUIRED_TEXT,
     FRESHPAINT_RESERVED_PROPERTIES,
     FRESHPAINT_SLOTS,
     FRESHSUCCESS_ACTIONS,
     FRESHSUCCESS_BASE_FIELDS,
+    FRESHSUCCESS_REQUIRED_TEXT,
     FRESHSUCCESS_SLOTS,
+    INSERT_ID_RULE,
     JSON_KINDS,
     NUMBER,
     OBJECT,
@@ -53,6 +58,7 @@ from consumer.mapping.model import (
     Rule,
     Template,
     Value,
+    is_valid_insert_id,
 )
 from consumer.yamlsource import Located, PathKey, closest, dotted, find_unknown_keys
 
@@ -88,6 +94,9 @@ class SchemaType:
     logical: str | None = None
     fields: dict[str, SchemaType] | None = None  # a record (or a union holding one)
     values: SchemaType | None = None  # a map (or a union holding one)
+    items: SchemaType | None = None  # an array (or a union holding one)
+    scale: int | None = None  # a decimal (or a union holding decimals of one scale)
+    branches: tuple[SchemaType, ...] = ()  # a union: its non-null branches
 
 
 _PRIMITIVES: Mapping[str, tuple[frozenset[str], bool]] = {
@@ -129,17 +138,23 @@ class _SchemaParser:
         if kind == "enum":
             return self._register(schema, namespace, SchemaType(frozenset({"string"}), False, "enum"))
         if kind == "fixed":
-            return self._register(schema, namespace, SchemaType(frozenset({"bytes"}), False, "fixed"))
+            node = self._register(schema, namespace, SchemaType(frozenset({"bytes"}), False, "fixed"))
+            if logical == "decimal":
+                node.logical, node.scale = "decimal", _scale(schema)
+                node.avro = f"{node.avro} (decimal)"
+            return node
         if kind == "array":
             items = self.parse(schema.get("items", "null"), namespace)
-            return SchemaType(frozenset({"array"}), False, f"array<{items.avro}>")
+            return SchemaType(frozenset({"array"}), False, f"array<{items.avro}>", items=items)
         if kind == "map":
             values = self.parse(schema.get("values", "null"), namespace)
             return SchemaType(OBJECT, False, f"map<{values.avro}>", values=values)
         if isinstance(kind, str) and kind in _PRIMITIVES:
             kinds, nullable = _PRIMITIVES[kind]
             avro = f"{kind} ({logical})" if isinstance(logical, str) else kind
-            return SchemaType(kinds, nullable, avro, logical=logical if isinstance(logical, str) else None)
+            scale = _scale(schema) if kind == "bytes" and logical == "decimal" else None
+            return SchemaType(kinds, nullable, avro, logical=logical if isinstance(logical, str) else None,
+                              scale=scale)
         return self.parse(kind, namespace)  # {"type": "SomeNamedType"} or {"type": {...}}
 
     def _named_or_primitive(self, name: str, namespace: str | None) -> SchemaType:
@@ -175,7 +190,9 @@ class _SchemaParser:
         non_null = [b for b in branches if b.kinds]
         records = [b for b in non_null if b.fields is not None]
         maps = [b for b in non_null if b.values is not None]
+        arrays = [b for b in non_null if b.items is not None]
         logicals = {b.logical for b in non_null}
+        scales = {b.scale for b in non_null}
         return SchemaType(
             kinds=kinds,
             nullable=any(b.nullable for b in branches),
@@ -183,7 +200,90 @@ class _SchemaParser:
             logical=logicals.pop() if len(logicals) == 1 else None,
             fields=records[0].fields if len(records) == 1 else None,
             values=maps[0].values if len(maps) == 1 else None,
+            items=arrays[0].items if len(arrays) == 1 else None,
+            scale=scales.pop() if len(scales) == 1 else None,
+            branches=tuple(non_null),
         )
+
+
+def _scale(schema: dict[str, Any]) -> int:
+    scale = schema.get("scale", 0)
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 0:
+        raise SchemaUnsupported(f"decimal scale must be a non-negative integer, got {scale!r:.40}")
+    return scale
+
+
+def _parts(node: SchemaType) -> tuple[SchemaType, ...]:
+    """The types a value of ``node`` can be: a union's non-null branches, else ``node`` itself."""
+    return node.branches or (node,)
+
+
+def _members(node: SchemaType) -> list[SchemaType]:
+    """The types of the direct members (record fields, map values) a value of ``node`` can hold."""
+    members: list[SchemaType] = []
+    for part in _parts(node):
+        if part.fields is not None:
+            members.extend(part.fields.values())
+        if part.values is not None:
+            members.append(part.values)
+    return members
+
+
+def _json_fix(node: SchemaType) -> tuple[str, str]:
+    """(what the value is, the conversion that makes it JSON) for a bytes-like type."""
+    if node.logical == "decimal":
+        return "a decimal", "'convert: string' (exact text) or 'convert: float'"
+    return "bytes", "'convert: base64' or 'convert: hex'"
+
+
+def _nested_unjsonable(node: SchemaType, where: str, seen: set[int] | None = None) -> str | None:
+    """Why a value of ``node`` (a record, map or list) would hold bytes JSON cannot carry, or None.
+
+    Looks at every depth (named types that refer to themselves are visited once). ``node``'s own bytes
+    are not its business: a conversion can apply to them (check_slot reports them otherwise).
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return None
+    seen.add(id(node))
+    for part in _parts(node):
+        for name, child in (part.fields or {}).items():
+            inner = f"{where}.{name}"
+            if "bytes" in child.kinds:
+                thing, fix = _json_fix(child)
+                return (f"holds {thing} in '{inner}' ({child.avro}), which JSON cannot carry; map '{inner}' on "
+                        f"its own with {fix} (and the other fields you need as entries of an object)")
+            found = _nested_unjsonable(child, inner, seen)
+            if found:
+                return found
+        if part.values is not None:
+            if "bytes" in part.values.kinds:
+                thing, fix = _json_fix(part.values)
+                return (f"is a map of {thing} ('{where}': {part.avro}), which JSON cannot carry; map the keys "
+                        f"you need one by one, e.g. {{field: {where}.KEY}} with {fix}")
+            found = _nested_unjsonable(part.values, f"{where}.KEY", seen)
+            if found:
+                return found
+        if part.items is not None:
+            if "bytes" in part.items.kinds:
+                thing, fix = _json_fix(part.items)
+                return (f"is a list of {thing} ('{where}': {part.avro}), which JSON cannot carry; {fix} apply "
+                        "to single values, not to lists, so leave this field out of the output")
+            found = _nested_unjsonable(part.items, f"{where}[]", seen)
+            if found:
+                return found
+    return None
+
+
+def field_ref(ref: FieldPath, node: SchemaType) -> FieldRef:
+    """A ``FieldRef`` carrying what the compiler needs to know about NaN/infinity and null members."""
+    members = _members(node)
+    return FieldRef(
+        ref,
+        may_be_float="float" in node.kinds,
+        members_may_be_float=any("float" in m.kinds for m in members),
+        members_may_be_null=any(m.nullable for m in members),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -198,6 +298,7 @@ class ExprType:
     nullable: bool
     describe: str
     logical: str | None = None
+    scale: int | None = None
 
 
 def _kind_of_constant(value: Any) -> frozenset[str]:
@@ -231,8 +332,8 @@ def _not_json(value: Any) -> str | None:
         return "is a date/time, which JSON cannot carry; quote it to make it a string"
     if isinstance(value, bytes):
         return "is binary, which JSON cannot carry"
-    if isinstance(value, float) and value != value:
-        return "is NaN, which JSON cannot carry"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is NaN or infinite, which JSON cannot carry"
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
@@ -420,7 +521,8 @@ class _Builder:
                         if typed is None:
                             self.broken_defaults.add(key)
                         else:
-                            self.check_slot((*path, key), key, typed, FRESHSUCCESS_SLOTS[key])
+                            self.check_slot((*path, key), key, typed, FRESHSUCCESS_SLOTS[key],
+                                            required_text=key in FRESHSUCCESS_REQUIRED_TEXT)
                             fs[key] = typed
         fp_raw = mapping.get("freshpaint")
         if fp_raw is not None:
@@ -516,7 +618,8 @@ class _Builder:
                     if typed is None:
                         broken.add(key)
                         continue
-                    self.check_slot((*fields_path, key), key, typed, FRESHSUCCESS_SLOTS[key])
+                    self.check_slot((*fields_path, key), key, typed, FRESHSUCCESS_SLOTS[key],
+                                    required_text=key in FRESHSUCCESS_REQUIRED_TEXT)
                     merged[key] = typed
         for key in (*FRESHSUCCESS_BASE_FIELDS, *spec.required):
             typed_value = merged.get(key)
@@ -552,7 +655,7 @@ class _Builder:
             else:
                 typed = self.value((*path, "event"), mapping["event"], in_default=False)
                 if typed is not None:
-                    self.check_slot((*path, "event"), "event", typed, STRING)
+                    self.check_slot((*path, "event"), "event", typed, STRING, required_text=True)
                     if not typed.type.kinds:
                         self.problem((*path, "event"), "the event name is always null")
                     event = typed.value
@@ -595,6 +698,9 @@ class _Builder:
                     integrations = tuple((str(k), bool(v)) for k, v in imap.items())
 
         user_props: Value | None = None
+        if identify and "user_props" not in mapping:
+            self.problem(path, "'identify: true' needs 'user_props:' (the user properties $identify attaches); "
+                               "without them Freshpaint has nothing to do")
         if "user_props" in mapping:
             upath = (*path, "user_props")
             if not identify:
@@ -620,7 +726,8 @@ class _Builder:
             return None
         typed = self.value(path, raw, in_default=False)
         if typed is not None:
-            self.check_slot(path, key, typed, FRESHPAINT_SLOTS.get(key, JSON_KINDS))
+            self.check_slot(path, key, typed, FRESHPAINT_SLOTS.get(key, JSON_KINDS),
+                            required_text=key in FRESHPAINT_REQUIRED_TEXT)
         return typed
 
     def pass_properties(self, path: PathKey, raw: Any) -> FieldRef | None:
@@ -640,17 +747,30 @@ class _Builder:
         resolved = self.resolve(where, ref_path)
         if resolved is None:
             return None
+        name = ".".join(ref_path)
         if resolved.kinds != OBJECT or resolved.values is None:
-            self.problem(where, f"pass_properties needs a map field, but '{'.'.join(ref_path)}' is "
-                                f"{resolved.avro}")
+            self.problem(where, f"pass_properties needs a map field, but '{name}' is {resolved.avro}")
             return None
-        return FieldRef(ref_path)
+        why = _nested_unjsonable(resolved, name)
+        if why:
+            self.problem(where, f"pass_properties of field '{name}' ({resolved.avro}): it {why}")
+            return None
+        return field_ref(ref_path, resolved)
 
     # -- slots ------------------------------------------------------------------------------------------
 
-    def check_slot(self, path: PathKey, slot: str, typed: _Typed, accepts: frozenset[str]) -> None:
+    def check_slot(self, path: PathKey, slot: str, typed: _Typed, accepts: frozenset[str], *,
+                   required_text: bool = False) -> None:
         kinds = typed.type.kinds
         wrong = kinds - accepts
+        constant = typed.value.expr.value if isinstance(typed.value.expr, Const) else None
+        if required_text and isinstance(constant, str) and not constant.strip():
+            self.problem(path, f"{slot!r} is required and a blank text counts as missing; give it a value")
+            return
+        if slot == "$insert_id" and isinstance(constant, str) and not is_valid_insert_id(constant):
+            self.problem(path, f"'$insert_id' must be {INSERT_ID_RULE}, which {constant!r:.50} is not "
+                               "(and one constant id for every event would make Freshpaint drop all but one)")
+            return
         if wrong:
             hint = ""
             if accepts == STRING and wrong <= {"int", "float", "bool"}:
@@ -660,7 +780,9 @@ class _Builder:
             elif accepts == frozenset({"int"}) and wrong == {"float"}:
                 hint = "; add 'convert: epoch_ms' (or 'convert: int')"
             elif "bytes" in wrong:
-                hint = "; bytes cannot go into JSON"
+                thing, fix = _json_fix(SchemaType(kinds, False, "", logical=typed.type.logical))
+                hint = f"; JSON cannot carry {thing}'s bytes: add {fix}" if thing == "a decimal" else \
+                    f"; JSON cannot carry bytes: add {fix}"
             self.problem(path, f"{slot!r} takes {_describe_kinds(accepts)}, but {typed.type.describe} "
                                f"gives {_describe_kinds(kinds)}{hint}")
             return
@@ -739,13 +861,21 @@ class _Builder:
         logical = etype.logical
         if default is not None and etype.logical != default.type.logical:
             logical = None
+        decimal_scale: int | None = None
         if convert is not None:
-            wrong = kinds - CONVERT_INPUT_KINDS[convert]
+            accepted = CONVERT_INPUT_KINDS[convert]
+            if convert in DECIMAL_CONVERTS and etype.logical == "decimal" and etype.scale is not None:
+                accepted = accepted | {"bytes"}  # the decimal's two's-complement bytes
+                decimal_scale = etype.scale
+            wrong = kinds - accepted
             if wrong:
                 whose = describe if wrong & etype.kinds else f"its default ({default.type.describe})" \
                     if default else describe
+                hint = ""
+                if "bytes" in wrong and "bytes" not in accepted:
+                    hint = f"; for bytes use {_json_fix(SchemaType(wrong, False, '', logical=etype.logical))[1]}"
                 self.problem((*path, "convert"), f"convert {convert.value!r} cannot apply to {whose}, "
-                                                 f"which gives {_describe_kinds(wrong)}")
+                                                 f"which gives {_describe_kinds(wrong)}{hint}")
                 return None
             if convert in (Convert.EPOCH_MS, Convert.EPOCH_MS_TO_S) and logical in MICROS_LOGICAL:
                 self.problem((*path, "convert"), f"convert {convert.value!r} expects milliseconds, "
@@ -771,7 +901,8 @@ class _Builder:
             describe = f"{describe} converted with {convert.value!r}"
             if folded:
                 convert = None
-        value = Value(expr=expr, default=default.value if default else None, convert=convert, line=line)
+        value = Value(expr=expr, default=default.value if default else None, convert=convert, line=line,
+                      decimal_scale=decimal_scale if convert is not None else None)
         return _Typed(value, ExprType(kinds, nullable, describe, logical))
 
     def expr(self, path: PathKey, kind: str, raw: dict[str, Any]) -> tuple[Expr, ExprType] | None:
@@ -783,10 +914,15 @@ class _Builder:
             resolved = self.resolve((*path, "field"), ref_path)
             if resolved is None:
                 return None
+            name = ".".join(ref_path)
+            why = _nested_unjsonable(resolved, name)
+            if why:
+                self.problem((*path, "field"), f"field '{name}' ({resolved.avro}) {why}")
+                return None
             nullable = self.path_nullable(ref_path)
-            return FieldRef(ref_path), ExprType(resolved.kinds, nullable,
-                                                f"field '{'.'.join(ref_path)}' ({resolved.avro})",
-                                                resolved.logical)
+            etype = ExprType(resolved.kinds, nullable, f"field '{name}' ({resolved.avro})", resolved.logical,
+                             resolved.scale)
+            return field_ref(ref_path, resolved), etype
         if kind == "const":
             why = _not_json(body)
             if why:
@@ -827,7 +963,7 @@ class _Builder:
                                    "which cannot be written into text")
                 return None
             nullable = nullable or self.path_nullable(part)
-            out.append(FieldRef(part))
+            out.append(field_ref(part, resolved))
         if all(isinstance(p, str) for p in out):
             return _Typed(Value(Const("".join(p for p in out if isinstance(p, str))), line=line),
                           ExprType(STRING, False, f"the text {text!r:.40}"))
@@ -869,7 +1005,8 @@ class _Builder:
         if not entries and merge is None:
             self.problem(opath, "the object is empty")
             return None
-        return ObjectOf(tuple(entries), merge), ExprType(OBJECT, not never_empty, "an object")
+        floats = merge is not None and _merge_may_hold_floats(merge)
+        return ObjectOf(tuple(entries), merge, floats), ExprType(OBJECT, not never_empty, "an object")
 
     # -- field paths and predicates ---------------------------------------------------------------------
 
@@ -1033,6 +1170,16 @@ class _Builder:
         if op in (Op.IN, Op.NOT_IN):
             return Compare(ref, op, tuple(candidates), line)
         return Compare(ref, op, operand, line)
+
+
+def _merge_may_hold_floats(merge: Value) -> bool:
+    """Whether a ``merge:`` value (or its default) can copy a float member, which may be NaN/infinite."""
+    current: Value | None = merge
+    while current is not None:
+        if isinstance(current.expr, FieldRef) and current.expr.members_may_be_float:
+            return True
+        current = current.default
+    return False
 
 
 def _yaml_kind(raw: Any) -> str:

@@ -498,28 +498,31 @@ def test_insert_id_rules() -> None:
     assert insert_id_base(EVENT_ID, TOPIC, 0, 0) == EVENT_ID  # already valid: as is
     assert insert_id_base("order-17", TOPIC, 0, 0) == "order-17"
     long_id = "x" * 37
-    assert insert_id_base(long_id, TOPIC, 0, 0) == str(uuid.uuid5(INSERT_ID_NAMESPACE, long_id))
-    assert insert_id_base("a b", TOPIC, 0, 0) == str(uuid.uuid5(INSERT_ID_NAMESPACE, "a b"))
+    assert insert_id_base(long_id, TOPIC, 0, 0) == str(uuid.uuid5(INSERT_ID_NAMESPACE, f"event_id:37:{long_id}#0"))
+    assert insert_id_base("a b", TOPIC, 0, 0) == str(uuid.uuid5(INSERT_ID_NAMESPACE, "event_id:3:a b#0"))
     assert insert_id_base(12345, TOPIC, 0, 0) == "12345"
-    # No usable event_id: from where the event sits in Kafka.
-    from_offset = str(uuid.uuid5(INSERT_ID_NAMESPACE, f"kafka:{TOPIC}:3:99"))
+    # No usable event_id: from where the event sits in Kafka (the topic name length-prefixed).
+    from_offset = str(uuid.uuid5(INSERT_ID_NAMESPACE, f"kafka:{len(TOPIC)}:{TOPIC}:3:99#0"))
     assert insert_id_base("", TOPIC, 3, 99) == from_offset
     assert insert_id_base(None, TOPIC, 3, 99) == from_offset
     assert insert_id_base(None, TOPIC, 3, 100) != from_offset
-    # Later outputs of the same event: uuid5 of base + "#" + index.
-    assert insert_id(EVENT_ID, TOPIC, 0, 0, 2) == str(uuid.uuid5(INSERT_ID_NAMESPACE, f"{EVENT_ID}#2"))
+    # Later outputs of the same event: uuid5 of the event_id (length-prefixed) and the index.
+    assert insert_id(EVENT_ID, TOPIC, 0, 0, 2) == str(uuid.uuid5(INSERT_ID_NAMESPACE, f"event_id:36:{EVENT_ID}#2"))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_fast_uuid5_matches_uuid_module(name: str) -> None:
-    assert insert_id_base(name + " ", TOPIC, 0, 0) == str(uuid.uuid5(INSERT_ID_NAMESPACE, name + " "))
+    text = name + " "
+    expected = str(uuid.uuid5(INSERT_ID_NAMESPACE, f"event_id:{len(text)}:{text}#0"))
+    assert insert_id_base(text, TOPIC, 0, 0) == expected
 
 
 def test_insert_id_from_offset_in_compiled_mapping(default: CompiledMapping) -> None:
     assert default.freshpaint is not None
     out = default.freshpaint(event(event_id=""), TOPIC, 7, 42)
-    assert out[0]["properties"]["$insert_id"] == str(uuid.uuid5(INSERT_ID_NAMESPACE, f"kafka:{TOPIC}:7:42"))
+    assert out[0]["properties"]["$insert_id"] == str(uuid.uuid5(INSERT_ID_NAMESPACE,
+                                                                f"kafka:{len(TOPIC)}:{TOPIC}:7:42#0"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -619,7 +622,7 @@ rules:
         "m.yaml:17: rule 'features': freshsuccess[0].fields.module: 'module' takes a string, but field 'user' "
         "(null | record UserProfile) gives an object",
         "m.yaml:18: rule 'features': freshsuccess[0].fields.total.convert: unknown convert 'percent' "
-        "(one of: epoch_ms, epoch_ms_to_s, ms_to_s, s_to_ms, string, int, float, bool)",
+        "(one of: epoch_ms, epoch_ms_to_s, ms_to_s, s_to_ms, string, int, float, bool, base64, hex)",
         "m.yaml:21: rule 'identify': freshsuccess[0].action: unknown action 'identifyUsr' "
         "(did you mean 'identifyUser'?)",
         "m.yaml:25: rule 'identify': freshpaint[0].properties.email.field: unknown field 'user.emial' in "
@@ -784,6 +787,8 @@ def test_identify_and_event_are_exclusive_and_user_props_needs_identify() -> Non
         user_props: {field: user}
 """)
     assert problems == [
+        "m.yaml:15: rule 'r': freshpaint[0]: 'identify: true' needs 'user_props:' (the user properties $identify "
+        "attaches); without them Freshpaint has nothing to do",
         "m.yaml:16: rule 'r': freshpaint[0].event: give either 'event:' or 'identify: true', not both",
         "m.yaml:18: rule 'r': freshpaint[1].user_props: user_props only goes with 'identify: true'",
     ]
