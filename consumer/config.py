@@ -117,6 +117,8 @@ class RetryConfig(_Section):
     initial_backoff_s: float = Field(0.5, gt=0)
     max_backoff_s: float = Field(30.0, gt=0)
     credentials_backoff_s: float = Field(60.0, gt=0)
+    max_retry_after_s: float = Field(300.0, gt=0)
+    """Cap on a destination's ``Retry-After`` (independent of ``max_backoff_s``)."""
 
 
 class FreshsuccessConfig(_Section):

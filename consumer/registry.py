@@ -27,6 +27,7 @@ import httpx
 import structlog
 
 from consumer.errors import FatalError, TransientError, UnknownSchema
+from consumer.sinks.retry import parse_retry_after
 
 __all__ = ["REGISTRY_CONTENT_TYPE", "SchemaRegistryClient"]
 
@@ -222,10 +223,5 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+    """``Retry-After`` (seconds or an HTTP-date), read like the destination sinks read it."""
+    return parse_retry_after(response.headers.get("Retry-After"), time.time())

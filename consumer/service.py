@@ -180,7 +180,8 @@ def check_registry(registry: SchemaRegistryClient, attempts: int = 3) -> None:
 
 def retry_policy(settings: Settings) -> RetryPolicy:
     return RetryPolicy(initial_backoff_s=settings.retry.initial_backoff_s, max_backoff_s=settings.retry.max_backoff_s,
-                       credentials_backoff_s=settings.retry.credentials_backoff_s)
+                       credentials_backoff_s=settings.retry.credentials_backoff_s,
+                       max_retry_after_s=settings.retry.max_retry_after_s)
 
 
 def build_destination(settings: Settings, name: str, *, on_retry: Callable[[str, float], None] | None = None,

@@ -41,6 +41,9 @@ from consumer.sinks.retry import (
 
 DESTINATION = "freshpaint"
 MAX_REJECTED_BODY_BYTES = 1024
+# No /track at the base URL (a wrong base_url or proxy path): every event would get the same answer, so
+# the lane stops like Freshsuccess on 400 instead of dead-lettering the whole stream.
+WRONG_URL_STATUSES = frozenset({404, 405})
 Transport = Literal["aiohttp", "httpx"]
 
 # aiohttp's timeouts, refused/reset/dropped connections and malformed responses (redirects are not
@@ -114,8 +117,9 @@ class FreshpaintSink:
 
         Retries timeouts, dropped connections, 408/429/5xx (honouring Retry-After) and 401/403 (slowly)
         without limit, holding its in-flight slot meanwhile so an outage throttles new sends. Raises
-        Rejected for other 4xx (and for an event that cannot be serialized), FatalError for 1xx/3xx.
-        Cancel the task to give up.
+        FatalError for 404/405 and 1xx/3xx (the base URL is wrong: no event would get through), Rejected
+        for other 4xx such as 400 or 413 (and for an event that cannot be serialized). Cancel the task to
+        give up.
         """
         body = self._encode(event)
         retrier = self._retrier
@@ -139,10 +143,16 @@ class FreshpaintSink:
                 elif status in RETRYABLE_STATUSES:
                     delays = delays or retrier.delays()
                     await retrier.after_status(status, headers.get("retry-after"), attempt, delays)
+                elif status in WRONG_URL_STATUSES:
+                    raise FatalError(f"Freshpaint at {self.host} answered HTTP {status}: there is no /track "
+                                     "endpoint under the configured path; check freshpaint.base_url")
                 elif 400 <= status < 500:
                     raise self._rejected(status, content)
+                elif 300 <= status < 400:
+                    raise FatalError(f"Freshpaint at {self.host} answered HTTP {status} (a redirect, which is "
+                                     "not followed); check freshpaint.base_url")
                 else:
-                    raise FatalError(f"Freshpaint at {self.host} answered HTTP {status}; check the base URL")
+                    raise FatalError(f"Freshpaint at {self.host} answered HTTP {status}; check freshpaint.base_url")
 
     async def deliver(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, Rejected]]:
         """Send ``events`` concurrently; returns ``(index, error)`` for each event Freshpaint rejected.

@@ -123,7 +123,7 @@ class FreshsuccessSink:
             return
         if status in RETRYABLE_STATUSES:
             hint = parse_retry_after(response.headers.get("retry-after"), time.time(),
-                                     max_s=self._retrier.policy.max_backoff_s)
+                                     max_s=self._retrier.policy.max_retry_after_s)
             raise TransientError(f"Freshsuccess at {self.host} answered the ping with HTTP {status}",
                                  retry_after_s=hint)
         if status in CREDENTIAL_STATUSES:

@@ -43,6 +43,9 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.2
     credentials_backoff_s: float = 60.0  # while a destination answers 401/403
+    max_retry_after_s: float = 300.0
+    """Cap on a destination's own ``Retry-After``: honoured up to this, independently of ``max_backoff_s``
+    (a 429 asking for 120 s is retried after 120 s, not after the backoff cap)."""
 
     def __post_init__(self) -> None:
         checks = (
@@ -51,6 +54,7 @@ class RetryPolicy:
             ("multiplier", self.multiplier >= 1, "must be >= 1"),
             ("jitter", 0 <= self.jitter < 1, "must be in [0, 1)"),
             ("credentials_backoff_s", self.credentials_backoff_s >= 0, "must be >= 0"),
+            ("max_retry_after_s", self.max_retry_after_s > 0, "must be > 0"),
         )
         for key, ok, why in checks:
             value = getattr(self, key)
@@ -59,6 +63,7 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
+DEFAULT_MAX_RETRY_AFTER_S = DEFAULT_RETRY.max_retry_after_s
 
 
 def jittered(delay_s: float, policy: RetryPolicy, rng: random.Random, cap_s: float | None = None) -> float:
@@ -78,7 +83,7 @@ def backoff_delays(policy: RetryPolicy, rng: random.Random) -> Iterator[float]:
         base = min(base * policy.multiplier, policy.max_backoff_s)
 
 
-def parse_retry_after(value: str | None, now: float, *, max_s: float = 30.0) -> float | None:
+def parse_retry_after(value: str | None, now: float, *, max_s: float = DEFAULT_MAX_RETRY_AFTER_S) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delay-seconds or HTTP-date), clamped to [0, max_s].
 
     ``now`` is the current Unix time, used for the HTTP-date form. Unparseable values give ``None``
@@ -166,10 +171,11 @@ class Retrier:
 
     async def after_status(self, status: int, retry_after: str | None, attempt: int,
                            delays: Iterator[float], **context: Any) -> None:
-        """Wait before retrying a 408/429/5xx; a ``Retry-After`` header overrides the backoff delay."""
+        """Wait before retrying a 408/429/5xx; a ``Retry-After`` header overrides the backoff delay (capped
+        at ``max_retry_after_s``, not at ``max_backoff_s``: the server knows better than our backoff)."""
         self.state = "retrying"
         delay_s = next(delays)
-        hinted = parse_retry_after(retry_after, self._now(), max_s=self.policy.max_backoff_s)
+        hinted = parse_retry_after(retry_after, self._now(), max_s=self.policy.max_retry_after_s)
         if hinted is not None:
             delay_s = hinted
         await self._wait(f"http_{status}", delay_s, attempt, status=status, **context)
