@@ -13,6 +13,7 @@ to a required slot without a ``default:`` is allowed: it is checked per event (`
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -236,42 +237,41 @@ def _json_fix(node: SchemaType) -> tuple[str, str]:
     return "bytes", "'convert: base64' or 'convert: hex'"
 
 
-def _nested_unjsonable(node: SchemaType, where: str, seen: set[int] | None = None) -> str | None:
+def _nested_unjsonable(node: SchemaType, where: str) -> str | None:
     """Why a value of ``node`` (a record, map or list) would hold bytes JSON cannot carry, or None.
 
-    Looks at every depth (named types that refer to themselves are visited once). ``node``'s own bytes
-    are not its business: a conversion can apply to them (check_slot reports them otherwise).
+    Looks at every depth, shallowest first (so the message names the nearest offender); a named type that
+    refers to itself is visited once. ``node``'s own bytes are not its business: a conversion can apply
+    to them (check_slot reports them otherwise).
     """
-    seen = set() if seen is None else seen
-    if id(node) in seen:
-        return None
-    seen.add(id(node))
-    for part in _parts(node):
-        for name, child in (part.fields or {}).items():
-            inner = f"{where}.{name}"
-            if "bytes" in child.kinds:
-                thing, fix = _json_fix(child)
-                return (f"holds {thing} in '{inner}' ({child.avro}), which JSON cannot carry; map '{inner}' on "
-                        f"its own with {fix} (and the other fields you need as entries of an object)")
-            found = _nested_unjsonable(child, inner, seen)
-            if found:
-                return found
-        if part.values is not None:
-            if "bytes" in part.values.kinds:
-                thing, fix = _json_fix(part.values)
-                return (f"is a map of {thing} ('{where}': {part.avro}), which JSON cannot carry; map the keys "
-                        f"you need one by one, e.g. {{field: {where}.KEY}} with {fix}")
-            found = _nested_unjsonable(part.values, f"{where}.KEY", seen)
-            if found:
-                return found
-        if part.items is not None:
-            if "bytes" in part.items.kinds:
-                thing, fix = _json_fix(part.items)
-                return (f"is a list of {thing} ('{where}': {part.avro}), which JSON cannot carry; {fix} apply "
-                        "to single values, not to lists, so leave this field out of the output")
-            found = _nested_unjsonable(part.items, f"{where}[]", seen)
-            if found:
-                return found
+    seen: set[int] = set()
+    queue: deque[tuple[SchemaType, str, bool]] = deque([(node, where, True)])
+    while queue:
+        current, path, top = queue.popleft()
+        for part in _parts(current):
+            if id(part) in seen:
+                continue
+            seen.add(id(part))
+            for name, child in (part.fields or {}).items():
+                inner = f"{path}.{name}"
+                if "bytes" in child.kinds:
+                    thing, fix = _json_fix(child)
+                    return (f"holds {thing} in '{inner}' ({child.avro}), which JSON cannot carry; map '{inner}' "
+                            f"on its own with {fix} (and the other fields you need as entries of an object)")
+                queue.append((child, inner, False))
+            what = "is" if top else f"holds in '{path}'"
+            if part.values is not None:
+                if "bytes" in part.values.kinds:
+                    thing, fix = _json_fix(part.values)
+                    return (f"{what} a map of {thing}, which JSON cannot carry; map the keys you need one by "
+                            f"one, e.g. {{field: {path}.KEY}} with {fix}")
+                queue.append((part.values, f"{path}.KEY", False))
+            if part.items is not None:
+                if "bytes" in part.items.kinds:
+                    thing, fix = _json_fix(part.items)
+                    return (f"{what} a list of {thing}, which JSON cannot carry; {fix} apply to single values, "
+                            "not to lists, so leave it out of the output")
+                queue.append((part.items, f"{path}[]", False))
     return None
 
 

@@ -619,3 +619,27 @@ def test_conversions_that_cannot_apply_are_check_errors() -> None:
     assert "convert 'base64' cannot apply" in problems[0]
     assert "convert 'string' cannot apply" in problems[1]
     assert "base64" in problems[1]
+
+
+def test_bytes_deep_inside_recursive_and_union_types_are_found_once() -> None:
+    schema = copy.deepcopy(SCHEMA_X)
+    schema["fields"].append({"name": "tree", "default": None, "type": ["null", {
+        "type": "record", "name": "Node", "fields": [
+            {"name": "label", "type": ["null", "string"], "default": None},
+            {"name": "children", "type": {"type": "array", "items": "Node"}, "default": []},
+            {"name": "extra", "type": ["null", "string", {"type": "map", "values": ["null", "bytes"]}],
+             "default": None},
+        ]}]})
+    text = HEADER + """\
+  - name: r
+    freshpaint:
+      - event: A
+        properties: {t: {field: tree}}
+"""
+    problems = problems_of(text, schema)
+    assert len(problems) == 1
+    assert "holds in 'tree.extra' a map of bytes" in problems[0]
+    assert "{field: tree.extra.KEY} with 'convert: base64'" in problems[0]
+    # Without the bytes the recursive type is fine (and checking it terminates).
+    schema["fields"][-1]["type"][1]["fields"].pop()
+    compile_text(text, schema)
