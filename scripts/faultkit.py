@@ -6,7 +6,8 @@ Used by ``tests/faults``. Everything a fault scenario needs that is not an asser
   with SIGKILL or stops it with SIGTERM (timing the exit), reads its memory from ``/proc/PID/status`` and
   scrapes its ``/metrics`` (the port it logged at start: every process picks a free one);
 * :class:`StreamProducer` writes realistic events (and optionally malformed records) to a topic from a
-  background thread at a steady rate, and remembers where each one landed (partition, offset);
+  background thread at a steady rate (it can pause: the stream ends for now, every record acknowledged), and
+  remembers where each one landed (partition, offset);
 * :class:`Expected`, :func:`delivery_report` and :func:`commit_violations` say, by event identity, what a
   destination must receive, what it did receive, and whether a committed offset passed an undelivered event.
 
@@ -287,6 +288,9 @@ class StreamProducer:
         self.time_base_ms = BASE_TIME_MS + (seed % 100_000) * 1_000_000
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._pause = threading.Event()
+        self._tick = threading.Lock()
+        """Held by the thread while it writes one tick's records: :meth:`pause` waits for the tick under way."""
         self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
                                    "message.timeout.ms": 300_000})
         self._thread = threading.Thread(target=self._run, name=f"producer-{topic}", daemon=True)
@@ -298,6 +302,21 @@ class StreamProducer:
     def start(self) -> StreamProducer:
         self._thread.start()
         return self
+
+    def pause(self, timeout_s: float = 60.0) -> None:
+        """Stop writing for a while (the stream ends, for now): returns once the thread writes nothing more and the
+        broker acknowledged every record, so the end offsets are final until :meth:`resume`."""
+        self._pause.set()
+        with self._tick:  # the tick under way, if any, is written; the next ones see the pause
+            pass
+        wait_until(lambda: self._acked >= len(self.records) or self.errors, timeout_s=timeout_s,
+                   what=f"every record on {self.topic} acknowledged ({self._acked} of {len(self.records)})")
+        if self.errors:
+            raise AssertionError(f"producer of {self.topic}: errors {self.errors[:5]}")
+
+    def resume(self) -> None:
+        """Write again at the same rate (no burst for the pause)."""
+        self._pause.clear()
 
     def stop(self, timeout_s: float = 90.0) -> None:
         """Stop writing, wait until the broker acknowledged everything; fail on any delivery error."""
@@ -355,21 +374,29 @@ class StreamProducer:
         index = 0
         producer = self._producer
         while not self._stop.is_set() and (self.limit is None or index < self.limit):
-            owed += per_tick
-            while owed >= 1 and (self.limit is None or index < self.limit):
-                owed -= 1
-                record = self._next(index)
-                key = record.event["account_id"].encode() if record.event is not None else f"bad-{index}".encode()
-                with self._lock:
-                    self.records.append(record)
-                while True:
-                    try:
-                        producer.produce(self.topic, key=key, value=record.value,
-                                         on_delivery=functools.partial(self._ack, record))
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-                index += 1
+            with self._tick:
+                paused = self._pause.is_set()
+                if not paused:
+                    owed += per_tick
+                while not paused and owed >= 1 and (self.limit is None or index < self.limit):
+                    owed -= 1
+                    record = self._next(index)
+                    key = record.event["account_id"].encode() if record.event is not None else f"bad-{index}".encode()
+                    with self._lock:
+                        self.records.append(record)
+                    while True:
+                        try:
+                            producer.produce(self.topic, key=key, value=record.value,
+                                             on_delivery=functools.partial(self._ack, record))
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
+                    index += 1
+            if paused:
+                producer.poll(0)  # serve the acknowledgements while paused
+                self._stop.wait(tick_s)
+                owed, next_tick = 0.0, time.monotonic()
+                continue
             producer.poll(0)
             next_tick += tick_s
             delay = next_tick - time.monotonic()
