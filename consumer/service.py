@@ -382,14 +382,16 @@ class Service:
             self.stop_event.set()
 
     def close(self) -> None:
-        """Release everything: lanes that never ran are closed here (a failed start), the rest closed themselves."""
+        """Release everything, once: lanes that never ran are closed here (a failed start); the others closed
+        themselves when they stopped."""
         for lane in self.lanes:
             if not any(t.name == f"lane-{lane.name}" for t in self._threads):
                 lane.close()
         if self.health is not None:
             self.health.stop()
             self.health = None
-        for destination in self._sinks:
+        sinks, self._sinks = self._sinks, []
+        for destination in sinks:
             try:
                 self.delivery.call(destination.aclose, timeout_s=5)
             except Exception as exc:  # closing is best effort at exit

@@ -120,7 +120,7 @@ class Judge:
 def _unexpected(stage: str, exc: Exception) -> EventError:
     if stage == "serializing":
         return MappingFailed(f"an output holds a value JSON cannot carry ({exc}); convert it in the mapping "
-                             "(see docs/mapping.md, 'Values JSON cannot carry')")
+                             "(convert: base64, hex, string or float; see docs/mapping.md, Values)")
     if stage == "decoding":
         return DecodeError(f"decoder raised {type(exc).__name__}: {exc}")
     return MappingFailed(f"mapping raised {type(exc).__name__}: {exc}")

@@ -162,7 +162,6 @@ class DevStack:
                       "group_id": group or f"uc-{uuid.uuid4().hex[:8]}", "consume_timeout_s": 0.05},
             "decoding": {"framing": "confluent", "schema_registry_url": self.registry.url},
             "batching": {"max_wait_s": 0.2},
-            "commit": {"interval_s": 0.2},
             "retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.5, "credentials_backoff_s": 0.5},
             "freshsuccess": {"base_url": self.emulators.freshsuccess_url},
             "freshpaint": {"base_url": self.emulators.freshpaint_url},

@@ -36,7 +36,7 @@ Window = tuple[dict[int, int], dict[int, int]]
 def test_sigkill_at_random_moments_loses_nothing_and_repeats_only_the_uncommitted_window(
         make_scenario: Any, own_emulators: Emulators, seed: int, figures: Any) -> None:
     rng = random.Random(seed)
-    scenario = make_scenario("kill", emulators=own_emulators, sections={"commit": {"interval_s": 1.0}})
+    scenario = make_scenario("kill", emulators=own_emulators)
     producer = scenario.start_producer(rate_per_s=RATE_PER_S, seed=seed)
     windows: dict[str, list[Window]] = {d: [] for d in DESTINATIONS}
     kills = []

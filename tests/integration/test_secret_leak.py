@@ -119,7 +119,6 @@ def write_config(directory: Path, broker: LocalKafka, pki: TestPki, stack: DevSt
         "decoding": {"framing": "confluent", "schema_registry_url": stack.registry.url,
                      "schema_registry_user": REGISTRY_USER},
         "batching": {"max_wait_s": 0.2},
-        "commit": {"interval_s": 0.2},
         "retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.3, "credentials_backoff_s": 0.3},
         "freshsuccess": {"base_url": emulators.freshsuccess_url, "timeout_s": 1.0},
         "freshpaint": {"base_url": emulators.freshpaint_url, "timeout_s": 1.0, "max_in_flight_requests": 4},

@@ -36,19 +36,19 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from consumer.batcher import Batch
+from consumer.committer import CommitResult
 from consumer.config import default_mapping_file
 from consumer.decoder import Decoder, make_decoder
 from consumer.delivery import DeliveryLoop
 from consumer.encoding import encode_confluent
 from consumer.errors import EventError, Rejected, UnknownSchema
-from consumer.committer import CommitResult
 from consumer.lane import Lane, LaneSettings
-from consumer.source import SourceCallbacks
-from consumer.verdict import Judge, MapFn
 from consumer.mapping import CompiledMapping, load_mapping
 from consumer.offsets import TopicPartitionKey, Work
 from consumer.registry import SchemaRegistryClient
 from consumer.schemas import ParsedSchema, default_reader_schema_path, load_schema, parse
+from consumer.source import SourceCallbacks
+from consumer.verdict import Judge, MapFn
 from tests.helpers import wait_for
 
 TOPIC = "hostile"

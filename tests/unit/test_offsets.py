@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from consumer.offsets import NOTHING_TO_DO, OffsetTracker, Work
 

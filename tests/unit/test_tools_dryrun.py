@@ -170,7 +170,7 @@ def test_page_viewed_goes_to_freshpaint_only_with_an_insert_id_from_its_position
     assert plan["destinations"]["freshsuccess"]["reason"] == "no_rule"
     assert freshpaint_bodies(plan) == [{"event": "Page Viewed", "properties": {
         "url": "https://app.example.com/reports", "title": "Reports", "distinct_id": "user-1",
-        "time": 1700000000.123, "$insert_id": "30bad9c4-0187-58e0-a62d-ad523b318e13", "product": "app",
+        "time": 1700000000.123, "$insert_id": "e8934ee0-21d2-5225-a809-c1241e224c48", "product": "app",
         "account_id": "acct-1", "token": "***"}}]
 
 
@@ -204,7 +204,7 @@ rules:
                                                 "$options": {"integrations": {"All": False, "Mixpanel": True}},
                                                 "token": "***"}},
         {"event": "Export Audit", "properties": {"distinct_id": "user-1", "time": 1700000000.123,
-                                                 "$insert_id": "8d8a8797-b8a4-547a-b5d1-3eda08e9c31c",
+                                                 "$insert_id": "010c1efe-4474-5732-8fe0-64b5d73b226b",
                                                  "seats": 12, "$device_id": "dev-1", "token": "***"}}]
     rules = [r["rules"] for r in plan["destinations"]["freshpaint"]["requests"]]
     assert rules == [["exports-to-mixpanel"], ["exports-to-mixpanel"]]

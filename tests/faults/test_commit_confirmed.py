@@ -1,0 +1,93 @@
+"""Commits that cannot succeed are retried, and never reported as done before the broker confirmed them.
+
+This test owns its broker. The consumer reads a finished stream while both destinations answer 503, so
+nothing is delivered and nothing is committed. Then the broker is killed and the destinations recover: every
+event is delivered while every commit the lanes send fails (no coordinator, then a group that moved on). While
+the broker is down, ``/metrics`` must not show one of those offsets as committed. When the broker is back, the
+lanes send them again (the old member's generation may be refused and rejoin first) until the broker holds the
+end of the topic, and ``/metrics`` then says exactly what the broker holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from devstack import DevStack
+from faultkit import DESTINATIONS, wait_until
+from local_kafka import LocalKafka
+
+from consumer.emulators import Fault
+
+EVENTS = 600
+
+
+@pytest.fixture
+def own_broker() -> Iterator[tuple[LocalKafka, DevStack]]:
+    broker = LocalKafka(tie_to_parent=True)
+    broker.start()
+    try:
+        with DevStack(broker.bootstrap) as stack:
+            yield broker, stack
+    finally:
+        broker.stop()
+
+
+def test_failed_commits_are_retried_and_reported_only_once_the_broker_holds_them(
+        make_scenario: Any, own_broker: tuple[LocalKafka, DevStack], seed: int, figures: Any) -> None:
+    broker, stack = own_broker
+    scenario = make_scenario("commit-confirmed", stack=stack)
+    emulators = scenario.emulators
+    outage = Fault(status=503)
+    emulators.freshsuccess.inject(outage)
+    emulators.freshpaint.inject(outage)
+    producer = scenario.start_producer(rate_per_s=600, seed=seed)
+    wait_until(lambda: producer.acked >= EVENTS, timeout_s=60, what=f"{EVENTS} events produced")
+    producer.stop()
+    end = {p: o for p, o in scenario.end_offsets().items() if o > 0}
+
+    consumer = scenario.start_consumer("consumer")
+
+    def consumed_everything() -> bool:
+        consumed = {labels["destination"]: value
+                    for labels, value in consumer.metrics().get("usage_consumer_consumed_total", [])}
+        return all(consumed.get(d, 0) >= sum(end.values()) for d in DESTINATIONS)
+
+    wait_until(consumed_everything, timeout_s=90, interval_s=0.25, what="the consumer to read the whole stream",
+               diagnose=consumer.log_tail)
+    assert all(scenario.committed(d) == {} for d in DESTINATIONS), "nothing was delivered, nothing may commit"
+
+    broker.kill()
+    emulators.freshsuccess.clear_faults()
+    emulators.freshpaint.clear_faults()
+    scenario.wait_all_delivered(timeout_s=120)
+    # Delivered while the broker is down: every commit fails, and none may be reported as done.
+    reported_while_down = consumer.committed_offsets(scenario.topic)
+    for destination in DESTINATIONS:
+        for partition, offset in reported_while_down.get(destination, {}).items():
+            assert offset < end.get(partition, 0), \
+                f"{destination}[{partition}] reported {offset} committed while the broker was down"
+
+    broker.restart()
+    wait_until(lambda: all(scenario.committed(d) == end for d in DESTINATIONS), timeout_s=90, interval_s=0.25,
+               what=f"both groups to hold the end offsets {end} after the broker came back",
+               diagnose=scenario.diagnose)
+
+    def reported_matches_broker() -> bool:
+        reported = consumer.committed_offsets(scenario.topic)
+        return all(reported.get(d) == scenario.committed(d) for d in DESTINATIONS)
+
+    wait_until(reported_matches_broker, timeout_s=30, interval_s=0.25, what="/metrics to match the broker",
+               diagnose=lambda: f"reported {consumer.committed_offsets(scenario.topic)}")
+    log = consumer.log_text()
+    retried = log.count("commit_refused") + log.count("commit_unanswered")
+    assert consumer.alive(), consumer.log_tail()
+    code, _ = consumer.terminate()
+    assert code == 0, consumer.log_tail()
+
+    result = scenario.figures(commit_answers_refused_or_lost=retried, reported_while_broker_down=reported_while_down)
+    figures.record(result)
+    for destination in DESTINATIONS:
+        assert result[destination]["lost"] == 0, result
+        assert result[destination]["unexpected"] == 0, result
