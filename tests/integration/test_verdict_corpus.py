@@ -99,9 +99,9 @@ def test_the_running_lanes_and_the_dry_run_reach_the_same_verdict_on_every_recor
     values += [(b"malformed", value) for _reason, value in malformed_values(schema_id, values[0][1])]
     stack.produce(topic, values)
     records = len(values)
-    sections = {"decoding": {"max_event_bytes": MAX_EVENT_BYTES}}
-    config = stack.config_file(topic, dlq, **sections)
-    settings = stack.settings(topic, dlq, **sections)
+    decoding = {"max_event_bytes": MAX_EVENT_BYTES}
+    config = stack.config_file(topic, dlq, decoding=decoding)
+    settings = stack.settings(topic, dlq, decoding=decoding)
 
     for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
         emulator.reset()
