@@ -96,6 +96,9 @@ class CommitConfig(_Section):
     retry_initial_backoff_s: float = Field(0.2, gt=0)
     """Wait before a refused commit (rebalance, coordinator moving) is sent again; doubles per refusal."""
     retry_max_backoff_s: float = Field(5.0, gt=0)
+    answer_timeout_s: float = Field(60.0, gt=0)
+    """A commit the broker has not answered for this long is sent again (librdkafka keeps retrying a commit to
+    an unresponsive coordinator by itself; this bounds how long progress waits on one such request)."""
 
 
 class ShutdownConfig(_Section):

@@ -85,6 +85,8 @@ class LaneSettings:
     transient_backoff_s: tuple[float, float] = (0.5, 30.0)
     commit_retry_backoff_s: tuple[float, float] = (0.2, 5.0)
     """Waits before a refused commit is sent again (doubling up to the second value)."""
+    commit_answer_timeout_s: float = 60.0
+    """A commit unanswered for this long is sent again."""
     committed_lookup_timeout_s: float = 5.0
     """At assignment, how long to wait for the group's committed offsets of the new partitions (metrics, lag)."""
 
@@ -124,7 +126,8 @@ class Lane:
         self.stats = LaneStats()
         self.tracker = OffsetTracker()
         self.committer = Committer(self.tracker, destination=destination.name, clock=clock,
-                                   retry_backoff_s=settings.commit_retry_backoff_s)
+                                   retry_backoff_s=settings.commit_retry_backoff_s,
+                                   answer_timeout_s=settings.commit_answer_timeout_s)
         self.stats.committed = self.committer.confirmed
         self.batcher = Batcher(destination.name, max_events=settings.max_events, max_bytes=settings.max_bytes,
                                max_wait_s=settings.max_wait_s, clock=clock, serialize=destination.serialize)

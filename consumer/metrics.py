@@ -65,6 +65,8 @@ class _LaneCollector(Collector):
             "skipped": ("Records no mapping rule selected (committed, not delivered).", "skipped"),
             "decode_retries": ("Decode attempts postponed by a transient failure (registry down).",
                                "transient_failures"),
+            "commits_refused": ("Commit answers in which the broker refused a partition (each is sent again).",
+                                "commits_refused"),
         }
         families = {name: CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["destination"])
                     for name, (doc, _) in counters.items()}
@@ -78,7 +80,8 @@ class _LaneCollector(Collector):
                                    labels=["destination"])
         state = GaugeMetricFamily(f"{PREFIX}_destination_state", "1 for the destination's current state.",
                                   labels=["destination", "state"])
-        committed = GaugeMetricFamily(f"{PREFIX}_committed_offset", "Last committed next offset.",
+        committed = GaugeMetricFamily(f"{PREFIX}_committed_offset",
+                                      "Next offset the broker confirmed as committed, per owned partition.",
                                       labels=["destination", "topic", "partition"])
         lag = GaugeMetricFamily(f"{PREFIX}_consumer_lag", "High watermark minus committed offset.",
                                 labels=["destination", "topic", "partition"])

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.config import Settings
 from consumer.errors import ConfigError, FatalError
+from consumer.source import commit_checked
 
 TopicPartitionKey = tuple[str, int]
 OffsetRange = tuple[int, int]
@@ -128,15 +129,14 @@ class Reader:
         return {tp.partition: int(tp.offset) for tp in result if tp.offset >= 0}
 
     def commit(self, topic: str, offsets: dict[int, int]) -> None:
-        """Commit ``{partition: next offset}`` for this reader's group, synchronously."""
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in offsets.items()],
-                                  asynchronous=False)
-        except KafkaException as exc:
-            raise FatalError(f"could not commit progress for group {self.group_id!r}: "
-                             f"{kafka_error_text(exc)}") from None
+        """Commit ``{partition: next offset}`` for this reader's group, synchronously, each partition's answer
+        checked (:func:`consumer.source.commit_checked`, the same call the lanes' committer makes)."""
+        result = commit_checked(self._consumer, {(topic, p): o for p, o in offsets.items()})
+        refused = {key: error for key, (_offset, error) in result.items() if error is not None}
+        if refused:
+            (_topic, partition), error = next(iter(refused.items()))
+            raise FatalError(f"could not commit progress for group {self.group_id!r} "
+                             f"({len(refused)} partition(s), e.g. {topic}[{partition}]): {error}")
 
     def read(self, ranges: dict[TopicPartitionKey, OffsetRange], *,
              keep: Callable[[Record], bool] | None = None, limit: int | None = None,
