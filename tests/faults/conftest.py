@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from devstack import API_KEY, AUTH_KEY, TOKEN, DevStack
 from faultkit import DESTINATIONS, Scenario
+from local_kafka import LocalKafka
 
 from consumer.emulators import Emulators
 from tests.integration.conftest import kafka_admin, kafka_bootstrap
@@ -61,6 +62,18 @@ def seed(request: pytest.FixtureRequest) -> int:
 def stack(kafka_bootstrap: str) -> Iterator[DevStack]:
     with DevStack(kafka_bootstrap) as running:
         yield running
+
+
+@pytest.fixture
+def own_broker() -> Iterator[tuple[LocalKafka, DevStack]]:
+    """A broker of the test's own (to restart, kill or freeze), with a dev stack of its own on it."""
+    broker = LocalKafka(tie_to_parent=True)
+    broker.start()
+    try:
+        with DevStack(broker.bootstrap) as stack:
+            yield broker, stack
+    finally:
+        broker.stop()
 
 
 @pytest.fixture

@@ -7,26 +7,13 @@ delivering, and end with everything delivered and committed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from devstack import DevStack
 from faultkit import DESTINATIONS, wait_until
 from local_kafka import LocalKafka
 
 RATE_PER_S = 300
-
-
-@pytest.fixture
-def own_broker() -> Iterator[tuple[LocalKafka, DevStack]]:
-    broker = LocalKafka(tie_to_parent=True)
-    broker.start()
-    try:
-        with DevStack(broker.bootstrap) as stack:
-            yield broker, stack
-    finally:
-        broker.stop()
 
 
 def test_the_consumer_recovers_from_a_broker_restart_without_restarting_itself(

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from devstack import DevStack
 from faultkit import DESTINATIONS, wait_until
 from local_kafka import LocalKafka
@@ -25,17 +23,6 @@ from local_kafka import LocalKafka
 from consumer.emulators import Fault
 
 EVENTS = 600
-
-
-@pytest.fixture
-def own_broker() -> Iterator[tuple[LocalKafka, DevStack]]:
-    broker = LocalKafka(tie_to_parent=True)
-    broker.start()
-    try:
-        with DevStack(broker.bootstrap) as stack:
-            yield broker, stack
-    finally:
-        broker.stop()
 
 
 def test_failed_commits_are_retried_and_reported_only_once_the_broker_holds_them(

@@ -8,8 +8,6 @@ import base64
 import copy
 import json
 import math
-import re
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,15 +16,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from consumer.errors import MappingInvalid, MissingRequiredField
-from consumer.mapping import CompiledMapping, compile_mapping, insert_id, load_mapping
+from consumer.mapping import CompiledMapping, compile_mapping, insert_id
 from consumer.yamlsource import load_yaml_text
+from tests.unit.test_mapping import EVENT_ID, HEADER, INSERT_ID_RE, OFFSET, PARTITION, SCHEMA, TOPIC, default, run
+from tests.unit.test_mapping import event as usage_event
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMA: dict[str, Any] = json.loads((ROOT / "schemas" / "usage_event.avsc").read_text(encoding="utf-8"))
-DEFAULT_MAPPING = ROOT / "consumer" / "defaults" / "mapping.yaml"
-EVENT_ID = "3f1e7c52-8a4b-4c1e-9d2f-0a1b2c3d4e5f"
-INSERT_ID_RE = re.compile(r"[A-Za-z0-9-]{1,36}")
-TOPIC, PARTITION, OFFSET = "usage-events", 3, 12345
+__all__ = ["EVENT_ID", "HEADER", "INSERT_ID_RE", "default"]  # re-used from test_mapping (the fixture too)
 
 # The shipped schema plus the Avro types JSON cannot carry as decoded (logical types are stripped before
 # decoding, so a decimal arrives as its two's-complement bytes) and doubles that can be NaN.
@@ -53,38 +48,11 @@ EXTRA_FIELDS: list[dict[str, Any]] = [
 SCHEMA_X: dict[str, Any] = copy.deepcopy(SCHEMA)
 SCHEMA_X["fields"].extend(EXTRA_FIELDS)
 
-HEADER = """\
-version: 1
-defaults:
-  freshsuccess:
-    accountId: {field: account_id}
-    userId: {field: user_id}
-    sessionId: {field: session_id, default: "{user_id}"}
-    createdAt: {field: occurred_at, convert: epoch_ms}
-  freshpaint:
-    distinct_id: {field: user_id}
-    time: {field: occurred_at, convert: epoch_ms_to_s}
-    $insert_id: {insert_id: true}
-rules:
-"""
-
-
 def event(**overrides: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "event_id": EVENT_ID, "event_type": "feature_used", "occurred_at": 1_700_000_000_123,
-        "account_id": "acct-1", "user_id": "user-1", "session_id": "sess-1", "device_id": "dev-1",
-        "product": "app", "module": "reports", "feature": "export", "duration_ms": None, "count": 3,
-        "user": None, "account": None, "properties": {},
-        "score": None, "metrics": {}, "blob": None, "blobs": {}, "digest": None, "price": None, "tags": [],
-        "device": None, "stats": None,
-    }
-    record.update(overrides)
-    return record
-
-
-@pytest.fixture(scope="module")
-def default() -> CompiledMapping:
-    return load_mapping(DEFAULT_MAPPING, SCHEMA)
+    """A decoded event of the extended schema (the extra fields null or empty unless overridden)."""
+    extra: dict[str, Any] = {"score": None, "metrics": {}, "blob": None, "blobs": {}, "digest": None,
+                             "price": None, "tags": [], "device": None, "stats": None}
+    return usage_event(**{**extra, **overrides})
 
 
 def compile_text(text: str, schema: dict[str, Any] | None = None) -> CompiledMapping:
@@ -95,12 +63,6 @@ def problems_of(text: str, schema: dict[str, Any] | None = None) -> list[str]:
     with pytest.raises(MappingInvalid) as caught:
         compile_text(text, schema)
     return caught.value.problems
-
-
-def run(mapping: CompiledMapping, record: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    fs = mapping.freshsuccess(record, TOPIC, PARTITION, OFFSET) if mapping.freshsuccess else []
-    fp = mapping.freshpaint(record, TOPIC, PARTITION, OFFSET) if mapping.freshpaint else []
-    return fs, fp
 
 
 def json_round_trip(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:

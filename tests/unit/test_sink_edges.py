@@ -3,11 +3,9 @@ well above the backoff cap (11)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -21,61 +19,28 @@ from consumer.config import load_settings
 from consumer.errors import ConfigError, FatalError, Rejected, TransientError
 from consumer.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClient
 from consumer.service import retry_policy
-from consumer.sinks import FreshpaintSink, FreshsuccessSink, RetryPolicy, parse_retry_after
+from consumer.sinks import FreshpaintSink, RetryPolicy, parse_retry_after
+from tests.unit.test_sinks import (
+    API_KEY,
+    AUTH_KEY,
+    BASE,
+    NO_JITTER,
+    TOKEN,
+    FakeSleep,
+    Handler,
+    client_for,
+    fs_sink,
+    run,
+    scripted,
+)
 
-AUTH_KEY = "authKEY-9f3b2c71d0"
-API_KEY = "apiKEY-77e1a0c4b5"
-TOKEN = "tok-2ce2b45b-af44-4426-a3ef"
-BASE = "https://events-test.example:8443"
-NO_JITTER = RetryPolicy(initial_backoff_s=0.5, max_backoff_s=30.0, multiplier=2.0, jitter=0.0,
-                        credentials_backoff_s=60.0)
-
-Handler = Callable[[httpx.Request], Coroutine[Any, Any, httpx.Response]]
-
-
-def run(coro: Awaitable[Any], timeout_s: float = 10.0) -> Any:
-    async def bounded() -> Any:
-        return await asyncio.wait_for(coro, timeout_s)
-
-    return asyncio.run(bounded())
-
-
-class FakeSleep:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay_s: float) -> None:
-        self.delays.append(delay_s)
-        await asyncio.sleep(0)
-
-
-def scripted(answers: list[int | httpx.Response], seen: list[httpx.Request] | None = None) -> Handler:
-    queue = iter(answers)
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        if seen is not None:
-            seen.append(request)
-        answer = next(queue, 200)
-        return answer if isinstance(answer, httpx.Response) else httpx.Response(answer)
-
-    return handler
-
-
-def client_for(handler: Handler) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+__all__ = ["API_KEY", "AUTH_KEY", "BASE", "fs_sink", "run", "scripted"]  # shared with test_sinks
 
 
 def fp_sink(handler: Handler, **kwargs: Any) -> FreshpaintSink:
     kwargs.setdefault("retry", NO_JITTER)
     kwargs.setdefault("sleep", FakeSleep())
     return FreshpaintSink(base_url="https://fp.example/wrong", token=TOKEN, client=client_for(handler), **kwargs)
-
-
-def fs_sink(handler: Handler, **kwargs: Any) -> FreshsuccessSink:
-    kwargs.setdefault("retry", NO_JITTER)
-    kwargs.setdefault("sleep", FakeSleep())
-    return FreshsuccessSink(base_url=BASE, auth_key=AUTH_KEY, api_key=API_KEY, client=client_for(handler),
-                            **kwargs)
 
 
 def event(i: int = 0) -> dict[str, Any]:
@@ -185,7 +150,7 @@ def test_freshsuccess_503_asking_for_120_s_waits_120_s() -> None:
 def test_retry_after_is_capped_by_max_retry_after_s_not_max_backoff_s() -> None:
     sleep = FakeSleep()
     policy = RetryPolicy(initial_backoff_s=0.5, max_backoff_s=30.0, jitter=0.0, max_retry_after_s=600.0)
-    answers: list[int | httpx.Response] = [httpx.Response(429, headers={"Retry-After": "100000"}),
+    answers: list[int | Exception | httpx.Response] = [httpx.Response(429, headers={"Retry-After": "100000"}),
                                            httpx.Response(503, headers={"Retry-After": "450"})]
     sink = fp_sink(scripted(answers), sleep=sleep, retry=policy)
     assert run(sink.deliver([event()])) == []
