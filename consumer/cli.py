@@ -69,13 +69,14 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
     inspect = dlq_commands.add_parser(
         "inspect", help="list dead letters with reason, source position and a decoded preview",
-        description="List the records of kafka.dead_letter_topic (read only; nothing is committed).")
+        description="List the records of kafka.dead_letter_topic that no replay finished yet (--all: every "
+                    "one); read only, nothing is committed.")
     replay = dlq_commands.add_parser(
         "replay", help="send dead letters back to their source topic, or straight to the destinations",
-        description="Replay selected dead letters. Progress is committed on the dead-letter topic for the "
-                    "replay group only after each replayed record was accepted (produce acknowledged with "
-                    "acks=all, or the destination answered 2xx), so an interrupted replay loses nothing and "
-                    "a repeated one does not replay again what was already replayed.")
+        description="Replay selected dead letters. Each is written to the replay ledger "
+                    "(kafka.replay_ledger_topic) right after it was accepted (produce acknowledged with acks=all, "
+                    "or the destination answered 2xx); no replay sends a letter the ledger holds, whatever its "
+                    "filters or group.")
     for sub in (inspect, replay):
         sub.add_argument("--config", type=Path)
         sub.add_argument("--reason", action="append", metavar="CODE",
@@ -88,6 +89,8 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         sub.add_argument("--limit", type=int, metavar="N", help="at most N dead letters")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.add_argument("--full", action="store_true", help="show whole values and messages, not previews")
+    inspect.add_argument("--all", action="store_true", dest="include_replayed",
+                         help="also show dead letters a replay already finished (left out by default)")
     replay.add_argument("--to-destinations", action="store_true",
                         help="decode and map each dead letter with the current config and mapping and deliver "
                              "it to the destination that parked it, instead of producing it to its source topic")
@@ -95,7 +98,8 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     replay.add_argument("--group", help="consumer group that tracks replay progress "
                                         "(default: <kafka.group_id>.dlq-replay)")
     replay.add_argument("--from-beginning", action="store_true",
-                        help="ignore the replay group's progress and start at the oldest dead letter")
+                        help="read from the oldest dead letter, not from the replay group's progress (letters the "
+                             "ledger holds are still never sent again)")
     replay.add_argument("--allow-duplicates", action="store_true",
                         help="replay to the source topic even records only some destinations dead-lettered "
                              "(the others would receive them a second time)")
@@ -187,7 +191,8 @@ def _tool(args: argparse.Namespace) -> int:
     selection = Selection.from_options(reasons=args.reason, destinations=args.destination, since=args.since,
                                        until=args.until, limit=args.limit)
     if args.dlq_command == "inspect":
-        return run_inspect(settings, selection, full=args.full, as_json=args.json, out=sys.stdout)
+        return run_inspect(settings, selection, full=args.full, as_json=args.json, out=sys.stdout,
+                           include_replayed=args.include_replayed)
     return run_replay(settings, selection, to_destinations=args.to_destinations, dry_run=args.dry_run,
                       group=args.group, from_beginning=args.from_beginning,
                       allow_duplicates=args.allow_duplicates, timeout_s=args.timeout_s, as_json=args.json,

@@ -45,6 +45,9 @@ class KafkaConfig(_Section):
     group_per_destination: bool = True
     """Each destination consumes with its own group ``<group_id>.<destination>``: its own offsets and backpressure."""
     dead_letter_topic: str = "usage-events.dlq"
+    replay_ledger_topic: str | None = None
+    """Compacted topic where ``dlq replay`` records each letter it replayed; default ``<dead_letter_topic>.replayed``
+    (created by the first replay when missing)."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     consume_batch_size: int = Field(1000, ge=1, le=100_000)
     consume_timeout_s: float = Field(0.1, gt=0, le=10)
@@ -265,9 +268,25 @@ def settings_from(located: Located, environ: Mapping[str, str]) -> Settings:
                 section_data[key] = value
     secrets = {field: environ.get(variable) or None for variable, field in ENV_SECRETS.items()}
     try:
-        return Settings.model_validate({**merged, "source": located.source, **secrets})
+        settings = Settings.model_validate({**merged, "source": located.source, **secrets})
     except ValidationError as exc:
         raise _config_error(exc, located) from None
+    config_file = Path(located.source)
+    return relative_to(settings, config_file.parent) if config_file.is_file() else settings
+
+
+def relative_to(settings: Settings, base: Path) -> Settings:
+    """``settings`` with every relative path (schemas, mapping, CA bundles, TLS files) taken from ``base``, the
+    config file's directory, so that a config means the same files whatever directory it is run from."""
+    sections: dict[str, BaseModel] = {}
+    for name in type(settings).model_fields:
+        section = getattr(settings, name)
+        if not isinstance(section, BaseModel):
+            continue
+        updates = {key: base / value for key, value in section if isinstance(value, Path) and not value.is_absolute()}
+        if updates:
+            sections[name] = section.model_copy(update=updates)
+    return settings.model_copy(update=sections) if sections else settings
 
 
 SECRET_KEYS_BY_SECTION: dict[str, tuple[str, ...]] = {

@@ -27,6 +27,7 @@ again by the next replay and nothing before it is.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from consumer.errors import (
 from consumer.offsets import Work
 from consumer.tools.common import format_time_ms, parse_time_ms, tool_decoder
 from consumer.tools.kafkaread import Reader, Record
+from consumer.tools.ledger import Ledger
 from consumer.tools.progress import Progress
 from consumer.verdict import PARK, SEND, STOP, WAIT, Decision, Decoder, Judge
 from consumer.yamlsource import closest
@@ -113,6 +115,23 @@ class DeadLetterView:
         key = self.source_key
         return f"{key[0]}[{key[1]}]@{key[2]}" if key else "unknown source"
 
+    @property
+    def source_id(self) -> str:
+        """The source record as the ledger names it (``topic/partition/offset``; empty when unknown)."""
+        key = self.source_key
+        return f"{key[0]}/{key[1]}/{key[2]}" if key else ""
+
+    @property
+    def unusable(self) -> str | None:
+        """Why this record cannot be replayed (its ``dlq.*`` headers do not say enough), or None."""
+        missing = [name for name, value in (("dlq.reason", self.reason), ("dlq.destination", self.destination))
+                   if value == "unknown"]
+        if self.source_key is None:
+            missing.append("dlq.source_topic/partition/offset")
+        if not missing:
+            return None
+        return f"no {', '.join(missing)} header(s): not a dead letter this tool can replay; left untouched"
+
     def original_headers(self) -> list[tuple[str, bytes]]:
         """The headers the record had before it was parked (every ``dlq.*`` header removed)."""
         return [(k, v) for k, v in self.record.headers if not k.startswith(DLQ_PREFIX)]
@@ -142,6 +161,10 @@ class Selection:
                                   + f"; the reasons are: {', '.join(sorted(known))}")
         since_ms = parse_time_ms(since, option="--since") if since else None
         until_ms = parse_time_ms(until, option="--until") if until else None
+        if since_ms is not None and since_ms > time.time() * 1000:
+            raise ConfigError(f"--since {since} is in the future ({format_time_ms(since_ms)}): no dead letter "
+                              "was parked after it; give an earlier time, or a duration such as 2h for two hours "
+                              "ago")
         if since_ms is not None and until_ms is not None and until_ms <= since_ms:
             raise ConfigError("--until must be later than --since")
         return cls(frozenset(reasons) if reasons else None, frozenset(destinations) if destinations else None,
@@ -225,16 +248,30 @@ class _Previewer:
 # ------------------------------------------------------------------------------------------ inspect
 
 
-def run_inspect(settings: Settings, selection: Selection, *, full: bool, as_json: bool, out: Any) -> int:
+def run_inspect(settings: Settings, selection: Selection, *, full: bool, as_json: bool, out: Any,
+                include_replayed: bool = False) -> int:
+    """List the dead letters still to deal with (``include_replayed``: also those a replay already finished)."""
     from consumer.service import prepare
 
     topic = settings.kafka.dead_letter_topic
     previewer = _Previewer(settings, prepare(settings).reader_schema)
+    ledger = Ledger(settings, group="", create=False)
+    replayed = 0
     with Reader(settings, f"{settings.kafka.group_id}.dlq-inspect") as reader:
         ranges = dlq_ranges(reader, topic, since_ms=selection.since_ms)
+        ledger.load(reader)
         total = sum(end - first for first, end in ranges.values())
-        kept = reader.read(ranges, keep=lambda record: selection.matches(DeadLetterView.of(record)),
-                           limit=selection.limit)
+
+        def keep(record: Record) -> bool:
+            nonlocal replayed
+            if not selection.matches(DeadLetterView.of(record)):
+                return False
+            if ledger.done(record) is not None and not include_replayed:
+                replayed += 1
+                return False
+            return True
+
+        kept = reader.read(ranges, keep=keep, limit=selection.limit)
     shown = [DeadLetterView.of(record) for record in sorted(kept, key=lambda r: (r.partition, r.offset))]
     rows = []
     for letter in shown:
@@ -242,8 +279,8 @@ def run_inspect(settings: Settings, selection: Selection, *, full: bool, as_json
         rows.append((letter, text, event))
     by_reason = dict(Counter(letter.reason for letter in shown).most_common())
     by_destination = dict(Counter(letter.destination for letter in shown).most_common())
-    counts = {"records_in_range": total, "shown": len(shown), "by_reason": by_reason,
-              "by_destination": by_destination}
+    counts = {"records_in_range": total, "shown": len(shown), "already_replayed_not_shown": replayed,
+              "by_reason": by_reason, "by_destination": by_destination}
     if as_json:
         document = {"topic": topic, "dead_letters": [_letter_json(letter, text, event) for letter, text, event in rows],
                     "summary": counts}
@@ -252,12 +289,18 @@ def run_inspect(settings: Settings, selection: Selection, *, full: bool, as_json
         out.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     for letter, text, _event in rows:
-        out.write("\n".join(_letter_lines(letter, text, full)) + "\n\n")
+        lines = _letter_lines(letter, text, full)
+        entry = ledger.done(letter.record)
+        if entry is not None:
+            lines.insert(1, f"  replayed {entry.outcome} at {format_time_ms(entry.at_ms)} (group {entry.group})")
+        out.write("\n".join(lines) + "\n\n")
     out.write(f"{len(shown)} dead letter(s) shown of {total} in {topic}")
     if shown:
         out.write("; by reason: " + ", ".join(f"{k} {v}" for k, v in by_reason.items()))
         out.write("; by destination: " + ", ".join(f"{k} {v}" for k, v in by_destination.items()))
     out.write("\n")
+    if replayed:
+        out.write(f"{replayed} already replayed, not shown (dlq inspect --all shows them too)\n")
     if previewer.note:
         out.write(f"note: {previewer.note}\n")
     return 0
@@ -297,7 +340,12 @@ def _letter_lines(letter: DeadLetterView, text: str, full: bool) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- replay
 
-Status = Literal["selected", "passed", "copy", "beyond"]
+Status = Literal["selected", "passed", "copy", "beyond", "done_before", "unusable"]
+"""What a dead letter is to this replay: ``selected`` (to replay now), ``passed`` (a filter left it out: left
+for a later replay, never marked done), ``copy`` (another letter of the same source record and destination,
+done with its twin), ``beyond`` (after ``--until`` or ``--limit``), ``done_before`` (the ledger says a replay
+finished it, or its event already reached that destination through another letter), ``unusable`` (its headers
+do not say where it came from or who parked it: left untouched)."""
 
 
 @dataclass(eq=False)
@@ -309,10 +357,13 @@ class Item:
     """What happened: ``replayed``, ``delivered``, ``skipped``, ``reparked:<reason>``."""
     twin: Item | None = None
     """For a duplicate copy: the item that is replayed for both."""
+    recorded: bool = False
+    """Written to the ledger (or found there)."""
 
     @property
     def finished(self) -> bool:
-        return self.twin.done if self.twin is not None else self.done
+        """Progress may move past it: the ledger holds it (now or from an earlier replay)."""
+        return self.status == "done_before" or self.recorded
 
 
 @dataclass
@@ -325,6 +376,8 @@ class ReplayReport:
     passed: int = 0
     copies: int = 0
     beyond: int = 0
+    done_before: int = 0
+    unusable: list[str] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     committed: dict[int, int] = field(default_factory=dict)
     stopped: str | None = None
@@ -332,8 +385,9 @@ class ReplayReport:
     def as_json(self) -> dict[str, Any]:
         return {"group": self.group, "topic": self.topic, "mode": self.mode, "dry_run": self.dry_run,
                 "read": self.read, "passed_over": self.passed, "duplicate_copies": self.copies,
-                "not_reached": self.beyond, "outcomes": dict(self.outcomes),
-                "committed": {str(p): o for p, o in self.committed.items()}, "stopped": self.stopped}
+                "not_reached": self.beyond, "replayed_before": self.done_before, "left_untouched": self.unusable,
+                "outcomes": dict(self.outcomes), "committed": {str(p): o for p, o in self.committed.items()},
+                "stopped": self.stopped}
 
     def lines(self) -> list[str]:
         texts = _OUTCOME_DRY_TEXT if self.dry_run else _OUTCOME_TEXT
@@ -343,13 +397,15 @@ class ReplayReport:
         for outcome, count in sorted(self.outcomes.items()):
             name, _, detail = outcome.partition(":")
             lines.append(f"  {texts.get(name, name)}{f' ({detail})' if detail else ''}: {count}")
+        if self.done_before:
+            lines.append(f"  already replayed by an earlier replay (not sent again): {self.done_before}")
         if self.passed:
-            lines.append(f"  passed over, not selected by the filters: {self.passed} (replay them later with "
-                         "--from-beginning or --since plus filters)")
+            lines.append(f"  not selected by the filters, left for a later replay: {self.passed}")
         if self.copies:
             lines.append(f"  duplicate copies of a replayed record: {self.copies}")
         if self.beyond:
             lines.append(f"  not reached (after --until or --limit), left for a later replay: {self.beyond}")
+        lines.extend(f"  {line}" for line in self.unusable)
         if self.committed:
             lines.append("  progress committed: " + ", ".join(f"{self.topic}[{p}] -> offset {o}"
                                                                  for p, o in sorted(self.committed.items())))
@@ -382,43 +438,54 @@ def run_replay(settings: Settings, selection: Selection, *, to_destinations: boo
     running = [d for d in settings.destinations() if getattr(prepared.mapping, d) is not None]
     mode = "to destinations" if to_destinations else "to source topics"
     report = ReplayReport(group_id, topic, mode, dry_run)
-    with Reader(settings, group_id) as reader:
-        committed = {} if from_beginning else reader.committed(topic, reader.partitions(topic))
-        ranges = dlq_ranges(reader, topic, since_ms=selection.since_ms, committed=committed)
-        records = reader.read(ranges)
-        items = _classify(records, selection, to_destinations=to_destinations)
-        report.read = len(records)
-        report.passed = sum(1 for i in items if i.status == "passed")
-        report.copies = sum(1 for i in items if i.status == "copy")
-        report.beyond = sum(1 for i in items if i.status == "beyond")
-        selected = [i for i in items if i.status == "selected"]
-        if to_destinations:
-            _check_destinations(settings, selected, running, secrets=not dry_run)
-        else:
-            _check_sources(reader, items, selected, running, allow_duplicates)
-        if dry_run:
-            _plan(settings, prepared, selected, to_destinations, report, out, as_json)
-            return 0
-        bar = Progress(len(selected), progress, label="replay")
-        try:
+    ledger = Ledger(settings, group=group_id, create=not dry_run)
+    try:
+        with Reader(settings, group_id) as reader:
+            partitions = reader.partitions(topic)  # the broker answers and the topic exists, or one clear error
+            ledger.load(reader)
+            committed = reader.committed(topic, partitions)
+            ranges = dlq_ranges(reader, topic, since_ms=selection.since_ms,
+                                committed=None if from_beginning else committed)
+            records = reader.read(ranges)
+            items = _classify(records, selection, to_destinations=to_destinations, ledger=ledger)
+            report.read = len(records)
+            report.passed = sum(1 for i in items if i.status == "passed")
+            report.copies = sum(1 for i in items if i.status == "copy")
+            report.beyond = sum(1 for i in items if i.status == "beyond")
+            report.done_before = sum(1 for i in items if i.status == "done_before")
+            report.unusable = [f"{i.letter.record.position}: {i.letter.unusable}" for i in items
+                               if i.status == "unusable"]
+            selected = [i for i in items if i.status == "selected"]
             if to_destinations:
-                _DestinationReplay(settings, prepared, timeout_s, bar).run(items, reader, ranges, report)
+                _check_destinations(settings, selected, running, secrets=not dry_run)
             else:
-                _SourceReplay(settings, timeout_s, bar).run(items, reader, ranges, report)
-        except FatalError as exc:
-            report.stopped = str(exc)
-        except KeyboardInterrupt:
-            report.stopped = "interrupted"
-        finally:
-            bar.finish()
-            for item in items:
-                if item.done and item.status == "selected":
-                    report.outcomes[item.outcome] += 1
+                _check_sources(reader, topic, selected, running, allow_duplicates)
+            if dry_run:
+                _plan(settings, prepared, selected, to_destinations, report, out, as_json)
+                return 0
+            progress_of = _Progress(reader, ledger, report, items, ranges, committed, timeout_s)
+            bar = Progress(len(selected), progress, label="replay")
+            try:
+                if to_destinations:
+                    _DestinationReplay(settings, prepared, timeout_s, bar).run(items, progress_of)
+                else:
+                    _SourceReplay(settings, timeout_s, bar).run(items, progress_of)
+            except FatalError as exc:
+                report.stopped = str(exc)
+            except KeyboardInterrupt:
+                report.stopped = "interrupted"
+            finally:
+                bar.finish()
+                for item in items:
+                    if item.recorded and item.status == "selected":
+                        report.outcomes[item.outcome] += 1
+    finally:
+        ledger.close()
     _print_report(report, out, as_json)
     if report.stopped == "interrupted":
         raise KeyboardInterrupt
     if report.stopped:
-        raise FatalError(f"replay stopped: {report.stopped}; finished dead letters are committed, run the same "
+        raise FatalError(f"replay stopped: {report.stopped}; finished dead letters are recorded, run the same "
                          "command again to continue")
     return 1 if any(k.startswith("reparked") for k in report.outcomes) else 0
 
@@ -430,7 +497,8 @@ def _print_report(report: ReplayReport, out: Any, as_json: bool) -> None:
         out.write("\n".join(report.lines()) + "\n")
 
 
-def _classify(records: list[Record], selection: Selection, *, to_destinations: bool) -> list[Item]:
+def _classify(records: list[Record], selection: Selection, *, to_destinations: bool,
+              ledger: Ledger | None = None) -> list[Item]:
     """Decide, in offset order per partition, what each dead letter is to this replay."""
     items: list[Item] = []
     taken = 0
@@ -438,16 +506,23 @@ def _classify(records: list[Record], selection: Selection, *, to_destinations: b
     stopped: set[int] = set()
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
         letter = DeadLetterView.of(record)
+        if ledger is not None and (ledger.done(record) is not None or (
+                letter.unusable is None and ledger.settled(letter.source_id, letter.destination))):
+            items.append(Item(letter, "done_before", recorded=True))
+            continue
+        if letter.unusable is not None:
+            items.append(Item(letter, "unusable"))
+            continue
         if record.partition in stopped or selection.beyond(letter) or \
                 (selection.limit is not None and taken >= selection.limit and selection.matches(letter)):
             stopped.add(record.partition)
             items.append(Item(letter, "beyond"))
             continue
         if not selection.matches(letter):
-            items.append(Item(letter, "passed", done=True))
+            items.append(Item(letter, "passed"))
             continue
         identity = (letter.source_key, letter.destination) if to_destinations else letter.source_key
-        if letter.source_key is not None and identity in seen:
+        if identity in seen:
             items.append(Item(letter, "copy", twin=seen[identity]))
             continue
         item = Item(letter, "selected")
@@ -457,14 +532,26 @@ def _classify(records: list[Record], selection: Selection, *, to_destinations: b
     return items
 
 
-def _check_sources(reader: Reader, items: list[Item], selected: list[Item], running: list[str],
+def parked_by(reader: Reader, topic: str, sources: set[SourceKey]) -> dict[SourceKey, set[str]]:
+    """Which destinations parked each of ``sources``, over every dead letter the topic still holds (not only
+    the ones this replay reads)."""
+    found: dict[SourceKey, set[str]] = {}
+
+    def note(record: Record) -> bool:
+        letter = DeadLetterView.of(record)
+        key = letter.source_key
+        if key in sources:
+            found.setdefault(key, set()).add(letter.destination)
+        return False  # nothing kept in memory
+
+    ranges = {(topic, p): reader.watermarks(topic, p) for p in reader.partitions(topic)}
+    reader.read(ranges, keep=note)
+    return found
+
+
+def _check_sources(reader: Reader, topic: str, selected: list[Item], running: list[str],
                    allow_duplicates: bool) -> None:
     """Every selected dead letter names a source that exists, and replaying it duplicates nothing."""
-    unknown = [i.letter.record.position for i in selected if i.letter.source_key is None]
-    if unknown:
-        raise FatalError(f"{len(unknown)} selected dead letter(s) have no dlq.source_* headers (e.g. "
-                         f"{', '.join(unknown[:3])}), so their source topic is unknown; leave them out with "
-                         "--reason/--destination/--since")
     partitions: dict[str, list[int]] = {}
     for item in selected:
         key = item.letter.source_key
@@ -474,24 +561,22 @@ def _check_sources(reader: Reader, items: list[Item], selected: list[Item], runn
         if key[1] not in partitions[key[0]]:
             raise FatalError(f"source topic {key[0]} has no partition {key[1]} any more "
                              f"(dead letter {item.letter.record.position})")
-    if allow_duplicates:
+    if allow_duplicates or not selected:
         return
-    parked_by: dict[SourceKey, set[str]] = {}
-    for item in items:
-        key = item.letter.source_key
-        if key is not None:
-            parked_by.setdefault(key, set()).add(item.letter.destination)
-    partial = [(i, sorted(set(running) - parked_by.get(i.letter.source_key or ("", 0, 0), set())))
+    sources = {i.letter.source_key for i in selected if i.letter.source_key is not None}
+    everywhere = parked_by(reader, topic, sources)
+    partial = [(i, sorted(set(running) - everywhere.get(i.letter.source_key or ("", 0, 0), set())))
                for i in selected]
     partial = [(i, others) for i, others in partial if others]
     if partial:
         example, others = partial[0]
         raise FatalError(
             f"{len(partial)} selected dead letter(s) were parked by some destinations only (e.g. "
-            f"{example.letter.record.position}, parked by {example.letter.destination}); producing them to the "
-            f"source topic would deliver them again to {', '.join(others)}. Use --to-destinations (each goes "
-            "only to the destination that parked it), or --allow-duplicates if that is really wanted")
-
+            f"{example.letter.record.position}, from {example.letter.source}, parked by "
+            f"{', '.join(sorted(everywhere.get(example.letter.source_key or ('', 0, 0), set())))} and never by "
+            f"{', '.join(others)}); producing them to the source topic would deliver them again to "
+            f"{', '.join(others)}. Use --to-destinations (each goes only to the destination that parked it), or "
+            "--allow-duplicates if that is really wanted")
 
 def _check_destinations(settings: Settings, selected: list[Item], running: list[str], *, secrets: bool) -> None:
     needed = sorted({i.letter.destination for i in selected})
@@ -554,12 +639,12 @@ class _SourceReplay:
     def __init__(self, settings: Settings, timeout_s: float, bar: Progress) -> None:
         self.timeout_s = timeout_s
         self.bar = bar
+        self.chunk = settings.batching.max_events
         self.producer = Producer({"log_level": 0, **settings.kafka_client_config(), "acks": "all",
                                   "enable.idempotence": True, "linger.ms": 5,
                                   "message.timeout.ms": int(timeout_s * 1000)})
 
-    def run(self, items: list[Item], reader: Reader, ranges: dict[tuple[str, int], tuple[int, int]],
-            report: ReplayReport) -> None:
+    def run(self, items: list[Item], progress: _Progress) -> None:
         failures: list[str] = []
         chunk: list[Item] = []
 
@@ -567,7 +652,7 @@ class _SourceReplay:
             remaining = self.producer.flush(self.timeout_s + 5)
             if remaining:
                 failures.append(f"{remaining} record(s) not acknowledged within {self.timeout_s:g}s")
-            _commit(reader, report, items, ranges)
+            progress.settle()  # what the broker took is in the ledger before anything else is produced
             chunk.clear()
             if failures:
                 raise FatalError(failures[0])
@@ -577,7 +662,7 @@ class _SourceReplay:
                 continue
             self._produce(item, failures)
             chunk.append(item)
-            if len(chunk) >= 500:
+            if len(chunk) >= self.chunk:
                 settle()
         settle()
 
@@ -649,22 +734,21 @@ class _DestinationReplay:
         self.parker = DeadLetterProducer(settings.kafka.dead_letter_topic,
                                          {"log_level": 0, **settings.kafka_client_config()})
 
-    def run(self, items: list[Item], reader: Reader, ranges: dict[tuple[str, int], tuple[int, int]],
-            report: ReplayReport) -> None:
+    def run(self, items: list[Item], progress: _Progress) -> None:
         try:
             run: list[Item] = []
             for item in items:
                 if item.status != "selected":
                     continue
-                if run and (item.letter.destination != run[0].letter.destination or len(run) >= self.max_run
+                if run and (item.letter.destination != run[0].letter.destination or len(run) >= self._max_run(run)
                             or item.letter.record.partition != run[0].letter.record.partition):
                     self._deliver_run(run)
-                    _commit(reader, report, items, ranges)
+                    progress.settle()  # in the ledger right after acceptance, before the next run is sent
                     run = []
                 run.append(item)
             if run:
                 self._deliver_run(run)
-            _commit(reader, report, items, ranges)
+            progress.settle()
         finally:
             for destination in self.destinations.values():
                 try:
@@ -673,6 +757,13 @@ class _DestinationReplay:
                     log.warning("destination_close_failed", destination=destination.name, error=str(exc))
             self.delivery.stop()
             self.parker.flush(5.0)
+
+    def _max_run(self, run: list[Item]) -> int:
+        """Freshsuccess: one request carries the run (up to ``batching.max_events``). Freshpaint: one request per
+        event, so a run is at most the requests in flight at once; a crash re-sends at most one run."""
+        if run[0].letter.destination == "freshpaint":
+            return min(self.max_run, self.settings.freshpaint.max_in_flight_requests)
+        return self.max_run
 
     def _judge(self, name: str) -> Judge:
         if name not in self.judges:
@@ -760,25 +851,54 @@ class _DestinationReplay:
                 item.outcome = f"reparked:{error.reason}"
 
 
-def _commit(reader: Reader, report: ReplayReport, items: list[Item],
-            ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
-    """Commit, per partition, past the last replayed item of the longest finished prefix.
+class _Progress:
+    """After each accepted run: write its letters (and their copies) to the ledger, then commit the group's
+    progress past the contiguous prefix of finished letters (never backwards, never past one left out)."""
 
-    Passed-over records are committed past only when a replayed one follows them: a replay that selects
-    nothing (a mistyped filter) moves nothing.
-    """
+    def __init__(self, reader: Reader, ledger: Ledger, report: ReplayReport, items: list[Item],
+                 ranges: dict[tuple[str, int], tuple[int, int]], committed: dict[int, int], timeout_s: float) -> None:
+        self.reader = reader
+        self.ledger = ledger
+        self.report = report
+        self.items = items
+        self.ranges = ranges
+        self.committed = dict(committed)
+        self.timeout_s = timeout_s
+
+    def settle(self) -> None:
+        newly: list[tuple[Record, str, str, str]] = []
+        for item in self.items:
+            if item.recorded:
+                continue
+            if item.status == "selected" and item.done:
+                newly.append((item.letter.record, item.outcome, item.letter.destination, item.letter.source_id))
+            elif item.status == "copy" and item.twin is not None and item.twin.done:
+                newly.append((item.letter.record, "copy", item.letter.destination, item.letter.source_id))
+        self.ledger.record(newly, self.timeout_s)
+        for item in self.items:
+            if (item.status == "selected" and item.done) or \
+                    (item.status == "copy" and item.twin is not None and item.twin.done):
+                item.recorded = True
+        _commit(self.reader, self.report, self.items, self.ranges, self.committed)
+
+
+def _commit(reader: Reader, report: ReplayReport, items: list[Item],
+            ranges: dict[tuple[str, int], tuple[int, int]], committed: dict[int, int] | None = None) -> None:
+    """Commit, per partition, past the longest prefix of finished letters (recorded in the ledger, now or
+    before), and only forward of what the group held: a letter left out by a filter stops the prefix."""
     by_partition: dict[int, list[Item]] = {}
     for item in items:
         by_partition.setdefault(item.letter.record.partition, []).append(item)
+    held = dict(committed or {})
     offsets = {}
     for (_topic, partition), (first, _end) in ranges.items():
         next_offset = None
         for item in by_partition.get(partition, []):
             if not item.finished:
                 break
-            if item.status in ("selected", "copy"):
-                next_offset = item.letter.record.offset + 1
-        if next_offset is not None and next_offset > report.committed.get(partition, first):
+            next_offset = item.letter.record.offset + 1
+        floor = max(report.committed.get(partition, first), held.get(partition, -1))
+        if next_offset is not None and next_offset > floor:
             offsets[partition] = next_offset
     if offsets:
         reader.commit(report.topic, offsets)

@@ -74,3 +74,20 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, "{}\n"), environ=ENV)
     with pytest.raises(Exception, match="frozen"):
         settings.kafka.group_id = "other"  # type: ignore[misc]
+
+
+def test_relative_paths_are_taken_from_the_config_files_directory(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    config = folder / "config.yaml"
+    config.write_text("mapping:\n  file: mapping.yaml\ndecoding:\n  reader_schema: schemas/event.avsc\n"
+                      "freshpaint:\n  ca_bundle: /etc/ssl/ca.pem\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(Path("../deploy/config.yaml"), environ={})
+    assert settings.mapping.file == Path("../deploy/mapping.yaml")
+    assert settings.decoding.reader_schema == Path("../deploy/schemas/event.avsc")
+    assert settings.freshpaint.ca_bundle == Path("/etc/ssl/ca.pem")  # absolute paths stay as written
+    assert settings.mapping.file.resolve() == folder / "mapping.yaml"

@@ -15,11 +15,20 @@ from hypothesis import strategies as st
 
 from consumer.errors import ConfigError
 from consumer.tools.common import format_time_ms, parse_time_ms
-from consumer.tools.dlq import DeadLetterView, Item, ReplayReport, Selection, _classify, _commit, reason_codes
+from consumer.tools.dlq import (
+    DeadLetterView,
+    Item,
+    ReplayReport,
+    Selection,
+    _classify,
+    _commit,
+    _Progress,
+    reason_codes,
+)
 from consumer.tools.kafkaread import Record
 from consumer.tools.progress import Progress
 
-NOW_MS = 1_800_000_000_000
+NOW_MS = 1_750_000_000_000
 
 
 def letter(offset: int, *, reason: str = "mapping_failed", destination: str = "freshsuccess",
@@ -119,46 +128,61 @@ def test_classify_stops_a_partition_at_until_and_at_the_limit() -> None:
         "selected", "beyond", "beyond", "beyond"]
 
 
-def test_progress_is_committed_past_finished_items_only() -> None:
+def test_progress_stops_at_a_letter_a_filter_left_out_and_never_moves_backwards() -> None:
     records = [letter(10), letter(11, reason="oversized"), letter(12), letter(13), letter(14, reason="oversized")]
     selection = Selection(reasons=frozenset({"mapping_failed"}))
     items = _classify(records, selection, to_destinations=True)
     ranges = {("usage-events.dlq", 0): (10, 15)}
     reader, _ = commit(items, ranges)
-    assert reader.commits == []  # nothing replayed yet: not even the passed-over record is committed past
-    items[0].done = True
-    items[2].done = True
-    reader, report = commit(items, ranges)
-    assert reader.commits == [{0: 13}]  # through 12; 13 is not finished
-    items[3].done = True
-    reader, report = commit(items, ranges)
-    assert reader.commits == [{0: 14}]  # the trailing passed-over record is left for a later replay
-    assert report.committed == {0: 14}
+    assert reader.commits == []  # nothing replayed yet
+    items[0].recorded = True
+    reader, _ = commit(items, ranges)
+    assert reader.commits == [{0: 11}]
+    items[2].recorded = items[3].recorded = True
+    reader, _ = commit(items, ranges)
+    assert reader.commits == [{0: 11}]  # the oversized letter at 11 is not done: progress waits before it
+    behind = FakeReader()
+    _commit(behind, ReplayReport("g", "usage-events.dlq", "x", dry_run=False), items, ranges,  # type: ignore[arg-type]
+            committed={0: 40})
+    assert behind.commits == []  # --from-beginning re-reads, but never commits below what the group held
 
 
-def test_a_copy_is_finished_only_when_its_twin_is() -> None:
+class FakeLedger:
+    def __init__(self) -> None:
+        self.written: list[tuple[int, str, str, str]] = []
+
+    def record(self, finished: list[tuple[Record, str, str, str]], timeout_s: float) -> None:
+        self.written += [(r.offset, outcome, destination, source) for r, outcome, destination, source in finished]
+
+
+def test_a_copy_is_recorded_and_finished_only_with_its_twin() -> None:
     records = [letter(0, reason="undecodable", source_offset=5, partition=0),
                letter(0, reason="undecodable", source_offset=5, partition=1, destination="freshpaint")]
     items = _classify(records, Selection(), to_destinations=False)
     ranges = {("usage-events.dlq", 0): (0, 1), ("usage-events.dlq", 1): (0, 1)}
-    reader, _ = commit(items, ranges)
-    assert reader.commits == []
-    items[0].done = True
-    reader, _ = commit(items, ranges)
+    ledger, reader = FakeLedger(), FakeReader()
+    report = ReplayReport("g", "usage-events.dlq", "to source topics", dry_run=False)
+    progress = _Progress(reader, ledger, report, items, ranges, {}, 5.0)  # type: ignore[arg-type]
+    progress.settle()
+    assert (ledger.written, reader.commits) == ([], [])
+    items[0].done, items[0].outcome = True, "replayed"
+    progress.settle()
+    assert ledger.written == [(0, "replayed", "freshsuccess", "usage-events/3/5"),
+                              (0, "copy", "freshpaint", "usage-events/3/5")]
     assert reader.commits == [{0: 1, 1: 1}]
 
 
 @given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=30))
-def test_committed_offsets_never_pass_an_unfinished_selected_record(flags: list[tuple[bool, bool]]) -> None:
-    """Whatever finished in whatever pattern, no selected record after the commit point is lost."""
+def test_committed_offsets_never_pass_a_letter_not_recorded(flags: list[tuple[bool, bool]]) -> None:
+    """Whatever finished in whatever pattern, progress never passes a letter the ledger does not hold."""
     records = [letter(i, reason="mapping_failed" if selected else "oversized") for i, (selected, _) in enumerate(flags)]
     items = _classify(records, Selection(reasons=frozenset({"mapping_failed"})), to_destinations=True)
     for item, (_selected, done) in zip(items, flags, strict=True):
         if item.status == "selected":
-            item.done = done
+            item.recorded = done
     reader, _ = commit(items, {("usage-events.dlq", 0): (0, len(records))})
     committed = reader.commits[0][0] if reader.commits else 0
-    assert all(i.done for i in items if i.status == "selected" and i.letter.record.offset < committed)
+    assert all(i.recorded for i in items if i.letter.record.offset < committed)
 
 
 def test_the_progress_bar_prints_a_line_per_tenth_off_a_terminal() -> None:
@@ -184,3 +208,41 @@ def test_the_progress_bar_redraws_in_place_on_a_terminal() -> None:
     bar.finish()
     assert stream.getvalue().count("\r") == 2
     assert stream.getvalue().endswith("replay [#--] 1/3  33% 2 failed again\n")
+
+
+def test_a_since_in_the_future_is_refused_in_one_clear_line() -> None:
+    with pytest.raises(ConfigError, match=r"--since 2999-01-01 is in the future \(2999-01-01T00:00:00.000Z\)"):
+        Selection.from_options(reasons=None, destinations=None, since="2999-01-01", until=None, limit=None)
+
+
+def test_letters_without_their_dlq_headers_are_left_untouched_and_hold_progress_back() -> None:
+    bare = Record("usage-events.dlq", 0, 0, None, b"x", (), NOW_MS)
+    no_source = Record("usage-events.dlq", 0, 1, None, b"x",
+                       (("dlq.reason", b"mapping_failed"), ("dlq.destination", b"freshpaint")), NOW_MS)
+    items = _classify([bare, no_source, letter(2)], Selection(), to_destinations=True)
+    assert [i.status for i in items] == ["unusable", "unusable", "selected"]
+    assert DeadLetterView.of(bare).unusable == ("no dlq.reason, dlq.destination, dlq.source_topic/partition/offset "
+                                                "header(s): not a dead letter this tool can replay; left untouched")
+    items[2].recorded = True
+    reader, _ = commit(items, {("usage-events.dlq", 0): (0, 3)})
+    assert reader.commits == []
+
+
+class DoneLedger:
+    """Holds letter 1 itself, and says source offset 7 already reached freshpaint through another letter."""
+
+    def done(self, record: Record) -> object | None:
+        return object() if record.offset == 1 else None
+
+    def settled(self, source: str, destination: str) -> bool:
+        return (source, destination) == ("usage-events/3/7", "freshpaint")
+
+
+def test_letters_a_replay_already_finished_are_never_selected_again_whatever_the_filters() -> None:
+    records = [letter(0), letter(1), letter(2, source_offset=7, destination="freshpaint"),
+               letter(3, source_offset=7, destination="freshsuccess")]
+    items = _classify(records, Selection(), to_destinations=True, ledger=DoneLedger())  # type: ignore[arg-type]
+    assert [i.status for i in items] == ["selected", "done_before", "done_before", "selected"]
+    items[0].recorded = True
+    reader, _ = commit(items, {("usage-events.dlq", 0): (0, 4)})
+    assert reader.commits == [{0: 3}]
