@@ -4,24 +4,28 @@ A dead letter is the original record (key, value, headers) plus ``dlq.*`` header
 from and which destination's lane parked it (:mod:`consumer.deadletter`). Each lane parks its own: a
 record no lane could decode is parked once per destination.
 
-``inspect`` reads the dead-letter topic from the start (or ``--since``) and commits nothing.
+``inspect`` reads the dead-letter topic from the start (or ``--since``), leaves out the letters a replay
+already finished (``--all`` shows them) and commits nothing.
 
 ``replay`` reads it with its own consumer group (``<group_id>.dlq-replay`` by default) from that group's
 committed progress, up to the end offsets seen when it started, and for each selected dead letter either
 
 - produces it back to its source topic and partition (key, value, original headers without ``dlq.*``),
   with ``acks=all`` and idempotence, once per source record even when several lanes parked it; refused
-  when only some destinations parked it (the others would receive it twice) unless ``--allow-duplicates``;
+  when some destination never parked that record, judged over every letter the topic holds (that
+  destination would receive it twice) unless ``--allow-duplicates``;
 - or (``--to-destinations``) decodes and maps it with the *current* config and mapping, with its original
   topic/partition/offset (so Freshpaint's ``$insert_id`` is the one it would have had), and delivers it to
   the destination that parked it. One that fails again is parked anew (a fresh dead letter with the new
   reason), exactly as the consumer would.
 
-Progress is committed for the replay group only past records that are finished: replayed and accepted
-(acknowledged by the broker, or answered 2xx), parked anew and acknowledged, passed over because the
-filters did not select them, or duplicate copies of one that was replayed. Records of one destination are
-sent in runs, and a run is committed only when all of it was accepted, so a run that stops early is sent
-again by the next replay and nothing before it is.
+Each finished letter (accepted by the broker or answered 2xx, parked anew, or a duplicate copy of one that
+was) is written to the replay ledger (:mod:`consumer.tools.ledger`) right after its run was accepted, and no
+replay ever sends a letter the ledger holds, whatever its filters or group. Letters the filters leave out are
+never marked done. Records of one destination are sent in runs no larger than the requests in flight (one
+Freshsuccess request, or ``freshpaint.max_in_flight_requests`` Freshpaint ones), so a replay killed mid-run
+sends at most that run again. The replay group's committed progress only says where to start reading: it
+moves past the contiguous prefix of finished letters, and never backwards.
 """
 
 from __future__ import annotations

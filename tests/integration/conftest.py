@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
+from devstack import DevStack
 from local_kafka import LocalKafka
 
 
@@ -41,6 +42,13 @@ def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
         pid = broker.pid
         broker.stop()
         say(f"broker pid {pid} stopped")
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str) -> Iterator[DevStack]:
+    """The schema registry and both destination emulators on the session's broker, one set per test module."""
+    with DevStack(kafka_bootstrap) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

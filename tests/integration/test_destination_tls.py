@@ -232,12 +232,6 @@ def test_usage_consumer_emulate_serves_https_with_the_given_certificate(pki: Tes
 # ------------------------------------------------------------------------------------- the service
 
 
-@pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str) -> Iterator[DevStack]:
-    with DevStack(kafka_bootstrap) as running:
-        yield running
-
-
 def committed_to(stack: DevStack, group: str, topic: str, end: dict[int, int]) -> bool:
     return stack.committed(group, topic) == end
 

@@ -18,45 +18,22 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from devstack import DevStack, RunningService
 from eventgen import make_event
 
-from consumer.cli import main
 from consumer.config import default_mapping_file
 from consumer.emulators.common import Fault
 from tests.helpers import wait_for
+from tests.integration.test_tools_dlq import cli, fresh
+
+__all__ = ["fresh"]  # the autouse fixture: clean emulators and the secrets in the environment
 
 DESTINATIONS = ("freshsuccess", "freshpaint")
 SMALL_EVENT_BYTES = 1500
-
-
-@pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str) -> Iterator[DevStack]:
-    with DevStack(kafka_bootstrap) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh(stack: DevStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
-        emulator.clear_faults()
-        emulator.reset()
-    for name, value in DevStack.secrets_env().items():
-        monkeypatch.setenv(name, value)
-    yield
-    structlog.reset_defaults()
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def run_consumer(stack: DevStack, topic: str, dlq: str, *, destinations: list[str] | None = None,

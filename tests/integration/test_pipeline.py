@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,6 @@ from eventgen import malformed_values, one_of_each, realistic_events
 from consumer.emulators.common import Fault
 from consumer.mapping.compiler import insert_id
 from tests.helpers import wait_for
-
-
-@pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str) -> Iterator[DevStack]:
-    with DevStack(kafka_bootstrap) as running:
-        yield running
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -13,12 +12,6 @@ from eventgen import realistic_events
 from consumer.errors import ConfigError
 from consumer.service import Service
 from tests.helpers import wait_for
-
-
-@pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str) -> Iterator[DevStack]:
-    with DevStack(kafka_bootstrap) as running:
-        yield running
 
 
 def kafka_client_threads() -> int:

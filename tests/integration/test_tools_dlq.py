@@ -36,12 +36,6 @@ class Scenario:
     bad_value: bytes
 
 
-@pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str) -> Iterator[DevStack]:
-    with DevStack(kafka_bootstrap) as running:
-        yield running
-
-
 @pytest.fixture(autouse=True)
 def fresh(stack: DevStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):

@@ -12,12 +12,6 @@ from devstack import DevStack
 from consumer.cli import main
 
 
-@pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str) -> Iterator[DevStack]:
-    with DevStack(kafka_bootstrap) as running:
-        yield running
-
-
 @pytest.fixture(autouse=True)
 def logging_defaults() -> Iterator[None]:
     yield

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import random
-from collections.abc import Iterator
 from contextlib import redirect_stdout
 from typing import Any
 
@@ -29,12 +28,6 @@ from tests.helpers import wait_for
 
 DESTINATIONS = ("freshsuccess", "freshpaint")
 MAX_EVENT_BYTES = 2000
-
-
-@pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str) -> Iterator[DevStack]:
-    with DevStack(kafka_bootstrap) as running:
-        yield running
 
 
 def corpus_events(topic: str) -> list[dict[str, Any]]:
