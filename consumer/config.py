@@ -1,8 +1,9 @@
 """Service configuration: one YAML file plus environment variables, parsed once into frozen objects.
 
-Secrets come only from the environment (``FRESHSUCCESS_AUTH_KEY``, ``FRESHSUCCESS_API_KEY``,
-``FRESHPAINT_TOKEN``, ``SCHEMA_REGISTRY_PASSWORD``) and are held as ``pydantic.SecretStr``, so no ``repr``,
-log line or error message shows them. A few non-secret settings can also come from the environment
+Secrets come only from the environment and are held as ``pydantic.SecretStr``, so no ``repr``, log line or
+error message shows them. They are listed once, in :data:`SECRETS`: the environment variables, the start-up
+check that names a missing one, the log scrubber and the refusal of a secret written in the file all come
+from that table. A few non-secret settings can also come from the environment
 (``KAFKA_BOOTSTRAP_SERVERS``, ``SCHEMA_REGISTRY_URL``) because that is how platforms hand them out.
 
 Every key is documented in ``docs/configuration.md``. Unknown keys are rejected; a bad value stops
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -184,10 +186,14 @@ class Settings(_Section):
             raise ValueError("at least one of freshsuccess.enabled and freshpaint.enabled must be true")
         return self
 
+    def secret(self, secret: Secret) -> SecretStr | None:
+        holder = getattr(self, secret.section) if secret.section else self
+        value: SecretStr | None = getattr(holder, secret.key)
+        return value
+
     def secret_values(self) -> list[str]:
         """Every secret's value, for the log scrubber; never print these."""
-        held = (self.freshsuccess.auth_key, self.freshsuccess.api_key, self.freshpaint.token,
-                self.schema_registry_password, self.kafka_sasl_password, self.kafka_ssl_key_password)
+        held = (self.secret(secret) for secret in SECRETS)
         return [s.get_secret_value() for s in held if s is not None]
 
     def kafka_client_config(self) -> dict[str, Any]:
@@ -215,31 +221,50 @@ class Settings(_Section):
 
     def require_secrets(self, destinations: list[str]) -> None:
         """Fail at start-up, naming the environment variable, when a destination's secret is missing."""
-        missing = []
-        if "freshsuccess" in destinations:
-            if self.freshsuccess.auth_key is None:
-                missing.append("FRESHSUCCESS_AUTH_KEY")
-            if self.freshsuccess.api_key is None:
-                missing.append("FRESHSUCCESS_API_KEY")
-        if "freshpaint" in destinations and self.freshpaint.token is None:
-            missing.append("FRESHPAINT_TOKEN")
+        missing = [secret.variable for secret in SECRETS
+                   if secret.needed_by in destinations and self.secret(secret) is None]
         if missing:
             raise ConfigError(f"missing secret environment variable(s): {', '.join(missing)}", file=self.source)
 
 
-ENV_SETTINGS: dict[str, tuple[str, ...]] = {
+@dataclass(frozen=True)
+class Secret:
+    """One secret: where it comes from (only ever the environment) and where the settings hold it."""
+
+    variable: str
+    section: str | None
+    """The settings section that holds it, or None for a top-level ``Settings`` field."""
+    key: str
+    needed_by: str | None = None
+    """The destination whose lane cannot run without it (start-up names the variable when it is missing)."""
+    yaml_keys: tuple[tuple[str, str], ...] = ()
+    """``(section, key)`` spellings in the YAML that are refused with a pointer to ``variable``."""
+
+    @property
+    def refused_keys(self) -> tuple[tuple[str, str], ...]:
+        own = ((self.section, self.key),) if self.section else ()
+        return own + self.yaml_keys
+
+
+SECRETS: tuple[Secret, ...] = (
+    Secret("FRESHSUCCESS_AUTH_KEY", "freshsuccess", "auth_key", needed_by="freshsuccess"),
+    Secret("FRESHSUCCESS_API_KEY", "freshsuccess", "api_key", needed_by="freshsuccess"),
+    Secret("FRESHPAINT_TOKEN", "freshpaint", "token", needed_by="freshpaint"),
+    Secret("SCHEMA_REGISTRY_PASSWORD", None, "schema_registry_password",
+           yaml_keys=(("decoding", "schema_registry_password"),)),
+    Secret("KAFKA_SASL_PASSWORD", None, "kafka_sasl_password", yaml_keys=(("kafka", "sasl_password"),)),
+    Secret("KAFKA_SSL_KEY_PASSWORD", None, "kafka_ssl_key_password", yaml_keys=(("kafka", "ssl_key_password"),)),
+)
+"""Every secret, once: the environment variables, ``require_secrets``, the log scrubber and the YAML refusal
+are all derived from this table."""
+REFUSED_KEYS: dict[tuple[str, str], Secret] = {key: secret for secret in SECRETS for key in secret.refused_keys}
+
+
+ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
     "SCHEMA_REGISTRY_URL": ("decoding", "schema_registry_url"),
-    "FRESHSUCCESS_AUTH_KEY": ("freshsuccess", "auth_key"),
-    "FRESHSUCCESS_API_KEY": ("freshsuccess", "api_key"),
-    "FRESHPAINT_TOKEN": ("freshpaint", "token"),
 }
-ENV_SECRETS = {
-    "SCHEMA_REGISTRY_PASSWORD": "schema_registry_password",
-    "KAFKA_SASL_PASSWORD": "kafka_sasl_password",
-    "KAFKA_SSL_KEY_PASSWORD": "kafka_ssl_key_password",
-}
-SECRET_KEYS = {("freshsuccess", "auth_key"), ("freshsuccess", "api_key"), ("freshpaint", "token")}
+"""The non-secret settings platforms hand out as environment variables (they override the file)."""
 
 
 def load_settings(path: Path | str | None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -253,22 +278,25 @@ def settings_from(located: Located, environ: Mapping[str, str]) -> Settings:
     data = located.value if located.value is not None else {}
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping of sections", file=located.source, line=1)
-    for section, keys in SECRET_KEYS_BY_SECTION.items():
-        for key in keys:
-            if isinstance(data.get(section), dict) and key in data[section]:
-                raise ConfigError("secrets are read from the environment only; remove this key",
-                                  file=located.source, line=located.line_of((section, key)),
-                                  key=f"{section}.{key}")
+    for (section, key), secret in REFUSED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            raise ConfigError(f"secrets are read from the environment only ({secret.variable}); remove this key",
+                              file=located.source, line=located.line_of((section, key)), key=f"{section}.{key}")
     merged: dict[str, Any] = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
-    for variable, (section, key) in ENV_SETTINGS.items():
-        value = environ.get(variable)
-        if value:
-            section_data = merged.setdefault(section, {})
+    top_level: dict[str, str | None] = {}
+    from_environment: list[tuple[str, str | None, str]] = [
+        (variable, section, key) for variable, (section, key) in ENV_SETTINGS.items()]
+    from_environment += [(secret.variable, secret.section, secret.key) for secret in SECRETS]
+    for variable, section_name, key in from_environment:
+        value = environ.get(variable) or None
+        if section_name is None:
+            top_level[key] = value
+        elif value:
+            section_data = merged.setdefault(section_name, {})
             if isinstance(section_data, dict):
                 section_data[key] = value
-    secrets = {field: environ.get(variable) or None for variable, field in ENV_SECRETS.items()}
     try:
-        settings = Settings.model_validate({**merged, "source": located.source, **secrets})
+        settings = Settings.model_validate({**merged, "source": located.source, **top_level})
     except ValidationError as exc:
         raise _config_error(exc, located) from None
     config_file = Path(located.source)
@@ -289,12 +317,6 @@ def relative_to(settings: Settings, base: Path) -> Settings:
     return settings.model_copy(update=sections) if sections else settings
 
 
-SECRET_KEYS_BY_SECTION: dict[str, tuple[str, ...]] = {
-    "freshsuccess": ("auth_key", "api_key"),
-    "freshpaint": ("token",),
-}
-
-
 def _config_error(exc: ValidationError, located: Located) -> ConfigError:
     """The first problem as one ConfigError (file, line, key); the rest listed in its message."""
     problems: list[tuple[str, int | None, str]] = []
@@ -307,7 +329,7 @@ def _config_error(exc: ValidationError, located: Located) -> ConfigError:
             known = list(section_model.model_fields) if section_model is not None else []
             hint = closest(str(loc[-1]), known)
             message = "unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
-        if tuple(loc[:2]) in SECRET_KEYS or "secret" in error["type"]:
+        if tuple(loc[:2]) in REFUSED_KEYS or "secret" in error["type"]:
             message = "invalid value (not shown: secret)"
         elif "input" in error and error["type"] != "extra_forbidden" and not isinstance(error["input"], dict):
             message = f"{message} (got {error['input']!r})"

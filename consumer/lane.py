@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
+from pydantic import BaseModel
 
 from consumer.batcher import Batch, Batcher
 from consumer.committer import CommitResult, Committer
+from consumer.config import BatchingConfig, CommitConfig, KafkaConfig, RetryConfig
 from consumer.delivery import DeliveryLoop
 from consumer.errors import EventError, FatalError, Rejected, TransientError
 from consumer.metrics import Metrics
@@ -68,24 +70,34 @@ SourceFactory = Callable[[SourceCallbacks], MessageSource]
 """Builds the lane's source, reporting rebalances and commit answers to the given callbacks."""
 
 
+def _default(section: type[BaseModel], key: str) -> Any:
+    """The configuration's own default (``consumer/config.py`` is the one place defaults are written)."""
+    return section.model_fields[key].default
+
+
 @dataclass(frozen=True)
 class LaneSettings:
-    consume_batch_size: int = 1000
-    consume_timeout_s: float = 0.1
-    max_events: int = 2000
-    max_bytes: int = 1_048_576
-    max_wait_s: float = 1.0
-    max_in_flight_batches: int = 4
-    revoke_timeout_s: float = 30.0
+    """What one lane needs from the configuration (:func:`consumer.service.lane_settings` fills it in); the
+    defaults are the configuration's."""
+
+    consume_batch_size: int = _default(KafkaConfig, "consume_batch_size")
+    consume_timeout_s: float = _default(KafkaConfig, "consume_timeout_s")
+    max_events: int = _default(BatchingConfig, "max_events")
+    max_bytes: int = _default(BatchingConfig, "max_bytes")
+    max_wait_s: float = _default(BatchingConfig, "max_wait_s")
+    max_in_flight_batches: int = _default(BatchingConfig, "max_in_flight_batches")
+    revoke_timeout_s: float = _default(KafkaConfig, "revocation_timeout_s")
     progress_interval_s: float = 10.0
-    rejoin_timeout_s: float = 45.0
+    rejoin_timeout_s: float = _default(KafkaConfig, "session_timeout_ms") / 1000
     """After partitions are lost, a consumer that has not been through a rebalance (no assignment callback,
     even an empty one) for this long is replaced by a new one: librdkafka can stay out of its group after a
-    session timeout across a broker restart."""
-    transient_backoff_s: tuple[float, float] = (0.5, 30.0)
-    commit_retry_backoff_s: tuple[float, float] = (0.2, 5.0)
+    session timeout across a broker restart. One session timeout."""
+    transient_backoff_s: tuple[float, float] = (_default(RetryConfig, "initial_backoff_s"),
+                                                _default(RetryConfig, "max_backoff_s"))
+    commit_retry_backoff_s: tuple[float, float] = (_default(CommitConfig, "retry_initial_backoff_s"),
+                                                   _default(CommitConfig, "retry_max_backoff_s"))
     """Waits before a refused commit is sent again (doubling up to the second value)."""
-    commit_answer_timeout_s: float = 60.0
+    commit_answer_timeout_s: float = _default(CommitConfig, "answer_timeout_s")
     """A commit unanswered for this long is sent again."""
     committed_lookup_timeout_s: float = 5.0
     """At assignment, how long to wait for the group's committed offsets of the new partitions (metrics, lag)."""

@@ -255,6 +255,8 @@ def lane_settings(settings: Settings, *, ordered: bool = False) -> LaneSettings:
         max_wait_s=settings.batching.max_wait_s,
         max_in_flight_batches=1 if ordered else settings.batching.max_in_flight_batches,
         revoke_timeout_s=settings.kafka.revocation_timeout_s,
+        rejoin_timeout_s=settings.kafka.session_timeout_ms / 1000,
+        transient_backoff_s=(settings.retry.initial_backoff_s, settings.retry.max_backoff_s),
         commit_retry_backoff_s=(settings.commit.retry_initial_backoff_s, settings.commit.retry_max_backoff_s),
         commit_answer_timeout_s=settings.commit.answer_timeout_s,
     )

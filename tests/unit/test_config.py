@@ -91,3 +91,29 @@ def test_relative_paths_are_taken_from_the_config_files_directory(tmp_path: Path
     assert settings.decoding.reader_schema == Path("../deploy/schemas/event.avsc")
     assert settings.freshpaint.ca_bundle == Path("/etc/ssl/ca.pem")  # absolute paths stay as written
     assert settings.mapping.file.resolve() == folder / "mapping.yaml"
+
+
+@pytest.mark.parametrize(("yaml", "variable"), [
+    ("freshpaint:\n  token: t0k3n\n", "FRESHPAINT_TOKEN"),
+    ("kafka:\n  sasl_password: hunter2\n", "KAFKA_SASL_PASSWORD"),
+    ("decoding:\n  schema_registry_password: hunter2\n", "SCHEMA_REGISTRY_PASSWORD"),
+])
+def test_a_secret_written_in_the_file_is_refused_naming_its_environment_variable(
+        tmp_path: Path, yaml: str, variable: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml)
+    with pytest.raises(ConfigError, match=f"secrets are read from the environment only \\({variable}\\)") as info:
+        load_settings(path, environ={})
+    assert "hunter2" not in str(info.value)
+    assert "t0k3n" not in str(info.value)
+    assert f"{path}:2:" in str(info.value)
+
+
+def test_every_secret_comes_from_its_variable_and_is_scrubbed() -> None:
+    from consumer.config import SECRETS
+
+    environ = {secret.variable: f"value-of-{secret.variable}" for secret in SECRETS}
+    settings = load_settings(None, environ=environ)
+    assert sorted(settings.secret_values()) == sorted(environ.values())
+    with pytest.raises(ConfigError, match="FRESHSUCCESS_AUTH_KEY, FRESHSUCCESS_API_KEY, FRESHPAINT_TOKEN"):
+        load_settings(None, environ={}).require_secrets(["freshsuccess", "freshpaint"])
