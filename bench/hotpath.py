@@ -18,20 +18,18 @@ from typing import Any
 
 import orjson
 
+from consumer.batcher import Batcher
+from consumer.config import default_mapping_file
+from consumer.decoder import RawDecoder
+from consumer.encoding import encode_raw
+from consumer.mapping import load_mapping
+from consumer.offsets import OffsetTracker, Work
+from consumer.schemas import default_reader_schema_path, load_schema, parse
+from consumer.sinks.compress import compress
+from consumer.testing.eventgen import realistic_events
+from consumer.verdict import SEND, Judge
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-
-from eventgen import realistic_events  # noqa: E402
-
-from consumer.batcher import Batcher  # noqa: E402
-from consumer.config import default_mapping_file  # noqa: E402
-from consumer.decoder import RawDecoder  # noqa: E402
-from consumer.encoding import encode_raw  # noqa: E402
-from consumer.mapping import load_mapping  # noqa: E402
-from consumer.offsets import OffsetTracker, Work  # noqa: E402
-from consumer.schemas import default_reader_schema_path, load_schema, parse  # noqa: E402
-from consumer.sinks.compress import compress  # noqa: E402
-from consumer.verdict import SEND, Judge  # noqa: E402
 
 
 class Message:

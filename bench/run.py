@@ -36,12 +36,11 @@ from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+from consumer.testing.devstack import API_KEY, AUTH_KEY, TOKEN, DevStack
+from consumer.testing.eventgen import realistic_events
+from consumer.testing.local_kafka import die_with_parent
 
-from devstack import API_KEY, AUTH_KEY, TOKEN, DevStack  # noqa: E402
-from eventgen import realistic_events  # noqa: E402
-from local_kafka import die_with_parent  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 RESULTS = REPO / "bench" / "results"
 PY = sys.executable

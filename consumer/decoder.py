@@ -87,6 +87,9 @@ class Decoder(ABC):
     def decode(self, value: bytes | None) -> dict[str, Any]:
         """The event as a dict shaped by the reader schema; raises only the errors in the module doc."""
 
+    def close(self) -> None:  # noqa: B027 - most framings hold nothing open
+        """Release what the decoder holds open (the registry's connections)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reader={self.reader.name!r})"
 
@@ -100,6 +103,9 @@ class ConfluentDecoder(Decoder):
         super().__init__(reader)
         self._registry = registry
         self._plans: dict[bytes, _Plan] = {}  # by the 5 header bytes: one slice and one lookup per event
+
+    def close(self) -> None:
+        self._registry.close()
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         if value is None:

@@ -20,9 +20,17 @@ class DeliveryLoop:
     """An event loop running in a daemon thread until :meth:`stop`."""
 
     def __init__(self, name: str = "delivery") -> None:
-        self.loop = asyncio.new_event_loop()
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = threading.Event()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop (made by :meth:`start`, so a loop that never ran is never left open)."""
+        if self._loop is None:
+            raise RuntimeError(f"delivery loop {self._name!r} used before start()")
+        return self._loop
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -30,6 +38,7 @@ class DeliveryLoop:
         self.loop.run_forever()
 
     def start(self) -> DeliveryLoop:
+        self._loop = asyncio.new_event_loop()
         self._thread.start()
         self._started.wait()
         return self

@@ -37,7 +37,7 @@ from consumer.errors import EventError, FatalError, Rejected, TransientError
 from consumer.metrics import Metrics
 from consumer.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
 from consumer.source import MessageSource, SourceCallbacks
-from consumer.verdict import PARK, SEND, SKIP, WAIT, Decoder, Judge, MapFn
+from consumer.verdict import PARK, SEND, SKIP, WAIT, Decoder, Judge, MapFn, close_decoder
 
 __all__ = ["DeadLetters", "Decoder", "Destination", "Lane", "LaneSettings", "LaneStats", "MapFn", "SourceFactory"]
 
@@ -476,6 +476,7 @@ class Lane:
             future.cancel()
         self.dead_letters.close(5.0)
         self.source.close()
+        close_decoder(self.decoder)
         self._log_progress(final=True)
 
     def close(self) -> None:
@@ -485,6 +486,7 @@ class Lane:
         self._closing = True
         self.dead_letters.close(0.0)
         self.source.close()
+        close_decoder(self.decoder)
 
     def _log_progress(self, *, final: bool = False) -> None:
         stats = self.stats

@@ -156,7 +156,11 @@ def build_decoder(settings: Settings, reader_schema: dict[str, Any]) -> Decoder:
             auth = (decoding.schema_registry_user, settings.schema_registry_password.get_secret_value())
         registry = SchemaRegistryClient(decoding.schema_registry_url, timeout_s=decoding.schema_registry_timeout_s,
                                         auth=auth)
-        check_registry(registry)
+        try:
+            check_registry(registry)
+        except BaseException:
+            registry.close()
+            raise
     store = SchemaStore.from_directory(decoding.schema_dir or default_schema_dir()) \
         if decoding.framing == "single-object" else None
     writer = load_schema(decoding.writer_schema) if decoding.writer_schema else None

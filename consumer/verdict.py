@@ -45,6 +45,13 @@ class Decoder(Protocol):
     def decode(self, value: bytes | None) -> dict[str, Any]: ...
 
 
+def close_decoder(decoder: Decoder | None) -> None:
+    """Close a decoder that holds connections (the registry's); test doubles need not have ``close``."""
+    close = getattr(decoder, "close", None)
+    if close is not None:
+        close()
+
+
 class Decision:
     """What to do with one event. ``outputs`` and ``body`` are set for ``send``, ``error`` otherwise
     (``park``: an :class:`EventError` whose ``reason`` goes to the dead-letter headers)."""

@@ -21,9 +21,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from devstack import DevStack
-from eventgen import make_event, malformed_values, realistic_events
-from local_kafka import die_with_parent
+from consumer.testing.devstack import DevStack
+from consumer.testing.eventgen import make_event, malformed_values, realistic_events
+from consumer.testing.local_kafka import die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
 FS_ACTION_TYPES = {"feature_used", "module_ended", "session_synced", "user_identified", "account_identified"}

@@ -31,8 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any, NoReturn
 
-from devstack import DevStack
-from eventgen import one_of_each, realistic_events
+from consumer.testing.devstack import DevStack
+from consumer.testing.eventgen import one_of_each, realistic_events
 
 SHUTDOWN_TIMEOUT_S = 20.0
 # crun refuses hosts with cgroups in "hybrid" mode (v1 plus controllers on the unified v2 mount); runc does not.

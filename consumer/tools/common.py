@@ -39,7 +39,10 @@ def tool_decoder(settings: Settings, reader_schema: dict[str, Any], *, check: bo
         if check:
             try:
                 registry.check()
-            except TransientError as exc:
+            except BaseException as exc:
+                registry.close()
+                if not isinstance(exc, TransientError):
+                    raise
                 raise FatalError(f"{exc}; check decoding.schema_registry_url (or SCHEMA_REGISTRY_URL) and that "
                                  "the registry is up") from None
     store = SchemaStore.from_directory(decoding.schema_dir or default_schema_dir()) \

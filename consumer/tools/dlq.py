@@ -56,7 +56,7 @@ from consumer.tools.common import format_time_ms, parse_time_ms, tool_decoder
 from consumer.tools.kafkaread import Reader, Record
 from consumer.tools.ledger import Ledger
 from consumer.tools.progress import Progress
-from consumer.verdict import PARK, SEND, STOP, WAIT, Decision, Decoder, Judge
+from consumer.verdict import PARK, SEND, STOP, WAIT, Decision, Decoder, Judge, close_decoder
 from consumer.yamlsource import closest
 
 if TYPE_CHECKING:
@@ -245,8 +245,13 @@ class _Previewer:
         try:
             return preview(letter, self.decoder, full=full)
         except (TransientError, FatalError) as exc:
-            self.decoder, self.note = None, f"values not decoded: {exc}"
+            self.close()
+            self.note = f"values not decoded: {exc}"
             return preview(letter, None, full=full)
+
+    def close(self) -> None:
+        close_decoder(self.decoder)
+        self.decoder = None
 
 
 # ------------------------------------------------------------------------------------------ inspect
@@ -278,9 +283,12 @@ def run_inspect(settings: Settings, selection: Selection, *, full: bool, as_json
         kept = reader.read(ranges, keep=keep, limit=selection.limit)
     shown = [DeadLetterView.of(record) for record in sorted(kept, key=lambda r: (r.partition, r.offset))]
     rows = []
-    for letter in shown:
-        text, event = previewer(letter, full)
-        rows.append((letter, text, event))
+    try:
+        for letter in shown:
+            text, event = previewer(letter, full)
+            rows.append((letter, text, event))
+    finally:
+        previewer.close()
     by_reason = dict(Counter(letter.reason for letter in shown).most_common())
     by_destination = dict(Counter(letter.destination for letter in shown).most_common())
     counts = {"records_in_range": total, "shown": len(shown), "already_replayed_not_shown": replayed,
@@ -597,11 +605,20 @@ def _plan(settings: Settings, prepared: Prepared, selected: list[Item], to_desti
           out: Any, as_json: bool) -> None:
     """The dry run: what each selected dead letter would become; nothing is produced, sent or committed."""
     from consumer.tools.dryrun import DryRun
+
+    decoder = tool_decoder(settings, prepared.reader_schema) if to_destinations else None
+    planner = DryRun(settings, prepared.mapping, decoder=decoder) if decoder is not None else None
+    entries: list[dict[str, Any]] = []
+    try:
+        _plan_items(selected, planner, report, entries)
+    finally:
+        close_decoder(decoder)
+    _render_plan(entries, report, out, as_json)
+
+
+def _plan_items(selected: list[Item], planner: Any, report: ReplayReport, entries: list[dict[str, Any]]) -> None:
     from consumer.tools.samples import Sample
 
-    planner = DryRun(settings, prepared.mapping, decoder=tool_decoder(settings, prepared.reader_schema)) \
-        if to_destinations else None
-    entries: list[dict[str, Any]] = []
     for item in selected:
         letter = item.letter
         entry: dict[str, Any] = {"dead_letter": letter.record.position, "reason": letter.reason,
@@ -620,6 +637,9 @@ def _plan(settings: Settings, prepared: Prepared, selected: list[Item], to_desti
             report.outcomes[{"send": "delivered", "skip": "skipped", "dead_letter": f"reparked:"
                              f"{plan.reason if plan else ''}"}.get(outcome, outcome)] += 1
         entries.append(entry)
+
+
+def _render_plan(entries: list[dict[str, Any]], report: ReplayReport, out: Any, as_json: bool) -> None:
     if as_json:
         out.write(orjson.dumps({"plan": entries, "summary": report.as_json()},
                                option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -760,7 +780,8 @@ class _DestinationReplay:
                 except Exception as exc:  # closing is best effort at the end of a run
                     log.warning("destination_close_failed", destination=destination.name, error=str(exc))
             self.delivery.stop()
-            self.parker.flush(5.0)
+            self.parker.close(5.0)
+            close_decoder(self.decoder)
 
     def _max_run(self, run: list[Item]) -> int:
         """Freshsuccess: one request carries the run (up to ``batching.max_events``). Freshpaint: one request per

@@ -27,7 +27,7 @@ from consumer.service import judge_for
 from consumer.sinks.compress import compress
 from consumer.sinks.freshsuccess import datacenter_url
 from consumer.tools.samples import Sample
-from consumer.verdict import PARK, SKIP, STOP, WAIT, Decision, Decoder
+from consumer.verdict import PARK, SKIP, STOP, WAIT, Decision, Decoder, close_decoder
 
 MASK = "***"
 DESTINATIONS = ("freshsuccess", "freshpaint")
@@ -318,6 +318,9 @@ def run_map(settings: Settings, *, files: list[str], from_topic: int | None, par
         samples.extend(load_topic(settings, from_topic, partition=partition, offset=offset,
                                   group_id=f"{settings.kafka.group_id}.map-dry-run"))
     dry_run = DryRun(settings, prepared.mapping, decoder=decoder)
-    plans = [dry_run.plan(sample) for sample in samples]
+    try:
+        plans = [dry_run.plan(sample) for sample in samples]
+    finally:
+        close_decoder(decoder)
     out.write(render_json(plans) if as_json else render_text(plans))
     return 1 if any(p.problem is not None for p in plans) else 0

@@ -89,11 +89,12 @@ def check_registry(settings: Settings) -> CheckResult:
         client = registry_client(settings)
     except UsageConsumerError as exc:
         return CheckResult("schema registry", settings.decoding.schema_registry_url or "-", False, str(exc))
-    try:
-        client.check()
-    except UsageConsumerError as exc:
-        return CheckResult("schema registry", client.host, False,
-                           f"{exc}; check decoding.schema_registry_url and that the registry is up")
+    with client:
+        try:
+            client.check()
+        except UsageConsumerError as exc:
+            return CheckResult("schema registry", client.host, False,
+                               f"{exc}; check decoding.schema_registry_url and that the registry is up")
     return CheckResult("schema registry", client.host, True, "GET /subjects answered 200")
 
 

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from devstack import API_KEY, AUTH_KEY, TOKEN, DevStack
-from faultkit import DESTINATIONS, Scenario
-from local_kafka import LocalKafka
 
 from consumer.emulators import Emulators
+from consumer.testing.devstack import API_KEY, AUTH_KEY, TOKEN, DevStack
+from consumer.testing.faultkit import DESTINATIONS, Scenario
+from consumer.testing.local_kafka import LocalKafka
 from tests.integration.conftest import kafka_admin, kafka_bootstrap
 
 __all__ = ["kafka_admin", "kafka_bootstrap"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from devstack import DevStack
-from faultkit import DESTINATIONS, wait_until
-from local_kafka import LocalKafka
+from consumer.testing.devstack import DevStack
+from consumer.testing.faultkit import DESTINATIONS, wait_until
+from consumer.testing.local_kafka import LocalKafka
 
 RATE_PER_S = 300
 

@@ -29,7 +29,14 @@ import random
 import time
 from typing import Any
 
-from faultkit import DESTINATIONS, ConsumerProcess, Scenario, delivery_report, group_members, wait_until
+from consumer.testing.faultkit import (
+    DESTINATIONS,
+    ConsumerProcess,
+    Scenario,
+    delivery_report,
+    group_members,
+    wait_until,
+)
 
 PARTITIONS = 6
 RATE_PER_S = 400

@@ -16,11 +16,10 @@ import os
 import signal
 from typing import Any
 
-from devstack import DevStack
-from faultkit import DESTINATIONS, wait_until
-from local_kafka import LocalKafka
-
 from consumer.emulators import Fault
+from consumer.testing.devstack import DevStack
+from consumer.testing.faultkit import DESTINATIONS, wait_until
+from consumer.testing.local_kafka import LocalKafka
 
 EVENTS = 600
 

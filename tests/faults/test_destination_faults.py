@@ -11,9 +11,9 @@ import time
 from typing import Any
 
 import pytest
-from faultkit import DESTINATIONS
 
 from consumer.emulators import Emulators, Fault
+from consumer.testing.faultkit import DESTINATIONS
 
 RATE_PER_S = 300
 FAULT_S = 5.0

@@ -14,7 +14,8 @@ import random
 import time
 from typing import Any
 
-from faultkit import (
+from consumer.emulators import Emulators
+from consumer.testing.faultkit import (
     DESTINATIONS,
     delivery_report,
     freshpaint_copies,
@@ -22,8 +23,6 @@ from faultkit import (
     window_size,
     windows_violations,
 )
-
-from consumer.emulators import Emulators
 
 KILLS = 3
 RATE_PER_S = 400

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from faultkit import DESTINATIONS
+from consumer.testing.faultkit import DESTINATIONS
 
 RATE_PER_S = 400
 RECORDS = 2500

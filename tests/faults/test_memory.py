@@ -12,9 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from faultkit import DESTINATIONS
-
 from consumer.emulators import Fault
+from consumer.testing.faultkit import DESTINATIONS
 
 OUTAGE_S = 60.0
 RATE_PER_S = 600

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from faultkit import DESTINATIONS, Expected, Scenario, received, wait_until
-
 from consumer.emulators import Fault
+from consumer.testing.faultkit import DESTINATIONS, Expected, Scenario, received, wait_until
 
 RATE_PER_S = 400
 SHUTDOWN_TIMEOUT_S = 10.0

@@ -1,7 +1,7 @@
 """The real Kafka broker for integration tests.
 
 ``KAFKA_BOOTSTRAP_SERVERS`` in the environment makes the tests use that broker; otherwise one local
-broker is started for the whole session by ``scripts/local_kafka.py`` and stopped at the end.
+broker is started for the whole session by ``consumer/testing/local_kafka.py`` and stopped at the end.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
-from devstack import DevStack
-from local_kafka import LocalKafka
+
+from consumer.testing.devstack import DevStack
+from consumer.testing.local_kafka import LocalKafka
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """TLS to the destinations: certificates are verified by default, ``<destination>.ca_bundle`` trusts a CA.
 
-The emulators serve HTTPS with a certificate from a throw-away test CA (scripts/testpki.py). Without the
+The emulators serve HTTPS with a certificate from a throw-away test CA (consumer/testing/testpki.py). Without the
 CA configured the sinks refuse the server (each delivery is retried, never dead-lettered; the start-up
 ping says why); with ``ca_bundle`` pointing at the CA, delivery works. A certificate from another CA,
 or for another host name, is refused even with the bundle configured.
@@ -23,9 +23,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from devstack import API_KEY, AUTH_KEY, TOKEN, DevStack, RunningService
-from eventgen import one_of_each
-from testpki import TestPki, make_test_pki
 
 from consumer.emulators import Emulators
 from consumer.errors import ConfigError, TransientError
@@ -33,6 +30,9 @@ from consumer.service import tls_context
 from consumer.sinks.freshpaint import FreshpaintSink, Transport
 from consumer.sinks.freshsuccess import FreshsuccessSink
 from consumer.sinks.retry import RetryPolicy
+from consumer.testing.devstack import API_KEY, AUTH_KEY, TOKEN, DevStack, RunningService
+from consumer.testing.eventgen import one_of_each
+from consumer.testing.testpki import TestPki, make_test_pki
 from tests.helpers import wait_for
 
 FAST_RETRY = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05, credentials_backoff_s=0.05)
@@ -219,7 +219,7 @@ def test_usage_consumer_emulate_serves_https_with_the_given_certificate(pki: Tes
                 httpx.get(f"{url}/_emulator/stats", timeout=10)  # the default trust store does not know the CA
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        process.communicate(timeout=30)  # waits, and closes the stderr pipe
 
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")

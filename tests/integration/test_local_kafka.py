@@ -9,8 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from local_kafka import LocalKafka, pid_alive
-
+from consumer.testing.local_kafka import LocalKafka, pid_alive
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,8 +35,8 @@ def test_stop_leaves_no_process_and_no_port() -> None:
 
 def test_broker_dies_with_an_owner_killed_by_sigkill() -> None:
     script = (
-        "import sys, time; sys.path.insert(0, 'scripts');"
-        "from local_kafka import LocalKafka; b = LocalKafka(); b.start();"
+        "import time;"
+        "from consumer.testing.local_kafka import LocalKafka; b = LocalKafka(); b.start();"
         "print(b.pid, flush=True); time.sleep(600)"
     )
     owner = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -47,5 +46,5 @@ def test_broker_dies_with_an_owner_killed_by_sigkill() -> None:
         assert pid_alive(broker_pid)
     finally:
         os.kill(owner.pid, signal.SIGKILL)
-        owner.wait()
+        owner.communicate()  # waits, and closes the stdout pipe
     wait_for(lambda: not pid_alive(broker_pid), timeout_s=30, what="the orphaned broker to die")

@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 import pytest
-from devstack import API_KEY, AUTH_KEY, TOKEN, DevStack, RunningService
-from eventgen import malformed_values, one_of_each, realistic_events
 
 from consumer.emulators.common import Fault
 from consumer.mapping.compiler import insert_id
+from consumer.testing.devstack import API_KEY, AUTH_KEY, TOKEN, DevStack, RunningService
+from consumer.testing.eventgen import malformed_values, one_of_each, realistic_events
 from tests.helpers import wait_for
 
 

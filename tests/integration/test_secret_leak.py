@@ -29,16 +29,16 @@ import httpx
 import orjson
 import pytest
 import structlog
-from devstack import DevStack, RunningService
-from eventgen import one_of_each
-from local_kafka import LocalKafka
-from testpki import SASL_SSL_LISTENER, SCRAM_MECHANISM, TestPki, make_test_pki, secured_local_kafka
 
 from consumer.cli import main
 from consumer.config import load_settings
 from consumer.emulators import Emulators, Fault
 from consumer.logs import configure_logging
 from consumer.service import Service
+from consumer.testing.devstack import DevStack, RunningService
+from consumer.testing.eventgen import one_of_each
+from consumer.testing.local_kafka import LocalKafka
+from consumer.testing.testpki import SASL_SSL_LISTENER, SCRAM_MECHANISM, TestPki, make_test_pki, secured_local_kafka
 from tests.helpers import wait_for
 
 FRESHSUCCESS_AUTH_KEY = "fsAuthCanary-7Qk2"

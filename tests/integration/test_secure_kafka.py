@@ -1,8 +1,8 @@
 """Kafka over TLS: SASL_SSL with SCRAM-SHA-512, and SSL with client certificates (mTLS), on a real broker.
 
-This module starts its own broker with three listeners (scripts/local_kafka.py): PLAINTEXT (used here only
+This module starts its own broker with three listeners (consumer/testing/local_kafka.py): PLAINTEXT (used here only
 to create topics, produce test records and read offsets back), SASL_SSL with SCRAM-SHA-512, and SSL that
-requires a client certificate. The certificates come from a throw-away CA (scripts/testpki.py) and the
+requires a client certificate. The certificates come from a throw-away CA (consumer/testing/testpki.py) and the
 SCRAM credentials are created when the broker's storage is formatted.
 
 The consumer is configured only through the documented keys (``kafka.security_protocol``,
@@ -22,10 +22,13 @@ from typing import Any
 
 import pytest
 import structlog
-from devstack import DevStack, RunningService
-from eventgen import one_of_each
-from local_kafka import LocalKafka
-from testpki import (
+
+from consumer.cli import main
+from consumer.config import Settings, load_settings
+from consumer.testing.devstack import DevStack, RunningService
+from consumer.testing.eventgen import one_of_each
+from consumer.testing.local_kafka import LocalKafka
+from consumer.testing.testpki import (
     MTLS_LISTENER,
     SASL_SSL_LISTENER,
     SCRAM_MECHANISM,
@@ -33,9 +36,6 @@ from testpki import (
     make_test_pki,
     secured_local_kafka,
 )
-
-from consumer.cli import main
-from consumer.config import Settings, load_settings
 from tests.helpers import wait_for
 
 SCRAM_USER = "usage-consumer"

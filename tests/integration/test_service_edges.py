@@ -6,11 +6,11 @@ import os
 
 import pytest
 import structlog
-from devstack import DevStack, RunningService
-from eventgen import realistic_events
 
 from consumer.errors import ConfigError
 from consumer.service import Service
+from consumer.testing.devstack import DevStack, RunningService
+from consumer.testing.eventgen import realistic_events
 from tests.helpers import wait_for
 
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 import structlog
-from devstack import DevStack, RunningService
-from eventgen import one_of_each
 
 from consumer.cli import main
 from consumer.config import default_mapping_file
 from consumer.emulators.common import Fault
+from consumer.testing.devstack import DevStack, RunningService
+from consumer.testing.eventgen import one_of_each
 from tests.helpers import wait_for
 
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
-from devstack import DevStack
 
 from consumer.cli import main
+from consumer.testing.devstack import DevStack
 
 
 @pytest.fixture(autouse=True)

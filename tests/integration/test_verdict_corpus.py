@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 import pytest
-from devstack import DevStack, RunningService
-from eventgen import make_event, malformed_values, one_of_each
 
 from consumer.cli import main
+from consumer.testing.devstack import DevStack, RunningService
+from consumer.testing.eventgen import make_event, malformed_values, one_of_each
 from tests.helpers import wait_for
 
 DESTINATIONS = ("freshsuccess", "freshpaint")

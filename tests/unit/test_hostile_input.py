@@ -106,6 +106,9 @@ class StubRegistry(SchemaRegistryClient):
         self.host = "registry.invalid"
         self.known = schemas
 
+    def close(self) -> None:
+        pass  # no HTTP client to close
+
     def get_schema(self, schema_id: int) -> dict[str, Any]:
         try:
             return self.known[schema_id]
@@ -551,7 +554,6 @@ def test_deeply_nested_json_from_the_registry_is_an_unknown_schema() -> None:
 
 RECURSIVE_SCHEMA_SCRIPT = """
 import copy, io, sys
-sys.path[:0] = [{root!r}]
 from fastavro import schemaless_writer
 from consumer.decoder import make_decoder
 from consumer.errors import EventError
@@ -574,11 +576,16 @@ except EventError as exc:
 """
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child Python that imports this repository's ``tests`` package too."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def run_recursive_schema(depth: int) -> subprocess.CompletedProcess[str]:
     """In a child process: a crash there must not take the test run down with it."""
-    script = RECURSIVE_SCHEMA_SCRIPT.format(root=str(ROOT), depth=depth)
+    script = RECURSIVE_SCHEMA_SCRIPT.format(depth=depth)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          check=False, cwd=ROOT)
+                          check=False, cwd=ROOT, env=child_env())
 
 
 def test_a_recursive_writer_schema_with_shallow_data_is_handled() -> None:
@@ -636,7 +643,6 @@ def assert_bounded_while_blocked(destination: str, delivery: DeliveryLoop) -> No
 FUZZ_SECONDS = int(os.environ.get("HOSTILE_FUZZ_SECONDS", "10"))
 FUZZ_SCRIPT = """
 import sys
-sys.path[:0] = [{root!r}]
 import atheris
 import orjson
 
@@ -673,7 +679,7 @@ def test_atheris_fuzz_of_the_decoder_and_mapper(tmp_path: Path) -> None:
                     "Linux x86_64); the hypothesis tests above still ran")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    from eventgen import one_of_each  # the seed corpus: one valid record of each event type
+    from consumer.testing.eventgen import one_of_each  # the seed corpus: one valid record of each event type
 
     for index, event in enumerate(one_of_each()):
         (corpus / f"seed-{index}").write_bytes(encode(event))
@@ -681,11 +687,11 @@ def test_atheris_fuzz_of_the_decoder_and_mapper(tmp_path: Path) -> None:
         if value is not None and len(value) < 4096:
             (corpus / f"case-{name}").write_bytes(value)
     script = tmp_path / "fuzz_decoder.py"
-    script.write_text(FUZZ_SCRIPT.format(root=str(ROOT)))
+    script.write_text(FUZZ_SCRIPT)
     result = subprocess.run(
         [sys.executable, str(script), str(corpus), f"-max_total_time={FUZZ_SECONDS}", "-timeout=10",
          "-rss_limit_mb=2048", f"-max_len={4096}", "-print_final_stats=1"],
-        capture_output=True, text=True, timeout=FUZZ_SECONDS + 120, cwd=tmp_path, check=False)
+        capture_output=True, text=True, timeout=FUZZ_SECONDS + 120, cwd=tmp_path, check=False, env=child_env())
     assert result.returncode == 0, f"atheris found a failing input:\n{result.stderr[-4000:]}"
     assert "Done" in result.stderr or "stat::number_of_executed_units" in result.stderr, result.stderr[-2000:]
 

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 if TYPE_CHECKING:
-    from local_kafka import LocalKafka
+    from consumer.testing.local_kafka import LocalKafka
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 VALIDITY = datetime.timedelta(days=1)
@@ -233,7 +233,7 @@ def secure_listener_properties(pki: TestPki) -> dict[str, str]:
 def secured_local_kafka(pki: TestPki, scram_users: Mapping[str, str], *, heap_mb: int = 512) -> LocalKafka:
     """A broker (call ``start()``) with PLAINTEXT plus the ``SASL_SSL`` and ``SSL`` (mTLS) listeners; their
     addresses are ``broker.listener_bootstrap(SASL_SSL_LISTENER)`` and ``...(MTLS_LISTENER)``."""
-    from local_kafka import LocalKafka
+    from consumer.testing.local_kafka import LocalKafka
 
     return LocalKafka(heap_mb=heap_mb, extra_listeners={SASL_SSL_LISTENER: "SASL_SSL", MTLS_LISTENER: "SSL"},
                       extra_properties=secure_listener_properties(pki),

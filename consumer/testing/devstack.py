@@ -23,13 +23,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
-from local_kafka import LocalKafka
 
 from consumer.config import Settings, load_settings
 from consumer.emulators import Emulators
 from consumer.emulators.schema_registry import SchemaRegistryEmulator
 from consumer.encoding import encode_confluent
 from consumer.schemas import default_reader_schema_path, load_schema, parse
+from consumer.testing.local_kafka import LocalKafka
 
 AUTH_KEY = "dev-auth-key-0f3c"
 API_KEY = "dev-api-key-9b21"

@@ -38,11 +38,11 @@ from typing import Any, TypeVar
 import orjson
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
-from devstack import DevStack
-from eventgen import BASE_TIME_MS, make_event, malformed_values
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.emulators import Emulators
+from consumer.testing.devstack import DevStack
+from consumer.testing.eventgen import BASE_TIME_MS, make_event, malformed_values
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
