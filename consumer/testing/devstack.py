@@ -82,7 +82,9 @@ class DevStack:
 
     def stop(self) -> None:
         if self._producer is not None:
-            self._producer.flush(10)
+            producer, self._producer = self._producer, None
+            producer.flush(10)
+            producer.close()  # before the broker goes: no reconnect attempts logged after the summary
         if self._emulators is not None:
             self._emulators.stop()
         self.registry.stop()
