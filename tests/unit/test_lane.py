@@ -474,3 +474,37 @@ def test_a_refused_commit_is_retried_and_not_reported_until_the_broker_holds_it(
     wait_for(confirmed, timeout_s=10, what="the refused commit to be retried")
     assert lane.stats.commits_refused == 2
     assert lane.stats.committed == {(TOPIC, 0): 10}
+
+
+# ------------------------------------------------------------------------------------------- revocation
+
+
+def test_a_revocation_finishes_the_revoked_partitions_work_commits_it_and_forgets_them(
+        delivery: DeliveryLoop) -> None:
+    destination = RecordingDestination(open_gate=False)
+    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery, max_wait_s=60.0)
+    for _ in range(3):
+        lane.step()
+    assert lane.tracker.pending_messages((TOPIC, 0))
+    fetched = 10 - sum(1 for m in source.pending if m.partition() == 0)
+    consumed = fetched - sum(1 for m in lane._held if m.partition() == 0)  # held back (no slot) are the new owner's
+    destination.gate.set()
+    lane._on_revoke([(TOPIC, 0)])  # as librdkafka calls it, inside consume
+    assert source.stored()[(TOPIC, 0)] == consumed  # delivered, then committed synchronously before giving it up
+    assert not lane.tracker.owns((TOPIC, 0))
+    assert not lane.committer.owns((TOPIC, 0))
+    assert (TOPIC, 0) not in lane.stats.committed
+    assert sorted(n for n in destination.delivered if n % 2 == 0) == list(range(0, 2 * consumed, 2))
+
+
+def test_a_revocation_past_its_deadline_abandons_the_unfinished_work_uncommitted(delivery: DeliveryLoop) -> None:
+    destination = RecordingDestination(open_gate=False)  # nothing finishes
+    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery,
+                             revoke_timeout_s=0.05)
+    for _ in range(3):
+        lane.step()
+    lane._on_revoke([(TOPIC, 0)])
+    assert (TOPIC, 0) not in source.stored()
+    destination.gate.set()  # the abandoned batches finish later: still nothing is committed for the partition
+    drain(lane, source, {(TOPIC, 1): 10}, "the kept partition to be committed")
+    assert (TOPIC, 0) not in source.stored()
