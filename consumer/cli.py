@@ -207,7 +207,7 @@ def _check(config: Path | None) -> int:
     configure_logging(level="warning")
     settings = load_settings(config)
     prepared = prepare(settings)
-    lanes = [name for name in settings.destinations() if getattr(prepared.mapping, name) is not None]
+    lanes = [name for name in settings.destinations() if name in prepared.mapping.functions]
     print(f"ok: {settings.source}: mapping {prepared.mapping_file} compiles against the reader schema "
           f"({len(prepared.mapping.rule_names)} rules; destinations with rules: {', '.join(lanes) or 'none'})")
     return 0

@@ -213,8 +213,15 @@ class Settings(_Section):
         config.update(kafka.client_properties)
         return config
 
+    def destination(self, name: str) -> FreshsuccessConfig | FreshpaintConfig:
+        """The section of destination ``name`` (``freshsuccess`` or ``freshpaint``)."""
+        sections: dict[str, FreshsuccessConfig | FreshpaintConfig] = {
+            "freshsuccess": self.freshsuccess, "freshpaint": self.freshpaint}
+        return sections[name]
+
     def destinations(self) -> list[str]:
-        return [name for name in ("freshsuccess", "freshpaint") if getattr(self, name).enabled]
+        """The enabled destinations, in lane order."""
+        return [name for name in ("freshsuccess", "freshpaint") if self.destination(name).enabled]
 
     def group_for(self, destination: str) -> str:
         return f"{self.kafka.group_id}.{destination}" if self.kafka.group_per_destination else self.kafka.group_id

@@ -20,6 +20,11 @@ class FreshsuccessDestination:
     def __init__(self, sink: FreshsuccessSink) -> None:
         self.sink = sink
 
+    @property
+    def state(self) -> str:
+        """``ok``, ``retrying`` or ``bad_credentials`` (the sink's, for health and metrics)."""
+        return str(self.sink.state)
+
     async def deliver(self, batch: Batch) -> list[tuple[int, Rejected]]:
         await self.sink.deliver(bytes(batch.body), batch.events)
         return []
@@ -41,6 +46,11 @@ class FreshpaintDestination:
     def __init__(self, sink: FreshpaintSink, *, ordered: bool = False) -> None:
         self.sink = sink
         self.ordered = ordered
+
+    @property
+    def state(self) -> str:
+        """``ok``, ``retrying`` or ``bad_credentials`` (the sink's, for health and metrics)."""
+        return str(self.sink.state)
 
     async def deliver(self, batch: Batch) -> list[tuple[int, Rejected]]:
         if not self.ordered:

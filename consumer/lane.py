@@ -330,6 +330,11 @@ class Lane:
     def paused_partitions(self) -> int:
         return len(self._paused)
 
+    @property
+    def destination_state(self) -> str:
+        """The destination's own state (``ok``, ``retrying``, ``bad_credentials``); ``ok`` when it has none."""
+        return str(getattr(self.destination, "state", "ok"))
+
     def _has_capacity(self) -> bool:
         return len(self._in_flight) < self.settings.max_in_flight_batches
 

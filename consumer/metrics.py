@@ -95,8 +95,7 @@ class _LaneCollector(Collector):
             failed.add_metric([name], 1 if lane.fatal else 0)
             in_flight.add_metric([name], lane.in_flight)
             paused.add_metric([name], lane.paused_partitions)
-            sink = getattr(lane.destination, "sink", None)
-            current = str(getattr(sink, "state", "ok"))
+            current = lane.destination_state
             for known in ("ok", "retrying", "bad_credentials"):
                 state.add_metric([name, known], 1 if current == known else 0)
             for (topic, partition), offset in dict(stats.committed).items():

@@ -308,7 +308,7 @@ class Service:
         self.delivery.start()
         base = settings.kafka_client_config()
         for name in self.destinations:
-            map_fn: MapFn | None = getattr(prepared.mapping, name)
+            map_fn: MapFn | None = prepared.mapping.functions.get(name)
             if map_fn is None:
                 log.warning("destination_has_no_rules", destination=name, mapping=str(prepared.mapping_file))
                 continue
@@ -353,7 +353,7 @@ class Service:
         try:
             lane = Lane(destination=destination, source_factory=source_factory, judge=judge,
                         dead_letters=dead_letters, delivery=self.delivery,
-                        settings=lane_settings(settings, ordered=getattr(settings, name).ordered),
+                        settings=lane_settings(settings, ordered=settings.destination(name).ordered),
                         metrics=self.metrics)
         except BaseException:
             dead_letters.close()

@@ -160,9 +160,20 @@ class CompiledMapping:
     python_source: str = field(default="", repr=False, compare=False)
     _programs: tuple[_RuleProgram, ...] = field(default=(), repr=False, compare=False)
 
-    def explain(self, record: dict[str, Any], topic: str, partition: int,
-                offset: int) -> list[tuple[str, str, dict[str, Any]]]:
-        """``(rule, destination, output)`` for every output the event produces, for dry runs.
+    @property
+    def functions(self) -> dict[str, MapFn]:
+        """The mapping function of each destination that has rules, by destination name."""
+        found = {Destination.FRESHSUCCESS.value: self.freshsuccess, Destination.FRESHPAINT.value: self.freshpaint}
+        return {name: fn for name, fn in found.items() if fn is not None}
+
+    def rules_matching(self, record: dict[str, Any]) -> list[str]:
+        """The rules whose ``when:`` selects the record, in file order."""
+        return [program.name for program in self._programs if program.matches(record)]
+
+    def explain(self, record: dict[str, Any], topic: str, partition: int, offset: int,
+                destination: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(rule, destination, output)`` for every output the event produces (for ``destination`` only, when
+        given), for dry runs.
 
         Produces exactly what the ``freshsuccess``/``freshpaint`` functions produce, in the same order,
         and raises the same errors.
@@ -173,13 +184,13 @@ class CompiledMapping:
         for program in self._programs:
             if not program.matches(record):
                 continue
-            for destination, fn, out in ((Destination.FRESHSUCCESS, program.freshsuccess, fs_out),
-                                         (Destination.FRESHPAINT, program.freshpaint, fp_out)):
-                if fn is None:
+            for name, fn, out in ((Destination.FRESHSUCCESS, program.freshsuccess, fs_out),
+                                  (Destination.FRESHPAINT, program.freshpaint, fp_out)):
+                if fn is None or (destination is not None and name.value != destination):
                     continue
                 before = len(out)
                 fn(record, topic, partition, offset, out)
-                outputs.extend((program.name, destination.value, o) for o in out[before:])
+                outputs.extend((program.name, name.value, o) for o in out[before:])
         return outputs
 
 

@@ -447,7 +447,7 @@ def run_replay(settings: Settings, selection: Selection, *, to_destinations: boo
     group_id = group or f"{settings.kafka.group_id}.dlq-replay"
     topic = settings.kafka.dead_letter_topic
     prepared = prepare(settings)
-    running = [d for d in settings.destinations() if getattr(prepared.mapping, d) is not None]
+    running = [d for d in settings.destinations() if d in prepared.mapping.functions]
     mode = "to destinations" if to_destinations else "to source topics"
     report = ReplayReport(group_id, topic, mode, dry_run)
     ledger = Ledger(settings, group=group_id, create=not dry_run)
@@ -792,7 +792,7 @@ class _DestinationReplay:
 
     def _judge(self, name: str) -> Judge:
         if name not in self.judges:
-            self.judges[name] = self._judge_for(self.settings, name, self.decoder, getattr(self.mapping, name))
+            self.judges[name] = self._judge_for(self.settings, name, self.decoder, self.mapping.functions[name])
         return self.judges[name]
 
     def _destination(self, name: str) -> Any:

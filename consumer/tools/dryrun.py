@@ -121,22 +121,22 @@ class DryRun:
             raise FatalError("no decoder for a topic sample")  # a programming error, not a user's
         for name in running:
             assert decoder is not None
-            judge = judge_for(self.settings, name, decoder, getattr(self.mapping, name))
+            judge = judge_for(self.settings, name, decoder, self.mapping.functions[name])
             decision = judge.decide(sample.value, sample.topic, sample.partition, sample.offset,
                                     size_bytes=sample.size_bytes)
             record = decision.record
             if record is not None and not plan.rules and plan.event_type is None:
                 plan.event_type = _text(record.get("event_type"))
                 plan.event_id = _text(record.get("event_id"))
-                plan.rules = [p.name for p in self.mapping._programs if p.matches(record)]
+                plan.rules = self.mapping.rules_matching(record)
             plan.destinations[name] = self._destination(name, decision, sample)
         return plan
 
     def _runs(self, name: str, plan: EventPlan) -> bool:
-        if not getattr(self.settings, name).enabled:
+        if not self.settings.destination(name).enabled:
             plan.destinations[name] = DestinationPlan(name, "off", "disabled", f"{name}.enabled is false")
             return False
-        if getattr(self.mapping, name) is None:
+        if name not in self.mapping.functions:
             plan.destinations[name] = DestinationPlan(
                 name, "off", "no_rules", f"the mapping has no {name} outputs, so the {name} lane does not run")
             return False
@@ -165,16 +165,8 @@ class DryRun:
     def _rules_behind(self, name: str, record: dict[str, Any], sample: Sample) -> list[str]:
         """The rule that made each of ``name``'s outputs, in emission order (only for labels: the verdict
         already decided; the compiled rules run again here to say which rule made what)."""
-        labels: list[str] = []
-        emitted: list[dict[str, Any]] = []
-        for program in self.mapping._programs:
-            fn = getattr(program, name)
-            if fn is None or not program.matches(record):
-                continue
-            before = len(emitted)
-            fn(record, sample.topic, sample.partition, sample.offset, emitted)
-            labels += [program.name] * (len(emitted) - before)
-        return labels
+        return [rule for rule, _, _ in self.mapping.explain(record, sample.topic, sample.partition, sample.offset,
+                                                             destination=name)]
 
     def _freshsuccess_requests(self, outputs: list[tuple[str, dict[str, Any]]], body: bytes) -> list[PlannedRequest]:
         fs = self.settings.freshsuccess

@@ -54,7 +54,7 @@ def test_every_metric_the_runbook_names_is_exported() -> None:
         fatal = None
         in_flight = 0
         paused_partitions = 0
-        destination = None
+        destination_state = "ok"
 
     lane = Lane()
     lane.stats.committed[("t", 0)] = 1
