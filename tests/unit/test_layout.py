@@ -1,0 +1,108 @@
+"""The layout's rules, read from the source: who may import the Kafka client, who commits, who reads whose privates.
+
+docs/architecture.md states these rules; each is checked here over every module of the package, and each check
+is shown to catch a synthetic module that breaks it, so a rule cannot pass by checking nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "consumer"
+
+KAFKA_CLIENT_MODULES = {
+    "consumer/cli.py",             # tells the client's refusal of its settings from other errors
+    "consumer/source.py",          # the lanes' consumer, and commit_checked
+    "consumer/deadletter.py",      # the dead-letter producer
+    "consumer/service.py",         # the start-up broker check (admin client)
+    "consumer/tools/kafkaread.py",  # the tools' bounded reader
+    "consumer/tools/ledger.py",    # the replay ledger's producer and admin client
+    "consumer/tools/dlq.py",       # producing dead letters back to their source
+    "consumer/tools/ping.py",      # the broker check
+}
+"""Modules that may import ``confluent_kafka`` (``consumer/testing/`` aside): the pipeline's core never does."""
+
+
+def modules() -> Iterator[tuple[str, ast.Module]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = str(path.relative_to(PACKAGE.parent))
+        yield name, ast.parse(path.read_text(encoding="utf-8"), filename=name)
+
+
+def imported_modules(tree: ast.Module) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def kafka_client_importers(tree: ast.Module) -> bool:
+    return any(name == "confluent_kafka" or name.startswith("confluent_kafka.") for name in imported_modules(tree))
+
+
+def commit_calls(tree: ast.Module) -> list[int]:
+    """Lines that call ``<something>.commit(offsets=...)`` (a Kafka client's commit)."""
+    return [node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "commit"
+            and any(keyword.arg == "offsets" for keyword in node.keywords)]
+
+
+def private_imports(name: str, tree: ast.Module) -> list[str]:
+    """``from consumer.other_package... import _private`` across top-level packages of ``consumer``."""
+    own = name.split("/")[1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("consumer."):
+            other = node.module.split(".")[1]
+            found += [f"{node.module}.{alias.name}" for alias in node.names
+                      if alias.name.startswith("_") and other != own.removesuffix(".py")]
+    return found
+
+
+def private_attributes_of_other_objects(tree: ast.Module) -> list[str]:
+    """``x._name`` where ``x`` is not ``self``/``cls`` (reaching into another object's privates). librdkafka's
+    local error codes (``KafkaError._PARTITION_EOF``, ...) are public names that happen to start with ``_``."""
+    return [f"line {node.lineno}: .{node.attr}" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls", "KafkaError"))]
+
+
+def test_only_the_kafka_edge_modules_import_the_kafka_client() -> None:
+    offenders = [name for name, tree in modules()
+                 if kafka_client_importers(tree) and name not in KAFKA_CLIENT_MODULES
+                 and not name.startswith("consumer/testing/")]
+    assert offenders == []
+    for core in ("lane", "verdict", "committer", "offsets", "batcher", "delivery", "decoder", "destinations"):
+        assert f"consumer/{core}.py" not in KAFKA_CLIENT_MODULES
+
+
+def test_only_commit_checked_and_the_committers_source_call_a_kafka_commit() -> None:
+    callers = {name: lines for name, tree in modules() if (lines := commit_calls(tree))
+               and not name.startswith("consumer/testing/")}
+    assert set(callers) == {"consumer/source.py"}, callers
+
+
+def test_the_tools_use_only_public_names_of_other_packages() -> None:
+    offenders = {name: found for name, tree in modules() if name.startswith("consumer/tools/")
+                 and (found := private_imports(name, tree) + private_attributes_of_other_objects(tree))}
+    assert offenders == {}
+
+
+@pytest.mark.parametrize(("source", "rule"), [
+    ("from confluent_kafka import Consumer\n", kafka_client_importers),
+    ("import confluent_kafka.admin\n", kafka_client_importers),
+    ("consumer.commit(offsets=[], asynchronous=False)\n", commit_calls),
+    ("from consumer.mapping.compiler import _RuleProgram\n", lambda tree: private_imports("consumer/tools/x.py", tree)),
+    ("rules = mapping._programs\n", private_attributes_of_other_objects),
+])
+def test_each_rule_catches_a_module_that_breaks_it(source: str, rule: object) -> None:
+    assert callable(rule)
+    assert rule(ast.parse(source)), f"the rule let a breaking module through: {source!r}"
+    assert not rule(ast.parse("import json\nself._ok = 1\n"))
