@@ -7,6 +7,7 @@ is shown to catch a synthetic module that breaks it, so a rule cannot pass by ch
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +107,55 @@ def test_each_rule_catches_a_module_that_breaks_it(source: str, rule: object) ->
     assert callable(rule)
     assert rule(ast.parse(source)), f"the rule let a breaking module through: {source!r}"
     assert not rule(ast.parse("import json\nself._ok = 1\n"))
+
+
+# ------------------------------------------------------------------- docs/architecture.md names what exists
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def named_paths(text: str) -> set[str]:
+    """Repository paths the page names: link targets and backticked ``consumer/...``, ``scripts/...`` paths."""
+    found = {target.removeprefix("../") for target in re.findall(r"\]\((\.\./[^)#]+)\)", text)}
+    found |= set(re.findall(r"`((?:consumer|scripts|tests|helm|docs)/[\w./-]*\w/?)`", text))
+    return found
+
+
+def named_methods(text: str, classes: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """``Class.method`` spans whose class is one of the package's."""
+    return {(cls, attr) for cls, attr in re.findall(r"`([A-Z]\w+)\.(\w+)`", text) if cls in classes}
+
+
+def package_classes() -> dict[str, set[str]]:
+    classes: dict[str, set[str]] = {}
+    for _name, tree in modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                members = classes.setdefault(node.name, set())
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                        members.add(item.name)
+                    elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        members.add(item.target.id)
+    return classes
+
+
+def test_every_path_and_method_the_architecture_page_names_exists() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    paths = named_paths(text)
+    assert len(paths) > 10  # the page does name the files it describes
+    missing = sorted(p for p in paths if not (PACKAGE.parent / p).exists())
+    assert missing == []
+    classes = package_classes()
+    methods = named_methods(text, classes)
+    assert ("Lane", "step") in methods
+    assert sorted(f"{c}.{m}" for c, m in methods if m not in classes[c]) == []
+
+
+def test_the_architecture_check_notices_a_name_that_does_not_exist() -> None:
+    text = "see [`lane.py`](../consumer/no_such_module.py) and `Lane.no_such_step`"
+    assert "consumer/no_such_module.py" in named_paths(text)
+    assert not (PACKAGE / "no_such_module.py").exists()
+    classes = package_classes()
+    assert ("Lane", "no_such_step") in named_methods(text, classes)
+    assert "no_such_step" not in classes["Lane"]
