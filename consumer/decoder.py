@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal, get_args
 from fastavro import schemaless_reader
 from fastavro.read import SchemaResolutionError
 
+from consumer.config import Settings
 from consumer.encoding import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
@@ -35,7 +36,7 @@ from consumer.encoding import (
 )
 from consumer.errors import ConfigError, DecodeError, UnknownSchema
 from consumer.registry import SchemaRegistryClient
-from consumer.schemas import ParsedSchema, SchemaStore, default_schema_dir, is_recursive, parse
+from consumer.schemas import ParsedSchema, SchemaStore, default_schema_dir, is_recursive, load_schema, parse
 
 __all__ = [
     "FRAMINGS",
@@ -263,3 +264,40 @@ def _body_error(plan: _Plan, exc: Exception) -> DecodeError:
 
 def _trailing_error(plan: _Plan, extra_bytes: int) -> DecodeError:
     return DecodeError(f"{plan.label}: {extra_bytes} trailing bytes after a complete record")
+
+
+def registry_client(settings: Settings) -> SchemaRegistryClient:
+    """The schema registry client the configuration describes (URL, timeout, basic auth)."""
+    decoding = settings.decoding
+    if not decoding.schema_registry_url:
+        raise ConfigError("confluent framing needs a schema registry URL (or SCHEMA_REGISTRY_URL)",
+                          key="decoding.schema_registry_url", file=settings.source)
+    auth = None
+    if decoding.schema_registry_user and settings.schema_registry_password is not None:
+        auth = (decoding.schema_registry_user, settings.schema_registry_password.get_secret_value())
+    try:
+        return SchemaRegistryClient(decoding.schema_registry_url, timeout_s=decoding.schema_registry_timeout_s,
+                                    auth=auth)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="decoding.schema_registry_url", file=settings.source) from None
+
+
+def decoder_for(settings: Settings, reader_schema: dict[str, Any] | ParsedSchema, *,
+                check_registry: Callable[[SchemaRegistryClient], None] | None = None) -> Decoder:
+    """The decoder the configuration describes (framing, registry, schema directory, writer schema), built in
+    this one place for the lanes and the tools; ``check_registry`` runs on a new registry client first."""
+    decoding = settings.decoding
+    registry = None
+    if decoding.framing == "confluent":
+        registry = registry_client(settings)
+        if check_registry is not None:
+            try:
+                check_registry(registry)
+            except BaseException:
+                registry.close()
+                raise
+    store = SchemaStore.from_directory(decoding.schema_dir or default_schema_dir()) \
+        if decoding.framing == "single-object" else None
+    writer = load_schema(decoding.writer_schema) if decoding.writer_schema else None
+    return make_decoder(decoding.framing, reader_schema=reader_schema, registry=registry, store=store,
+                        writer_schema=writer)

@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from consumer.config import Settings, default_mapping_file
 from consumer.deadletter import DeadLetter, DeadLetterProducer
-from consumer.decoder import make_decoder
+from consumer.decoder import decoder_for
 from consumer.delivery import DeliveryLoop
 from consumer.destinations import FreshpaintDestination, FreshsuccessDestination
 from consumer.errors import ConfigError, FatalError, TransientError
@@ -32,7 +32,7 @@ from consumer.lane import Destination, Lane, LaneSettings
 from consumer.mapping import CompiledMapping, load_mapping
 from consumer.metrics import Metrics
 from consumer.registry import SchemaRegistryClient
-from consumer.schemas import SchemaStore, default_reader_schema_path, default_schema_dir, load_schema
+from consumer.schemas import default_reader_schema_path, load_schema
 from consumer.sinks.freshpaint import FreshpaintSink
 from consumer.sinks.freshsuccess import FreshsuccessSink, datacenter_url
 from consumer.sinks.retry import RetryPolicy
@@ -145,27 +145,8 @@ def _without_timing(text: str) -> str:
 
 
 def build_decoder(settings: Settings, reader_schema: dict[str, Any]) -> Decoder:
-    decoding = settings.decoding
-    registry = None
-    if decoding.framing == "confluent":
-        if not decoding.schema_registry_url:
-            raise ConfigError("confluent framing needs a schema registry URL (or SCHEMA_REGISTRY_URL)",
-                              key="decoding.schema_registry_url", file=settings.source)
-        auth = None
-        if decoding.schema_registry_user and settings.schema_registry_password is not None:
-            auth = (decoding.schema_registry_user, settings.schema_registry_password.get_secret_value())
-        registry = SchemaRegistryClient(decoding.schema_registry_url, timeout_s=decoding.schema_registry_timeout_s,
-                                        auth=auth)
-        try:
-            check_registry(registry)
-        except BaseException:
-            registry.close()
-            raise
-    store = SchemaStore.from_directory(decoding.schema_dir or default_schema_dir()) \
-        if decoding.framing == "single-object" else None
-    writer = load_schema(decoding.writer_schema) if decoding.writer_schema else None
-    return make_decoder(decoding.framing, reader_schema=reader_schema, registry=registry, store=store,
-                        writer_schema=writer)
+    """A lane's decoder; a registry that does not answer at start-up stops it (later outages are retried)."""
+    return decoder_for(settings, reader_schema, check_registry=check_registry)
 
 
 def check_registry(registry: SchemaRegistryClient, attempts: int = 3) -> None:

@@ -8,48 +8,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consumer.config import Settings
-from consumer.decoder import make_decoder
+from consumer.decoder import decoder_for
 from consumer.errors import ConfigError, FatalError, TransientError
-from consumer.lane import Decoder
 from consumer.registry import SchemaRegistryClient
-from consumer.schemas import SchemaStore, default_schema_dir, load_schema
-
-
-def registry_client(settings: Settings) -> SchemaRegistryClient:
-    decoding = settings.decoding
-    if not decoding.schema_registry_url:
-        raise ConfigError("confluent framing needs a schema registry URL (or SCHEMA_REGISTRY_URL)",
-                          key="decoding.schema_registry_url", file=settings.source)
-    auth = None
-    if decoding.schema_registry_user and settings.schema_registry_password is not None:
-        auth = (decoding.schema_registry_user, settings.schema_registry_password.get_secret_value())
-    try:
-        return SchemaRegistryClient(decoding.schema_registry_url, timeout_s=decoding.schema_registry_timeout_s,
-                                    auth=auth)
-    except ValueError as exc:
-        raise ConfigError(str(exc), key="decoding.schema_registry_url", file=settings.source) from None
+from consumer.verdict import Decoder
 
 
 def tool_decoder(settings: Settings, reader_schema: dict[str, Any], *, check: bool = True) -> Decoder:
     """The decoder the consumer would use; for ``confluent`` the registry is asked once, without retries."""
-    decoding = settings.decoding
-    registry = None
-    if decoding.framing == "confluent":
-        registry = registry_client(settings)
-        if check:
-            try:
-                registry.check()
-            except BaseException as exc:
-                registry.close()
-                if not isinstance(exc, TransientError):
-                    raise
-                raise FatalError(f"{exc}; check decoding.schema_registry_url (or SCHEMA_REGISTRY_URL) and that "
-                                 "the registry is up") from None
-    store = SchemaStore.from_directory(decoding.schema_dir or default_schema_dir()) \
-        if decoding.framing == "single-object" else None
-    writer = load_schema(decoding.writer_schema) if decoding.writer_schema else None
-    return make_decoder(decoding.framing, reader_schema=reader_schema, registry=registry, store=store,
-                        writer_schema=writer)
+    return decoder_for(settings, reader_schema, check_registry=_check_once if check else None)
+
+
+def _check_once(registry: SchemaRegistryClient) -> None:
+    try:
+        registry.check()
+    except TransientError as exc:
+        raise FatalError(f"{exc}; check decoding.schema_registry_url (or SCHEMA_REGISTRY_URL) and that the "
+                         "registry is up") from None
 
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)", re.IGNORECASE)

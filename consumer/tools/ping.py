@@ -33,10 +33,10 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from consumer.config import Settings
+from consumer.decoder import registry_client
 from consumer.errors import UsageConsumerError
 from consumer.sinks.freshsuccess import datacenter_url
 from consumer.sinks.retry import redactor, split_base_url
-from consumer.tools.common import registry_client
 from consumer.tools.kafkaread import kafka_error_text
 
 FreshpaintCheck = Literal["event", "connect"]
