@@ -55,6 +55,17 @@ _AIOHTTP_RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
 _Answer = tuple[int, Mapping[str, str], bytes]
 
 
+TRACK_PATH = "/track"
+
+
+def with_token(event: dict[str, Any], token: str) -> bytes:
+    """The request body for ``event``: its JSON with ``token`` placed last in ``properties``, on a shallow copy
+    (the event itself never holds the token). Raises ``KeyError``/``TypeError`` for an event that is not one."""
+    properties = dict(event["properties"])
+    properties["token"] = token
+    return orjson.dumps({**event, "properties": properties})
+
+
 class FreshpaintSink:
     """Delivers events to Freshpaint with at most ``max_in_flight`` requests outstanding across all callers."""
 
@@ -74,7 +85,7 @@ class FreshpaintSink:
         if transport not in ("aiohttp", "httpx"):
             raise ConfigError(f"must be 'aiohttp' or 'httpx', got {transport!r}", key="freshpaint.transport")
         base, self.host = split_base_url(base_url, key="freshpaint.base_url")
-        url = f"{base}/track"
+        url = base + TRACK_PATH
         self._token = token
         self._max_in_flight = max_in_flight
         self._timeout_s = timeout_s
@@ -197,9 +208,7 @@ class FreshpaintSink:
 
     def _encode(self, event: dict[str, Any]) -> bytes:
         try:
-            properties = dict(event["properties"])
-            properties["token"] = self._token
-            return orjson.dumps({**event, "properties": properties})
+            return with_token(event, self._token)
         except (KeyError, TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
             raise Rejected(f"event for Freshpaint cannot be serialized: {type(exc).__name__}: "
                            f"{self._redact(str(exc))}") from None

@@ -64,6 +64,16 @@ def datacenter_url(datacenter: Literal["us", "eu"]) -> str:
                           key="freshsuccess.datacenter") from None
 
 
+PING_PATH = "/v1/ping"
+MASKED_EVENT_PATH = "/v1/***/***"
+"""The Event API path as dry runs and tools show it: the keys never appear."""
+
+
+def event_path(auth_key: str, api_key: str) -> str:
+    """``/v1/{authKey}/{apiKey}``, each key URL-quoted: the one place the Event API's path is written."""
+    return f"/v1/{quote(auth_key, safe='')}/{quote(api_key, safe='')}"
+
+
 class FreshsuccessSink:
     """Delivers NDJSON batches to Freshsuccess; ``state`` says whether it is healthy, retrying, or locked out."""
 
@@ -84,8 +94,8 @@ class FreshsuccessSink:
         if not timeout_s > 0:
             raise ConfigError(f"must be > 0, got {timeout_s}", key="freshsuccess.timeout_s")
         base, self.host = split_base_url(base_url, key="freshsuccess.base_url")
-        self._url = f"{base}/v1/{quote(auth_key, safe='')}/{quote(api_key, safe='')}"
-        self._ping_url = f"{base}/v1/ping"
+        self._url = base + event_path(auth_key, api_key)
+        self._ping_url = base + PING_PATH
         self._encoding: Encoding = encoding
         self._level = compress_level
         self._timeout = httpx.Timeout(timeout_s)

@@ -25,7 +25,8 @@ from consumer.errors import FatalError
 from consumer.mapping import CompiledMapping
 from consumer.service import judge_for
 from consumer.sinks.compress import compress
-from consumer.sinks.freshsuccess import datacenter_url
+from consumer.sinks.freshpaint import TRACK_PATH, with_token
+from consumer.sinks.freshsuccess import MASKED_EVENT_PATH, datacenter_url
 from consumer.tools.samples import Sample
 from consumer.verdict import PARK, SKIP, STOP, WAIT, Decision, Decoder, close_decoder
 
@@ -105,8 +106,8 @@ class DryRun:
         self.mapping = mapping
         self.decoder = decoder
         fs = settings.freshsuccess
-        self._fs_url = f"{(fs.base_url or datacenter_url(fs.datacenter)).rstrip('/')}/v1/{MASK}/{MASK}"
-        self._fp_url = f"{settings.freshpaint.base_url.rstrip('/')}/track"
+        self._fs_url = (fs.base_url or datacenter_url(fs.datacenter)).rstrip("/") + MASKED_EVENT_PATH
+        self._fp_url = settings.freshpaint.base_url.rstrip("/") + TRACK_PATH
         token = settings.freshpaint.token
         self._token = token.get_secret_value() if token is not None else MASK
 
@@ -180,11 +181,8 @@ class DryRun:
     def _freshpaint_requests(self, outputs: list[tuple[str, dict[str, Any]]]) -> list[PlannedRequest]:
         requests = []
         for rule, output in outputs:
-            properties = dict(output["properties"])
-            properties["token"] = self._token  # where the sink puts it: last
-            length = len(orjson.dumps({**output, "properties": properties}))
-            properties["token"] = MASK
-            body = orjson.dumps({**output, "properties": properties}).decode()
+            length = len(with_token(output, self._token))  # what the sink sends
+            body = with_token(output, MASK).decode()
             headers = {"Content-Type": "application/json", "Content-Length": str(length)}
             requests.append(PlannedRequest("POST", self._fp_url, headers, body, (rule,)))
         return requests

@@ -35,7 +35,8 @@ from confluent_kafka.admin import AdminClient
 from consumer.config import Settings
 from consumer.decoder import registry_client
 from consumer.errors import UsageConsumerError
-from consumer.sinks.freshsuccess import datacenter_url
+from consumer.sinks.freshpaint import TRACK_PATH
+from consumer.sinks.freshsuccess import MASKED_EVENT_PATH, PING_PATH, datacenter_url, event_path
 from consumer.sinks.retry import redactor, split_base_url
 from consumer.tools.kafkaread import kafka_error_text
 
@@ -112,7 +113,7 @@ def check_freshsuccess(settings: Settings, timeout_s: float | None) -> list[Chec
     results = []
     with httpx.Client(timeout=timeout, verify=_verify(fs.ca_bundle, "freshsuccess.ca_bundle", settings)) as client:
         try:
-            status = client.post(f"{base}/v1/ping", content=b"").status_code
+            status = client.post(base + PING_PATH, content=b"").status_code
             ok = 200 <= status < 300
             detail = f"POST /v1/ping answered {status}" + ("" if ok else "; check freshsuccess.base_url/datacenter")
         except httpx.HTTPError as exc:
@@ -124,10 +125,9 @@ def check_freshsuccess(settings: Settings, timeout_s: float | None) -> list[Chec
             return results
         auth, api = fs.auth_key.get_secret_value(), fs.api_key.get_secret_value()
         redact = redactor((auth, api))
-        from urllib.parse import quote
 
-        url = f"{base}/v1/{quote(auth, safe='')}/{quote(api, safe='')}"
-        what = "POST /v1/***/*** with an empty body (no events)"
+        url = base + event_path(auth, api)
+        what = f"POST {MASKED_EVENT_PATH} with an empty body (no events)"
         try:
             status = client.post(url, content=b"", headers={"Content-Type": "application/json"}).status_code
         except httpx.HTTPError as exc:
@@ -169,7 +169,7 @@ def check_freshpaint(settings: Settings, timeout_s: float | None, mode: Freshpai
     what = f"POST /track '{PING_EVENT}' (routed to no destination)"
     try:
         with httpx.Client(timeout=timeout, verify=verify) as client:
-            response = client.post(f"{base}/track", content=body, headers={"Content-Type": "application/json"})
+            response = client.post(base + TRACK_PATH, content=body, headers={"Content-Type": "application/json"})
     except httpx.HTTPError as exc:
         return CheckResult("freshpaint", host, False, f"{what} failed: {type(exc).__name__}; check the network "
                                                       "and freshpaint.base_url")
