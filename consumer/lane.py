@@ -34,7 +34,7 @@ from consumer.committer import CommitResult, Committer
 from consumer.config import BatchingConfig, CommitConfig, KafkaConfig, RetryConfig
 from consumer.delivery import DeliveryLoop
 from consumer.errors import EventError, FatalError, Rejected, TransientError
-from consumer.metrics import Metrics
+from consumer.metrics import LaneSnapshot, Metrics
 from consumer.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
 from consumer.source import MessageSource, SourceCallbacks
 from consumer.verdict import PARK, SEND, SKIP, WAIT, Decoder, Judge, MapFn, close_decoder
@@ -329,6 +329,18 @@ class Lane:
     @property
     def paused_partitions(self) -> int:
         return len(self._paused)
+
+    def snapshot(self) -> LaneSnapshot:
+        """What this lane reports at a scrape (read from another thread: every value is copied)."""
+        stats = self.stats
+        return LaneSnapshot(
+            name=self.name,
+            counters={"consumed": stats.consumed, "delivered_events": stats.delivered_events,
+                      "delivered_messages": stats.delivered_messages, "skipped": stats.skipped,
+                      "decode_retries": stats.transient_failures, "commits_refused": stats.commits_refused},
+            dead_lettered=dict(stats.dead_lettered), failed=self.fatal is not None,
+            in_flight_batches=len(self._in_flight), paused_partitions=len(self._paused),
+            destination_state=self.destination_state, committed=dict(stats.committed), lag=dict(stats.lag))
 
     @property
     def destination_state(self) -> str:

@@ -7,14 +7,48 @@ batch delivery time) are observed once per batch. Each ``Metrics`` has its own r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "usage_consumer"
+
+
+@dataclass(frozen=True)
+class LaneSnapshot:
+    """What a lane reports at one scrape (:meth:`consumer.lane.Lane.snapshot`): counters, state, offsets."""
+
+    name: str
+    counters: Mapping[str, int]
+    """``consumed``, ``delivered_events``, ``delivered_messages``, ``skipped``, ``decode_retries``,
+    ``commits_refused``."""
+    dead_lettered: Mapping[str, int]
+    failed: bool
+    in_flight_batches: int
+    paused_partitions: int
+    destination_state: str
+    committed: Mapping[tuple[str, int], int]
+    lag: Mapping[tuple[str, int], int]
+
+
+class Reporting(Protocol):
+    """Anything that can report a :class:`LaneSnapshot` (a lane)."""
+
+    def snapshot(self) -> LaneSnapshot: ...
+
+
+COUNTERS = {
+    "consumed": "Records consumed from Kafka.",
+    "delivered_events": "Outputs accepted by the destination.",
+    "delivered_messages": "Kafka records whose outputs were all accepted.",
+    "skipped": "Records no mapping rule selected (committed, not delivered).",
+    "decode_retries": "Decode attempts postponed by a transient failure (registry down).",
+    "commits_refused": "Commit answers in which the broker refused a partition (each is sent again).",
+}
 BATCH_EVENT_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 DELIVERY_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -24,7 +58,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._lanes: list[Any] = []
+        self._lanes: list[Reporting] = []
         self.registry.register(_LaneCollector(lambda: list(self._lanes)))
         self.batch_events = Histogram(f"{PREFIX}_batch_events", "Outputs per delivered batch.", ["destination"],
                                       buckets=BATCH_EVENT_BUCKETS, registry=self.registry)
@@ -34,7 +68,7 @@ class Metrics:
         self.retries = Counter(f"{PREFIX}_retries", "Requests retried, by destination and reason.",
                                ["destination", "reason"], registry=self.registry)
 
-    def add_lane(self, lane: Any) -> None:
+    def add_lane(self, lane: Reporting) -> None:
         self._lanes.append(lane)
 
     def on_retry(self, destination: str) -> Callable[[str, float], None]:
@@ -51,25 +85,15 @@ class Metrics:
 
 
 class _LaneCollector(Collector):
-    def __init__(self, lanes: Callable[[], list[Any]]) -> None:
+    def __init__(self, lanes: Callable[[], list[Reporting]]) -> None:
         self._lanes = lanes
 
     def collect(self) -> Iterable[Any]:
         return list(self._families())
 
     def _families(self) -> Iterator[Any]:
-        counters = {
-            "consumed": ("Records consumed from Kafka.", "consumed"),
-            "delivered_events": ("Outputs accepted by the destination.", "delivered_events"),
-            "delivered_messages": ("Kafka records whose outputs were all accepted.", "delivered_messages"),
-            "skipped": ("Records no mapping rule selected (committed, not delivered).", "skipped"),
-            "decode_retries": ("Decode attempts postponed by a transient failure (registry down).",
-                               "transient_failures"),
-            "commits_refused": ("Commit answers in which the broker refused a partition (each is sent again).",
-                                "commits_refused"),
-        }
         families = {name: CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["destination"])
-                    for name, (doc, _) in counters.items()}
+                    for name, doc in COUNTERS.items()}
         dead = CounterMetricFamily(f"{PREFIX}_dead_lettered", "Records parked in the dead-letter topic.",
                                    labels=["destination", "reason"])
         failed = GaugeMetricFamily(f"{PREFIX}_failed", "1 when the lane stopped on a fatal error.",
@@ -86,21 +110,20 @@ class _LaneCollector(Collector):
         lag = GaugeMetricFamily(f"{PREFIX}_consumer_lag", "High watermark minus committed offset.",
                                 labels=["destination", "topic", "partition"])
         for lane in self._lanes():
-            name = lane.name
-            stats = lane.stats
-            for metric, (_, attribute) in counters.items():
-                families[metric].add_metric([name], getattr(stats, attribute))
-            for reason, count in dict(stats.dead_lettered).items():
+            snap = lane.snapshot()
+            name = snap.name
+            for metric in COUNTERS:
+                families[metric].add_metric([name], snap.counters[metric])
+            for reason, count in snap.dead_lettered.items():
                 dead.add_metric([name, reason], count)
-            failed.add_metric([name], 1 if lane.fatal else 0)
-            in_flight.add_metric([name], lane.in_flight)
-            paused.add_metric([name], lane.paused_partitions)
-            current = lane.destination_state
+            failed.add_metric([name], 1 if snap.failed else 0)
+            in_flight.add_metric([name], snap.in_flight_batches)
+            paused.add_metric([name], snap.paused_partitions)
             for known in ("ok", "retrying", "bad_credentials"):
-                state.add_metric([name, known], 1 if current == known else 0)
-            for (topic, partition), offset in dict(stats.committed).items():
+                state.add_metric([name, known], 1 if snap.destination_state == known else 0)
+            for (topic, partition), offset in snap.committed.items():
                 committed.add_metric([name, topic, str(partition)], offset)
-            for (topic, partition), value in dict(stats.lag).items():
+            for (topic, partition), value in snap.lag.items():
                 lag.add_metric([name, topic, str(partition)], value)
         yield from families.values()
         yield from (dead, failed, in_flight, paused, state, committed, lag)

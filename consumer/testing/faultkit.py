@@ -738,6 +738,15 @@ class Scenario:
         wait_until(lambda: all(self.committed(d) == end for d in DESTINATIONS), timeout_s=timeout_s,
                    interval_s=0.25, diagnose=self.diagnose, what=f"both groups committed to the end {end}")
 
+    def drain(self, producer: StreamProducer, *, deliver_timeout_s: float = 120,
+              commit_timeout_s: float = 60) -> None:
+        """End a scenario's stream: stop the producer, wait until every event reached both destinations and both
+        groups committed to the end, and check no committed offset ever passed an undelivered event."""
+        producer.stop()
+        self.wait_all_delivered(timeout_s=deliver_timeout_s)
+        self.wait_committed_to_end(timeout_s=commit_timeout_s)
+        self.check_commits()
+
     def owners(self, admin: AdminClient) -> dict[str, dict[int, str]]:
         """Per destination: partition -> ``client.id`` of the member the broker says owns it now."""
         owned: dict[str, dict[int, str]] = {}

@@ -60,10 +60,7 @@ def test_members_joining_and_leaving_under_load_lose_nothing(
         scenario.wait_progress(300, timeout_s=90)
         print(f"{action} {name}: members now {steps[-1]}")
 
-    producer.stop()
-    scenario.wait_all_delivered(timeout_s=120)
-    scenario.wait_committed_to_end(timeout_s=60)
-    scenario.check_commits()
+    scenario.drain(producer)
     for name in list(members):
         leave(name)
 

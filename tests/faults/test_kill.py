@@ -55,9 +55,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_only_the_uncommitte
 
     final = scenario.start_consumer("consumer-final")
     scenario.wait_progress(200, timeout_s=90)
-    producer.stop()
-    scenario.wait_all_delivered(timeout_s=120)
-    scenario.wait_committed_to_end(timeout_s=60)
+    scenario.drain(producer)
     code, _ = final.terminate()
     assert code == 0, final.log_tail()
 

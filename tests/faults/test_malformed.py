@@ -19,9 +19,7 @@ def test_malformed_records_are_dead_lettered_with_reasons_and_the_rest_delivered
                                        limit=RECORDS)
     consumer = scenario.start_consumer("consumer")
     producer.wait_acked(RECORDS, timeout_s=60)
-    producer.stop()
-    scenario.wait_all_delivered(timeout_s=90)
-    scenario.wait_committed_to_end(timeout_s=60)
+    scenario.drain(producer, deliver_timeout_s=90)
     code, _ = consumer.terminate()
     assert code == 0, consumer.log_tail()
 

@@ -48,9 +48,7 @@ def test_rss_stays_flat_through_a_60s_freshsuccess_outage_with_the_producer_writ
     refused = outage.stats()["faults_injected"]
 
     scenario.wait_progress(300, timeout_s=120)
-    producer.stop()
-    scenario.wait_all_delivered(timeout_s=180)
-    scenario.wait_committed_to_end(timeout_s=90)
+    scenario.drain(producer, deliver_timeout_s=180, commit_timeout_s=90)
     assert consumer.alive()
     code, _ = consumer.terminate()
     assert code == 0, consumer.log_tail()

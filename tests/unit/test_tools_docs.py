@@ -4,14 +4,12 @@ metric and log event the runbook tells people to look for exists."""
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from consumer.config import Settings
-from consumer.lane import LaneStats
-from consumer.metrics import Metrics
+from consumer.metrics import COUNTERS, LaneSnapshot, Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -49,16 +47,13 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
 
 def test_every_metric_the_runbook_names_is_exported() -> None:
     class Lane:
-        name = "freshsuccess"
-        stats = LaneStats(dead_lettered=Counter({"undecodable": 1}))
-        fatal = None
-        in_flight = 0
-        paused_partitions = 0
-        destination_state = "ok"
+        def snapshot(self) -> LaneSnapshot:
+            return LaneSnapshot(name="freshsuccess", counters=dict.fromkeys(COUNTERS, 1),
+                                dead_lettered={"undecodable": 1}, failed=False, in_flight_batches=0,
+                                paused_partitions=0, destination_state="ok", committed={("t", 0): 1},
+                                lag={("t", 0): 1})
 
     lane = Lane()
-    lane.stats.committed[("t", 0)] = 1
-    lane.stats.lag[("t", 0)] = 1
     metrics = Metrics()
     metrics.add_lane(lane)
     metrics.on_retry("freshsuccess")("http_503", 1.0)
