@@ -51,7 +51,6 @@ class Committer:
         """Commit answers that refused at least one partition (each is retried)."""
         self.halted: str | None = None
         self._target: CommitTarget | None = None
-        self._owned: set[TopicPartitionKey] = set()
         self._outstanding: dict[TopicPartitionKey, int] | None = None
         self._sent_at = 0.0
         self._retry_at = 0.0
@@ -67,9 +66,9 @@ class Committer:
         self._outstanding = None
 
     def assigned(self, keys: Iterable[TopicPartitionKey], committed: Mapping[TopicPartitionKey, int]) -> None:
-        """This member owns ``keys`` now; ``committed`` is what the group held for them (when known)."""
+        """This member owns ``keys`` now (the tracker holds what is owned); ``committed`` is what the group held
+        for them (when known)."""
         for key in keys:
-            self._owned.add(key)
             self.tracker.assign(key)
             if key in committed:
                 self.confirmed[key] = committed[key]
@@ -77,16 +76,15 @@ class Committer:
     def released(self, keys: Iterable[TopicPartitionKey]) -> None:
         """Revoked or lost: never commit for them again, and forget their work."""
         for key in keys:
-            self._owned.discard(key)
             self.confirmed.pop(key, None)
             self.tracker.forget(key)
 
     def owns(self, key: TopicPartitionKey) -> bool:
-        return key in self._owned
+        return self.tracker.owns(key)
 
     @property
     def owned(self) -> frozenset[TopicPartitionKey]:
-        return frozenset(self._owned)
+        return frozenset(self.tracker.owned())
 
     def halt(self, reason: str) -> None:
         """Commit nothing more, whatever finishes later."""
@@ -97,9 +95,9 @@ class Committer:
 
     def due(self, keys: Iterable[TopicPartitionKey] | None = None) -> dict[TopicPartitionKey, int]:
         """Owned partitions whose finished prefix is past what the broker confirmed."""
-        wanted = self._owned if keys is None else self._owned.intersection(keys)
+        wanted = None if keys is None else set(keys)
         return {key: next_offset for key, next_offset in self.tracker.committable().items()
-                if key in wanted and next_offset > self.confirmed.get(key, -1)}
+                if (wanted is None or key in wanted) and next_offset > self.confirmed.get(key, -1)}
 
     def poll(self) -> None:
         """Send an asynchronous commit of what advanced, unless one is out or a retry is not due yet."""
@@ -124,7 +122,7 @@ class Committer:
         """The broker's answer to a commit (asynchronous or not): believe only what it confirmed."""
         refused = {}
         for key, (next_offset, error) in result.items():
-            if key not in self._owned:
+            if not self.tracker.owns(key):
                 continue
             if error is None:
                 if next_offset > self.confirmed.get(key, -1):

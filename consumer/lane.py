@@ -130,7 +130,6 @@ class Lane:
         self.name = destination.name
         self.destination = destination
         self.judge = judge
-        self.decoder = judge.decoder
         self.dead_letters = dead_letters
         self.delivery = delivery
         self.settings = settings
@@ -321,6 +320,10 @@ class Lane:
                     held=len(self._held), topic=first.topic(), partition=first.partition(), offset=first.offset())
 
     # ------------------------------------------------------------------------- delivery side
+
+    @property
+    def decoder(self) -> Decoder:
+        return self.judge.decoder
 
     @property
     def in_flight(self) -> int:

@@ -43,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.emulators import Emulators
 from consumer.testing.devstack import DevStack
 from consumer.testing.eventgen import BASE_TIME_MS, make_event, malformed_values
+from consumer.testing.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -67,20 +68,6 @@ def _die_with_parent() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ waiting
-
-
-def wait_until(condition: Callable[[], T | None], *, timeout_s: float, what: str, interval_s: float = 0.1,
-               diagnose: Callable[[], str] | None = None) -> T:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout_s`` naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            detail = f"\n{diagnose()}" if diagnose is not None else ""
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{detail}")
-        time.sleep(interval_s)
 
 
 # ----------------------------------------------------------------------------------------- the process

@@ -471,7 +471,7 @@ def run_replay(settings: Settings, selection: Selection, *, to_destinations: boo
             if to_destinations:
                 _check_destinations(settings, selected, running, secrets=not dry_run)
             else:
-                _check_sources(reader, topic, selected, running, allow_duplicates)
+                _check_sources(reader, selected, running, allow_duplicates, records, ranges)
             if dry_run:
                 _plan(settings, prepared, selected, to_destinations, report, out, as_json)
                 return 0
@@ -544,9 +544,10 @@ def _classify(records: list[Record], selection: Selection, *, to_destinations: b
     return items
 
 
-def parked_by(reader: Reader, topic: str, sources: set[SourceKey]) -> dict[SourceKey, set[str]]:
-    """Which destinations parked each of ``sources``, over every dead letter the topic still holds (not only
-    the ones this replay reads)."""
+def parked_by(reader: Reader, sources: set[SourceKey], read: list[Record],
+              ranges: dict[tuple[str, int], tuple[int, int]]) -> dict[SourceKey, set[str]]:
+    """Which destinations parked each of ``sources``, over every dead letter the topic still holds: the letters
+    this replay already ``read`` (its ``ranges``), plus those before them, read now (nothing kept in memory)."""
     found: dict[SourceKey, set[str]] = {}
 
     def note(record: Record) -> bool:
@@ -554,15 +555,17 @@ def parked_by(reader: Reader, topic: str, sources: set[SourceKey]) -> dict[Sourc
         key = letter.source_key
         if key in sources:
             found.setdefault(key, set()).add(letter.destination)
-        return False  # nothing kept in memory
+        return False
 
-    ranges = {(topic, p): reader.watermarks(topic, p) for p in reader.partitions(topic)}
-    reader.read(ranges, keep=note)
+    for record in read:
+        note(record)
+    before = {key: (reader.watermarks(*key)[0], first) for key, (first, _end) in ranges.items()}
+    reader.read(before, keep=note)
     return found
 
 
-def _check_sources(reader: Reader, topic: str, selected: list[Item], running: list[str],
-                   allow_duplicates: bool) -> None:
+def _check_sources(reader: Reader, selected: list[Item], running: list[str], allow_duplicates: bool,
+                   read: list[Record], ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
     """Every selected dead letter names a source that exists, and replaying it duplicates nothing."""
     partitions: dict[str, list[int]] = {}
     for item in selected:
@@ -576,7 +579,7 @@ def _check_sources(reader: Reader, topic: str, selected: list[Item], running: li
     if allow_duplicates or not selected:
         return
     sources = {i.letter.source_key for i in selected if i.letter.source_key is not None}
-    everywhere = parked_by(reader, topic, sources)
+    everywhere = parked_by(reader, sources, read, ranges)
     partial = [(i, sorted(set(running) - everywhere.get(i.letter.source_key or ("", 0, 0), set())))
                for i in selected]
     partial = [(i, others) for i, others in partial if others]

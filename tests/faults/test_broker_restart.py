@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from consumer.testing.devstack import DevStack
-from consumer.testing.faultkit import DESTINATIONS, wait_until
+from consumer.testing.faultkit import DESTINATIONS
 from consumer.testing.local_kafka import LocalKafka
+from consumer.testing.waiting import wait_until
 
 RATE_PER_S = 300
 

@@ -35,8 +35,8 @@ from consumer.testing.faultkit import (
     Scenario,
     delivery_report,
     group_members,
-    wait_until,
 )
+from consumer.testing.waiting import wait_until
 
 PARTITIONS = 6
 RATE_PER_S = 400

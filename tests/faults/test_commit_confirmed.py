@@ -18,8 +18,9 @@ from typing import Any
 
 from consumer.emulators import Fault
 from consumer.testing.devstack import DevStack
-from consumer.testing.faultkit import DESTINATIONS, wait_until
+from consumer.testing.faultkit import DESTINATIONS
 from consumer.testing.local_kafka import LocalKafka
+from consumer.testing.waiting import wait_until
 
 EVENTS = 600
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from consumer.testing.faultkit import DESTINATIONS, Scenario, group_members, wait_until
+from consumer.testing.faultkit import DESTINATIONS, Scenario, group_members
+from consumer.testing.waiting import wait_until
 
 RATE_PER_S = 400
 PARTITIONS = 6

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from consumer.emulators import Fault
-from consumer.testing.faultkit import DESTINATIONS, Expected, Scenario, received, wait_until
+from consumer.testing.faultkit import DESTINATIONS, Expected, Scenario, received
+from consumer.testing.waiting import wait_until
 
 RATE_PER_S = 400
 SHUTDOWN_TIMEOUT_S = 10.0
