@@ -17,10 +17,10 @@ from typing import Any
 
 from fastavro import schemaless_reader
 
-from consumer.decoder import encode_confluent, encode_raw, encode_single_object, make_decoder
-from consumer.emulators.schema_registry import SchemaRegistryEmulator
-from consumer.registry import SchemaRegistryClient
-from consumer.schemas import SchemaStore, default_schema_dir, load_schema, parse
+from consumer.decoding.decoder import encode_confluent, encode_raw, encode_single_object, make_decoder
+from consumer.decoding.registry import SchemaRegistryClient
+from consumer.decoding.schemas import SchemaStore, default_schema_dir, load_schema, parse
+from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator
 
 EVENT: dict[str, Any] = {
     "event_id": "3f1c2a9e-8b7d-4e2a-9c1f-0a1b2c3d4e5f",

@@ -18,16 +18,16 @@ from typing import Any
 
 import orjson
 
-from consumer.batcher import Batcher
 from consumer.config import default_mapping_file
-from consumer.decoder import RawDecoder
-from consumer.encoding import encode_raw
+from consumer.decoding.decoder import RawDecoder
+from consumer.decoding.encoding import encode_raw
+from consumer.decoding.schemas import default_reader_schema_path, load_schema, parse
 from consumer.mapping import load_mapping
-from consumer.offsets import OffsetTracker, Work
-from consumer.schemas import default_reader_schema_path, load_schema, parse
+from consumer.pipeline.batcher import Batcher
+from consumer.pipeline.offsets import OffsetTracker, Work
+from consumer.pipeline.verdict import SEND, Judge
 from consumer.sinks.compress import compress
 from consumer.testing.eventgen import realistic_events
-from consumer.verdict import SEND, Judge
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -53,9 +53,9 @@ def run_consume(args: argparse.Namespace) -> tuple[int, float]:
 
 
 def run_decode(args: argparse.Namespace) -> tuple[int, float]:
-    from consumer.decoder import make_decoder
-    from consumer.registry import SchemaRegistryClient
-    from consumer.schemas import default_reader_schema_path, load_schema
+    from consumer.decoding.decoder import make_decoder
+    from consumer.decoding.registry import SchemaRegistryClient
+    from consumer.decoding.schemas import default_reader_schema_path, load_schema
 
     decoder = make_decoder("confluent", reader_schema=load_schema(default_reader_schema_path()),
                            registry=SchemaRegistryClient(args.registry))

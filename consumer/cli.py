@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException
 
 from consumer import __version__
 from consumer.errors import ConfigError, FatalError, UsageConsumerError
-from consumer.tools.kafkaread import kafka_error_text
+from consumer.kafka.reader import kafka_error_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,7 +123,7 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["emulate"]:
-        from consumer.emulators.runner import main as emulate
+        from consumer.testing.emulators.runner import main as emulate
 
         return emulate(args_list[1:])
     args = _parser().parse_args(args_list)
@@ -166,7 +166,7 @@ def _report(exc: BaseException, debug: bool, what: str, text: str | None = None)
 def _tool(args: argparse.Namespace) -> int:
     """``map``, ``dlq`` and ``ping``: settings from --config and the environment, quiet logs, one result."""
     from consumer.config import load_settings
-    from consumer.logs import configure_logging
+    from consumer.observability.logs import configure_logging
 
     settings = load_settings(args.config)
     configure_logging(level="debug" if args.debug else "warning", fmt="console",
@@ -200,9 +200,9 @@ def _tool(args: argparse.Namespace) -> int:
 
 
 def _check(config: Path | None) -> int:
+    from consumer.app.service import prepare
     from consumer.config import load_settings
-    from consumer.logs import configure_logging
-    from consumer.service import prepare
+    from consumer.observability.logs import configure_logging
 
     configure_logging(level="warning")
     settings = load_settings(config)
@@ -214,9 +214,9 @@ def _check(config: Path | None) -> int:
 
 
 def _run(config: Path | None, destinations: list[str] | None, shutdown_timeout_s: float | None) -> int:
+    from consumer.app.service import Service
     from consumer.config import load_settings
-    from consumer.logs import configure_logging
-    from consumer.service import Service
+    from consumer.observability.logs import configure_logging
 
     settings = load_settings(config)
     configure_logging(level=settings.logging.level, fmt=settings.logging.format, secrets=settings.secret_values())

@@ -8,6 +8,6 @@
 - :mod:`~consumer.testing.eventgen`: realistic (and malformed) usage events, deterministic per seed;
 - :mod:`~consumer.testing.testpki`: a throw-away CA with broker, client and server certificates.
 
-The destination emulators themselves live in :mod:`consumer.emulators` (``usage-consumer emulate`` serves them).
+The destination emulators themselves live in :mod:`consumer.testing.emulators` (``usage-consumer emulate`` serves them).
 Nothing here is imported by the service.
 """

@@ -25,10 +25,10 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.config import Settings, load_settings
-from consumer.emulators import Emulators
-from consumer.emulators.schema_registry import SchemaRegistryEmulator
-from consumer.encoding import encode_confluent
-from consumer.schemas import default_reader_schema_path, load_schema, parse
+from consumer.decoding.encoding import encode_confluent
+from consumer.decoding.schemas import default_reader_schema_path, load_schema, parse
+from consumer.testing.emulators import Emulators
+from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator
 from consumer.testing.local_kafka import LocalKafka
 
 AUTH_KEY = "dev-auth-key-0f3c"
@@ -243,7 +243,7 @@ class RunningService:
                  shutdown_timeout_s: float = 20.0) -> None:
         import threading
 
-        from consumer.service import Service
+        from consumer.app.service import Service
 
         self.service = Service(settings, destinations=destinations)
         self.exit_code: int | None = None

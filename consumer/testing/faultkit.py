@@ -40,8 +40,8 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.emulators import Emulators
 from consumer.testing.devstack import DevStack
+from consumer.testing.emulators import Emulators
 from consumer.testing.eventgen import BASE_TIME_MS, make_event, malformed_values
 from consumer.testing.waiting import wait_until
 
@@ -56,7 +56,7 @@ FRESHSUCCESS_ACTIONS = {"feature_used": "feature", "module_ended": "moduleEnd", 
 """What the default mapping sends Freshsuccess per event type; page views go to Freshpaint only."""
 
 COMMITTED_OFFSET_METRIC = "usage_consumer_committed_offset"
-"""Per destination, topic and partition: the next offset this process committed (consumer/metrics.py)."""
+"""Per destination, topic and partition: the next offset this process committed (consumer/observability/metrics.py)."""
 
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before any fork: the child only makes the call

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consumer.config import Settings
-from consumer.decoder import decoder_for
+from consumer.decoding.decoder import decoder_for
+from consumer.decoding.registry import SchemaRegistryClient
 from consumer.errors import ConfigError, FatalError, TransientError
-from consumer.registry import SchemaRegistryClient
-from consumer.verdict import Decoder
+from consumer.pipeline.verdict import Decoder
 
 
 def tool_decoder(settings: Settings, reader_schema: dict[str, Any], *, check: bool = True) -> Decoder:

@@ -1,7 +1,7 @@
 """``usage-consumer dlq inspect`` and ``dlq replay``: look at dead letters, and send them on after a fix.
 
 A dead letter is the original record (key, value, headers) plus ``dlq.*`` headers saying why, where it came
-from and which destination's lane parked it (:mod:`consumer.deadletter`). Each lane parks its own: a
+from and which destination's lane parked it (:mod:`consumer.kafka.deadletter`). Each lane parks its own: a
 record no lane could decode is parked once per destination.
 
 ``inspect`` reads the dead-letter topic from the start (or ``--since``), leaves out the letters a replay
@@ -42,8 +42,6 @@ import structlog
 from confluent_kafka import KafkaError, Producer
 
 from consumer.config import Settings
-from consumer.deadletter import DeadLetterProducer
-from consumer.delivery import DeliveryLoop
 from consumer.errors import (
     ConfigError,
     EventError,
@@ -51,16 +49,18 @@ from consumer.errors import (
     Rejected,
     TransientError,
 )
-from consumer.offsets import Work
+from consumer.kafka.deadletter import DeadLetterProducer
+from consumer.kafka.reader import Reader, Record
+from consumer.pipeline.delivery import DeliveryLoop
+from consumer.pipeline.offsets import Work
+from consumer.pipeline.verdict import PARK, SEND, STOP, WAIT, Decision, Decoder, Judge, close_decoder
 from consumer.tools.common import format_time_ms, parse_time_ms, tool_decoder
-from consumer.tools.kafkaread import Reader, Record
 from consumer.tools.ledger import Ledger
 from consumer.tools.progress import Progress
-from consumer.verdict import PARK, SEND, STOP, WAIT, Decision, Decoder, Judge, close_decoder
 from consumer.yamlsource import closest
 
 if TYPE_CHECKING:
-    from consumer.service import Prepared
+    from consumer.app.service import Prepared
 
 log = structlog.get_logger(__name__)
 
@@ -260,7 +260,7 @@ class _Previewer:
 def run_inspect(settings: Settings, selection: Selection, *, full: bool, as_json: bool, out: Any,
                 include_replayed: bool = False) -> int:
     """List the dead letters still to deal with (``include_replayed``: also those a replay already finished)."""
-    from consumer.service import prepare
+    from consumer.app.service import prepare
 
     topic = settings.kafka.dead_letter_topic
     previewer = _Previewer(settings, prepare(settings).reader_schema)
@@ -440,7 +440,7 @@ def run_replay(settings: Settings, selection: Selection, *, to_destinations: boo
                from_beginning: bool, allow_duplicates: bool, timeout_s: float, as_json: bool, out: Any,
                progress: Any) -> int:
     """Replay selected dead letters; 0 when all were replayed, 1 when some failed again (parked anew)."""
-    from consumer.service import prepare
+    from consumer.app.service import prepare
 
     if timeout_s <= 0:
         raise ConfigError("--timeout-s must be positive")
@@ -745,7 +745,7 @@ class _DestinationReplay:
     """Decodes, maps and delivers each dead letter to the destination that parked it, in same-destination runs."""
 
     def __init__(self, settings: Settings, prepared: Prepared, timeout_s: float, bar: Progress) -> None:
-        from consumer.service import build_destination, judge_for
+        from consumer.app.service import build_destination, judge_for
 
         self.settings = settings
         self.mapping = prepared.mapping

@@ -1,6 +1,6 @@
 """``usage-consumer map``: what the consumer would do with each sample event, without sending anything.
 
-For every event and every destination the plan says what the lane's own verdict (:mod:`consumer.verdict`)
+For every event and every destination the plan says what the lane's own verdict (:mod:`consumer.pipeline.verdict`)
 decides: the destination is not running, the record is oversized, it does not decode, the mapping fails on
 it or makes a value JSON cannot carry (each dead-lettered with the reason code the dead-letter headers would
 carry), no rule selects it (skipped), or the exact requests that would carry its outputs: method, URL with
@@ -20,15 +20,15 @@ from typing import Any, Literal
 
 import orjson
 
+from consumer.app.service import judge_for
 from consumer.config import Settings
 from consumer.errors import FatalError
 from consumer.mapping import CompiledMapping
-from consumer.service import judge_for
+from consumer.pipeline.verdict import PARK, SKIP, STOP, WAIT, Decision, Decoder, close_decoder
 from consumer.sinks.compress import compress
 from consumer.sinks.freshpaint import TRACK_PATH, with_token
 from consumer.sinks.freshsuccess import MASKED_EVENT_PATH, datacenter_url
 from consumer.tools.samples import Sample
-from consumer.verdict import PARK, SKIP, STOP, WAIT, Decision, Decoder, close_decoder
 
 MASK = "***"
 DESTINATIONS = ("freshsuccess", "freshpaint")
@@ -291,8 +291,8 @@ def _render_summary(counts: dict[str, Any]) -> str:
 def run_map(settings: Settings, *, files: list[str], from_topic: int | None, partition: int | None,
             offset: int | None, as_json: bool, out: Any) -> int:
     """``usage-consumer map``: plan every sample and print the plans; 1 when a sample was not usable."""
-    from consumer.schemas import parse
-    from consumer.service import prepare
+    from consumer.app.service import prepare
+    from consumer.decoding.schemas import parse
     from consumer.tools.common import tool_decoder
     from consumer.tools.samples import load_files, load_topic
 

@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.config import Settings
 from consumer.errors import FatalError
-from consumer.tools.kafkaread import Reader, Record
+from consumer.kafka.reader import Reader, Record
 
 log = structlog.get_logger(__name__)
 

@@ -21,11 +21,11 @@ import fastavro
 from fastavro.validation import validate
 
 from consumer.config import Settings
-from consumer.encoding import encode_raw
+from consumer.decoding.encoding import encode_raw
+from consumer.decoding.schemas import ParsedSchema, parse
 from consumer.errors import ConfigError
-from consumer.lane import Decoder
-from consumer.schemas import ParsedSchema, parse
-from consumer.tools.kafkaread import Reader, TopicPartitionKey
+from consumer.kafka.reader import Reader, TopicPartitionKey
+from consumer.pipeline.lane import Decoder
 
 AVRO_CONTAINER_MAGIC = b"Obj\x01"
 FRAMING_HEADER_BYTES = {"confluent": 5, "single-object": 10, "raw": 0}
@@ -80,7 +80,7 @@ def _load_one(path: str, reader: ParsedSchema, *, framing: str, topic: str, part
 
 def _json_lines(data: bytes, name: str, reader: ParsedSchema, header_bytes: int, topic: str, partition: int,
                 first_offset: int) -> Iterator[Sample]:
-    from consumer.decoder import make_decoder
+    from consumer.decoding.decoder import make_decoder
 
     decoder = make_decoder("raw", reader_schema=reader)
     offset = first_offset
@@ -137,7 +137,7 @@ def unknown_fields(value: Any, schema: Any, path: str = "") -> list[str]:
 
 def _container(stream: IO[bytes], name: str, reader: ParsedSchema, header_bytes: int, topic: str,
                partition: int, first_offset: int) -> Iterator[Sample]:
-    from consumer.decoder import make_decoder
+    from consumer.decoding.decoder import make_decoder
 
     try:
         container = fastavro.reader(stream)

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from consumer.emulators import Emulators
 from consumer.testing.devstack import API_KEY, AUTH_KEY, TOKEN, DevStack
+from consumer.testing.emulators import Emulators
 from consumer.testing.faultkit import DESTINATIONS, Scenario
 from consumer.testing.local_kafka import LocalKafka
 from tests.integration.conftest import kafka_admin, kafka_bootstrap

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from consumer.emulators import Emulators, Fault
+from consumer.testing.emulators import Emulators, Fault
 from consumer.testing.faultkit import DESTINATIONS
 
 RATE_PER_S = 300

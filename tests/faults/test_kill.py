@@ -14,7 +14,7 @@ import random
 import time
 from typing import Any
 
-from consumer.emulators import Emulators
+from consumer.testing.emulators import Emulators
 from consumer.testing.faultkit import (
     DESTINATIONS,
     delivery_report,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from consumer.emulators import Fault
+from consumer.testing.emulators import Fault
 from consumer.testing.faultkit import DESTINATIONS
 
 OUTAGE_S = 60.0

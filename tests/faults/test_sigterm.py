@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consumer.emulators import Fault
+from consumer.testing.emulators import Fault
 from consumer.testing.faultkit import DESTINATIONS, Expected, Scenario, received
 from consumer.testing.waiting import wait_until
 

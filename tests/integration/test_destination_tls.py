@@ -24,13 +24,13 @@ import httpx
 import orjson
 import pytest
 
-from consumer.emulators import Emulators
+from consumer.app.service import tls_context
 from consumer.errors import ConfigError, TransientError
-from consumer.service import tls_context
 from consumer.sinks.freshpaint import FreshpaintSink, Transport
 from consumer.sinks.freshsuccess import FreshsuccessSink
 from consumer.sinks.retry import RetryPolicy
 from consumer.testing.devstack import API_KEY, AUTH_KEY, TOKEN, DevStack, RunningService
+from consumer.testing.emulators import Emulators
 from consumer.testing.eventgen import one_of_each
 from consumer.testing.testpki import TestPki, make_test_pki
 from tests.helpers import wait_for

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from consumer.config import default_mapping_file
-from consumer.emulators.common import Fault
 from consumer.testing.devstack import DevStack, RunningService
+from consumer.testing.emulators.common import Fault
 from consumer.testing.eventgen import make_event
 from tests.helpers import wait_for
 from tests.integration.test_tools_dlq import cli, fresh

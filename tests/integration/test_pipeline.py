@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer.emulators.common import Fault
 from consumer.mapping.compiler import insert_id
 from consumer.testing.devstack import API_KEY, AUTH_KEY, TOKEN, DevStack, RunningService
+from consumer.testing.emulators.common import Fault
 from consumer.testing.eventgen import malformed_values, one_of_each, realistic_events
 from tests.helpers import wait_for
 
@@ -357,8 +357,8 @@ def test_a_schema_registry_outage_delays_events_but_never_dead_letters_them(stac
 
 
 def test_a_schema_registry_down_at_start_up_stops_with_a_clear_message(stack: DevStack) -> None:
+    from consumer.app.service import Service
     from consumer.errors import FatalError
-    from consumer.service import Service
 
     topic, dlq = stack.topics(partitions=1)
     settings = stack.settings(topic, dlq, freshsuccess={"enabled": False})

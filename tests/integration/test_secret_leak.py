@@ -30,12 +30,12 @@ import orjson
 import pytest
 import structlog
 
+from consumer.app.service import Service
 from consumer.cli import main
 from consumer.config import load_settings
-from consumer.emulators import Emulators, Fault
-from consumer.logs import configure_logging
-from consumer.service import Service
+from consumer.observability.logs import configure_logging
 from consumer.testing.devstack import DevStack, RunningService
+from consumer.testing.emulators import Emulators, Fault
 from consumer.testing.eventgen import one_of_each
 from consumer.testing.local_kafka import LocalKafka
 from consumer.testing.testpki import SASL_SSL_LISTENER, SCRAM_MECHANISM, TestPki, make_test_pki, secured_local_kafka

@@ -7,8 +7,8 @@ import os
 import pytest
 import structlog
 
+from consumer.app.service import Service
 from consumer.errors import ConfigError
-from consumer.service import Service
 from consumer.testing.devstack import DevStack, RunningService
 from consumer.testing.eventgen import realistic_events
 from tests.helpers import wait_for

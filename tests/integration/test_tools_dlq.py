@@ -21,8 +21,8 @@ import structlog
 
 from consumer.cli import main
 from consumer.config import default_mapping_file
-from consumer.emulators.common import Fault
 from consumer.testing.devstack import DevStack, RunningService
+from consumer.testing.emulators.common import Fault
 from consumer.testing.eventgen import one_of_each
 from tests.helpers import wait_for
 

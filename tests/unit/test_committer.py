@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.committer import CommitResult, Committer
-from consumer.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
+from consumer.pipeline.committer import CommitResult, Committer
+from consumer.pipeline.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
 
 TP = ("usage", 0)
 TP1 = ("usage", 1)

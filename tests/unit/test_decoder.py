@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.decoder import (
+from consumer.decoding.decoder import (
     FRAMINGS,
     Decoder,
     encode_confluent,
@@ -25,10 +25,8 @@ from consumer.decoder import (
     encode_single_object,
     make_decoder,
 )
-from consumer.emulators.schema_registry import SchemaRegistryEmulator
-from consumer.errors import ConfigError, DecodeError, EventError, TransientError, UnknownSchema
-from consumer.registry import SchemaRegistryClient
-from consumer.schemas import (
+from consumer.decoding.registry import SchemaRegistryClient
+from consumer.decoding.schemas import (
     ParsedSchema,
     SchemaStore,
     default_reader_schema_path,
@@ -36,6 +34,8 @@ from consumer.schemas import (
     load_schema,
     parse,
 )
+from consumer.errors import ConfigError, DecodeError, EventError, TransientError, UnknownSchema
+from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator
 
 SCHEMA_DIR = default_schema_dir()
 CURRENT = parse(load_schema(SCHEMA_DIR / "usage_event.avsc"))

@@ -7,10 +7,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.batcher import Batch
-from consumer.destinations import FreshpaintDestination
 from consumer.errors import Rejected
-from consumer.offsets import Work
+from consumer.pipeline.batcher import Batch
+from consumer.pipeline.offsets import Work
+from consumer.sinks.destinations import FreshpaintDestination
 
 
 @dataclass

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.emulators import Emulators, Fault, check_event
+from consumer.testing.emulators import Emulators, Fault, check_event
 
 AUTH_KEY = "auth-7f3c9e"
 API_KEY = "api-19b2d4"
@@ -681,7 +681,7 @@ def _runner_env(**extra: str) -> dict[str, str]:
 
 def _runner_cmd(*args: str) -> list[str]:
     return [sys.executable, "-c",
-            f"import sys; from consumer.emulators.runner import main; sys.exit(main({list(args)!r}))"]
+            f"import sys; from consumer.testing.emulators.runner import main; sys.exit(main({list(args)!r}))"]
 
 
 def test_runner_starts_serves_and_exits_0_on_sigterm(tmp_path, http):

@@ -2,7 +2,7 @@
 nor hangs, its memory stays bounded, and every record it cannot deliver is dead-lettered with a reason.
 
 The real decoder (Confluent framing, the shipped reader schema) and the real default mapping run inside a
-real :class:`~consumer.lane.Lane`, fed by a fake source; only Kafka and HTTP are replaced. Property-based
+real :class:`~consumer.pipeline.lane.Lane`, fed by a fake source; only Kafka and HTTP are replaced. Property-based
 tests (hypothesis) generate random bytes, mutated and truncated records, and valid records with extreme
 field values; deterministic cases cover the known attack shapes (declared-huge strings and maps, invalid
 UTF-8, oversized records, absurd timestamps, hostile writer schemas). If ``atheris`` is installed, a
@@ -35,20 +35,20 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from consumer.batcher import Batch
-from consumer.committer import CommitResult
 from consumer.config import default_mapping_file
-from consumer.decoder import Decoder, make_decoder
-from consumer.delivery import DeliveryLoop
-from consumer.encoding import encode_confluent
+from consumer.decoding.decoder import Decoder, make_decoder
+from consumer.decoding.encoding import encode_confluent
+from consumer.decoding.registry import SchemaRegistryClient
+from consumer.decoding.schemas import ParsedSchema, default_reader_schema_path, load_schema, parse
 from consumer.errors import EventError, Rejected, UnknownSchema
-from consumer.lane import Lane, LaneSettings
+from consumer.kafka.source import SourceCallbacks
 from consumer.mapping import CompiledMapping, load_mapping
-from consumer.offsets import TopicPartitionKey, Work
-from consumer.registry import SchemaRegistryClient
-from consumer.schemas import ParsedSchema, default_reader_schema_path, load_schema, parse
-from consumer.source import SourceCallbacks
-from consumer.verdict import Judge, MapFn
+from consumer.pipeline.batcher import Batch
+from consumer.pipeline.committer import CommitResult
+from consumer.pipeline.delivery import DeliveryLoop
+from consumer.pipeline.lane import Lane, LaneSettings
+from consumer.pipeline.offsets import TopicPartitionKey, Work
+from consumer.pipeline.verdict import Judge, MapFn
 from tests.helpers import wait_for
 
 TOPIC = "hostile"
@@ -555,9 +555,9 @@ def test_deeply_nested_json_from_the_registry_is_an_unknown_schema() -> None:
 RECURSIVE_SCHEMA_SCRIPT = """
 import copy, io, sys
 from fastavro import schemaless_writer
-from consumer.decoder import make_decoder
+from consumer.decoding.decoder import make_decoder
 from consumer.errors import EventError
-from consumer.schemas import default_reader_schema_path, load_schema, parse
+from consumer.decoding.schemas import default_reader_schema_path, load_schema, parse
 from tests.unit.test_hostile_input import StubRegistry, base_event
 
 reader = load_schema(default_reader_schema_path())

@@ -11,14 +11,14 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer.batcher import Batch
-from consumer.committer import CommitResult
-from consumer.delivery import DeliveryLoop
 from consumer.errors import DecodeError, EventError, Rejected, TransientError
-from consumer.lane import Lane, LaneSettings
-from consumer.offsets import TopicPartitionKey, Work
-from consumer.source import SourceCallbacks
-from consumer.verdict import Judge
+from consumer.kafka.source import SourceCallbacks
+from consumer.pipeline.batcher import Batch
+from consumer.pipeline.committer import CommitResult
+from consumer.pipeline.delivery import DeliveryLoop
+from consumer.pipeline.lane import Lane, LaneSettings
+from consumer.pipeline.offsets import TopicPartitionKey, Work
+from consumer.pipeline.verdict import Judge
 from tests.helpers import wait_for
 
 TOPIC = "usage"

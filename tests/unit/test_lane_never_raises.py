@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.decoder import RawDecoder
-from consumer.delivery import DeliveryLoop
-from consumer.lane import Lane, LaneSettings
-from consumer.schemas import parse
-from consumer.source import SourceCallbacks
-from consumer.verdict import Judge
+from consumer.decoding.decoder import RawDecoder
+from consumer.decoding.schemas import parse
+from consumer.kafka.source import SourceCallbacks
+from consumer.pipeline.delivery import DeliveryLoop
+from consumer.pipeline.lane import Lane, LaneSettings
+from consumer.pipeline.verdict import Judge
 from tests.helpers import wait_for
 from tests.unit.test_lane import TOPIC, FakeDeadLetters, FakeMessage, FakeSource
 

@@ -17,10 +17,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "consumer"
 
 KAFKA_CLIENT_MODULES = {
     "consumer/cli.py",             # tells the client's refusal of its settings from other errors
-    "consumer/source.py",          # the lanes' consumer, and commit_checked
-    "consumer/deadletter.py",      # the dead-letter producer
-    "consumer/service.py",         # the start-up broker check (admin client)
-    "consumer/tools/kafkaread.py",  # the tools' bounded reader
+    "consumer/kafka/source.py",          # the lanes' consumer, and commit_checked
+    "consumer/kafka/deadletter.py",      # the dead-letter producer
+    "consumer/app/service.py",         # the start-up broker check (admin client)
+    "consumer/kafka/reader.py",  # the tools' bounded reader
     "consumer/tools/ledger.py",    # the replay ledger's producer and admin client
     "consumer/tools/dlq.py",       # producing dead letters back to their source
     "consumer/tools/ping.py",      # the broker check
@@ -87,7 +87,7 @@ def test_only_the_kafka_edge_modules_import_the_kafka_client() -> None:
 def test_only_commit_checked_and_the_committers_source_call_a_kafka_commit() -> None:
     callers = {name: lines for name, tree in modules() if (lines := commit_calls(tree))
                and not name.startswith("consumer/testing/")}
-    assert set(callers) == {"consumer/source.py"}, callers
+    assert set(callers) == {"consumer/kafka/source.py"}, callers
 
 
 def test_the_tools_use_only_public_names_of_other_packages() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.offsets import NOTHING_TO_DO, OffsetTracker, Work
+from consumer.pipeline.offsets import NOTHING_TO_DO, OffsetTracker, Work
 
 TP = ("usage", 0)
 

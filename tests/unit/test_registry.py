@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from consumer.emulators.schema_registry import SchemaRegistryEmulator, main
+from consumer.decoding.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClient
+from consumer.decoding.schemas import default_schema_dir, load_schema
 from consumer.errors import FatalError, TransientError, UnknownSchema
-from consumer.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClient
-from consumer.schemas import default_schema_dir, load_schema
+from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator, main
 from tests.helpers import wait_for
 
 CURRENT = load_schema(default_schema_dir() / "usage_event.avsc")
@@ -299,7 +299,7 @@ def test_emulator_cli_serves_preloaded_schemas_until_sigterm(tmp_path: Path) -> 
     ready = tmp_path / "ready.json"
     schema_path = default_schema_dir() / "usage_event.avsc"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "consumer.emulators.schema_registry", "--port", "0", "--ready-file", str(ready),
+        [sys.executable, "-m", "consumer.testing.emulators.schema_registry", "--port", "0", "--ready-file", str(ready),
          "--register", f"usage-events-value={schema_path}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},

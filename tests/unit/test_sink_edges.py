@@ -15,10 +15,10 @@ import pytest
 import structlog
 from aiohttp import web
 
+from consumer.app.service import retry_policy
 from consumer.config import load_settings
+from consumer.decoding.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClient
 from consumer.errors import ConfigError, FatalError, Rejected, TransientError
-from consumer.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClient
-from consumer.service import retry_policy
 from consumer.sinks import FreshpaintSink, RetryPolicy, parse_retry_after
 from tests.unit.test_sinks import (
     API_KEY,

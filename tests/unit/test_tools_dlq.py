@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.errors import ConfigError
+from consumer.kafka.reader import Record
 from consumer.tools.common import format_time_ms, parse_time_ms
 from consumer.tools.dlq import (
     DeadLetterView,
@@ -25,7 +26,6 @@ from consumer.tools.dlq import (
     _Progress,
     reason_codes,
 )
-from consumer.tools.kafkaread import Record
 from consumer.tools.progress import Progress
 
 NOW_MS = 1_750_000_000_000

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from consumer.config import Settings
-from consumer.metrics import COUNTERS, LaneSnapshot, Metrics
+from consumer.observability.metrics import COUNTERS, LaneSnapshot, Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"

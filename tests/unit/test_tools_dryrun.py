@@ -17,7 +17,7 @@ import pytest
 import structlog
 
 from consumer.cli import main
-from consumer.schemas import default_reader_schema_path, load_schema
+from consumer.decoding.schemas import default_reader_schema_path, load_schema
 from consumer.sinks.compress import compress
 
 AUTH_KEY = "auth-4f1d-secret"

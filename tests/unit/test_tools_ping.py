@@ -18,8 +18,8 @@ import structlog
 
 from consumer.cli import main
 from consumer.config import load_settings
-from consumer.emulators import Emulators
-from consumer.emulators.schema_registry import SchemaRegistryEmulator
+from consumer.testing.emulators import Emulators
+from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator
 from consumer.tools.ping import PING_EVENT, check_freshpaint, check_freshsuccess, run_checks
 
 AUTH_KEY = "auth-4f1d-secret"

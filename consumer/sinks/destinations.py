@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from consumer.batcher import Batch
 from consumer.errors import Rejected
+from consumer.pipeline.batcher import Batch
 from consumer.sinks.freshpaint import FreshpaintSink
 from consumer.sinks.freshsuccess import FreshsuccessSink
 

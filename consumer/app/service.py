@@ -22,22 +22,22 @@ from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient
 
 from consumer.config import Settings, default_mapping_file
-from consumer.deadletter import DeadLetter, DeadLetterProducer
-from consumer.decoder import decoder_for
-from consumer.delivery import DeliveryLoop
-from consumer.destinations import FreshpaintDestination, FreshsuccessDestination
+from consumer.decoding.decoder import decoder_for
+from consumer.decoding.registry import SchemaRegistryClient
+from consumer.decoding.schemas import default_reader_schema_path, load_schema
 from consumer.errors import ConfigError, FatalError, TransientError
-from consumer.health import HealthServer
-from consumer.lane import Destination, Lane, LaneSettings
+from consumer.kafka.deadletter import DeadLetter, DeadLetterProducer
+from consumer.kafka.source import KafkaSource, SourceCallbacks, consumer_config
 from consumer.mapping import CompiledMapping, load_mapping
-from consumer.metrics import Metrics
-from consumer.registry import SchemaRegistryClient
-from consumer.schemas import default_reader_schema_path, load_schema
+from consumer.observability.health import HealthServer
+from consumer.observability.metrics import Metrics
+from consumer.pipeline.delivery import DeliveryLoop
+from consumer.pipeline.lane import Destination, Lane, LaneSettings
+from consumer.pipeline.verdict import Decoder, Judge, MapFn
+from consumer.sinks.destinations import FreshpaintDestination, FreshsuccessDestination
 from consumer.sinks.freshpaint import FreshpaintSink
 from consumer.sinks.freshsuccess import FreshsuccessSink, datacenter_url
 from consumer.sinks.retry import RetryPolicy
-from consumer.source import KafkaSource, SourceCallbacks, consumer_config
-from consumer.verdict import Decoder, Judge, MapFn
 
 log = structlog.get_logger(__name__)
 

@@ -3,13 +3,13 @@
 - ``confluent``: ``00`` + 4-byte big-endian schema id + Avro binary; the writer schema comes from the
   Schema Registry (fetched once per id).
 - ``single-object``: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint + Avro binary; the writer
-  schema comes from the :class:`~consumer.schemas.SchemaStore`.
+  schema comes from the :class:`~consumer.decoding.schemas.SchemaStore`.
 - ``raw``: Avro binary written with one configured writer schema (by default the reader schema).
 
 Per event the work is: one slice for the header, one dict lookup for the per-writer plan (built once per
 schema id / fingerprint, with schemas already parsed and schema resolution skipped when writer and
 reader are the same), one ``fastavro.schemaless_reader`` call and a trailing-bytes check. Decoded values
-are Avro base types (``timestamp-millis`` -> ``int`` epoch milliseconds), see :mod:`consumer.schemas`.
+are Avro base types (``timestamp-millis`` -> ``int`` epoch milliseconds), see :mod:`consumer.decoding.schemas`.
 
 Errors: :class:`DecodeError` (bad framing, truncated, trailing bytes, undecodable, no value),
 :class:`UnknownSchema` (id or fingerprint nobody knows), and from the registry :class:`TransientError`
@@ -27,16 +27,16 @@ from fastavro import schemaless_reader
 from fastavro.read import SchemaResolutionError
 
 from consumer.config import Settings
-from consumer.encoding import (
+from consumer.decoding.encoding import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
     encode_confluent,
     encode_raw,
     encode_single_object,
 )
+from consumer.decoding.registry import SchemaRegistryClient
+from consumer.decoding.schemas import ParsedSchema, SchemaStore, default_schema_dir, is_recursive, load_schema, parse
 from consumer.errors import ConfigError, DecodeError, UnknownSchema
-from consumer.registry import SchemaRegistryClient
-from consumer.schemas import ParsedSchema, SchemaStore, default_schema_dir, is_recursive, load_schema, parse
 
 __all__ = [
     "FRAMINGS",
@@ -203,7 +203,7 @@ def make_decoder(
     """Build the decoder for ``framing``; schemas are parsed here, once.
 
     ``registry`` is required for ``confluent``. ``store`` serves ``single-object`` (default: every
-    ``*.avsc`` in :func:`~consumer.schemas.default_schema_dir`; the reader schema is always known).
+    ``*.avsc`` in :func:`~consumer.decoding.schemas.default_schema_dir`; the reader schema is always known).
     ``writer_schema`` serves ``raw`` (default: the reader schema) and is refused for other framings, where
     the writer schema travels with each event. Arguments a framing does not use are otherwise ignored.
     """

@@ -3,7 +3,7 @@
 A plain confluent-kafka loop: ``consume(num_messages=...)`` in batches, auto-commit and offset
 auto-store off, cooperative-sticky rebalancing with callbacks, and pause/resume for backpressure (the member
 keeps polling, so it stays in the group while paused). What to commit and when is the
-:class:`~consumer.committer.Committer`'s decision; this module sends the requests and reads every
+:class:`~consumer.pipeline.committer.Committer`'s decision; this module sends the requests and reads every
 partition's answer (:func:`commit_checked` for synchronous commits, the ``on_commit`` callback for the rest).
 """
 
@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from consumer.committer import CommitResult, describe
 from consumer.config import KafkaConfig
-from consumer.offsets import TopicPartitionKey
+from consumer.pipeline.committer import CommitResult, describe
+from consumer.pipeline.offsets import TopicPartitionKey
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +29,7 @@ CommitCallback = Callable[[CommitResult], None]
 class MessageSource(Protocol):
     """What a lane needs from Kafka; tests may supply their own.
 
-    Commits are the :class:`~consumer.committer.Committer`'s: ``commit_async`` answers through the
+    Commits are the :class:`~consumer.pipeline.committer.Committer`'s: ``commit_async`` answers through the
     ``on_commit`` callback the source was built with, ``commit_sync`` returns the answer.
     """
 

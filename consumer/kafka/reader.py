@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.config import Settings
 from consumer.errors import ConfigError, FatalError
-from consumer.source import commit_checked
+from consumer.kafka.source import commit_checked
 
 TopicPartitionKey = tuple[str, int]
 OffsetRange = tuple[int, int]
@@ -82,7 +82,7 @@ class Reader:
         try:
             metadata = self._consumer.list_topics(topic, timeout=self.timeout_s)
         except KafkaException as exc:
-            from consumer.service import kafka_failure_cause
+            from consumer.app.service import kafka_failure_cause
 
             self._consumer.poll(0)  # serves the error callback
             cause = kafka_failure_cause(self.settings, self._errors)
@@ -130,7 +130,7 @@ class Reader:
 
     def commit(self, topic: str, offsets: dict[int, int]) -> None:
         """Commit ``{partition: next offset}`` for this reader's group, synchronously, each partition's answer
-        checked (:func:`consumer.source.commit_checked`, the same call the lanes' committer makes)."""
+        checked (:func:`consumer.kafka.source.commit_checked`, the same call the lanes' committer makes)."""
         result = commit_checked(self._consumer, {(topic, p): o for p, o in offsets.items()})
         refused = {key: error for key, (_offset, error) in result.items() if error is not None}
         if refused:

@@ -1,11 +1,11 @@
 """Collect mapped outputs into batches that close on event count, uncompressed bytes or age.
 
-A batch carries the :class:`~consumer.offsets.Work` its messages are tracked against, so the offsets it
+A batch carries the :class:`~consumer.pipeline.offsets.Work` its messages are tracked against, so the offsets it
 makes committable travel with the data. All outputs of one message go into the same batch: a batch only
 closes between messages.
 
 Freshsuccess batches are built as the NDJSON body itself: the lines the verdict serialized
-(:mod:`consumer.verdict`) are appended to one ``bytearray``. Freshpaint batches keep the output objects,
+(:mod:`consumer.pipeline.verdict`) are appended to one ``bytearray``. Freshpaint batches keep the output objects,
 because every event is its own request and the sink adds the token.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.offsets import Work
-from consumer.verdict import Decision
+from consumer.pipeline.offsets import Work
+from consumer.pipeline.verdict import Decision
 
 _batch_ids = itertools.count(1)
 

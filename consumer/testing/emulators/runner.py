@@ -26,9 +26,9 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from consumer.emulators.common import DEFAULT_MAX_RECORDED_REQUESTS, MAX_BODY_BYTES, BaseEmulator
-from consumer.emulators.freshpaint import FreshpaintEmulator
-from consumer.emulators.freshsuccess import FreshsuccessEmulator
+from consumer.testing.emulators.common import DEFAULT_MAX_RECORDED_REQUESTS, MAX_BODY_BYTES, BaseEmulator
+from consumer.testing.emulators.freshpaint import FreshpaintEmulator
+from consumer.testing.emulators.freshsuccess import FreshsuccessEmulator
 
 START_TIMEOUT_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 10.0

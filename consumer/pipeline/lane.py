@@ -29,15 +29,15 @@ from typing import Any, Protocol
 import structlog
 from pydantic import BaseModel
 
-from consumer.batcher import Batch, Batcher
-from consumer.committer import CommitResult, Committer
 from consumer.config import BatchingConfig, CommitConfig, KafkaConfig, RetryConfig
-from consumer.delivery import DeliveryLoop
 from consumer.errors import EventError, FatalError, Rejected, TransientError
-from consumer.metrics import LaneSnapshot, Metrics
-from consumer.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
-from consumer.source import MessageSource, SourceCallbacks
-from consumer.verdict import PARK, SEND, SKIP, WAIT, Decoder, Judge, MapFn, close_decoder
+from consumer.kafka.source import MessageSource, SourceCallbacks
+from consumer.observability.metrics import LaneSnapshot, Metrics
+from consumer.pipeline.batcher import Batch, Batcher
+from consumer.pipeline.committer import CommitResult, Committer
+from consumer.pipeline.delivery import DeliveryLoop
+from consumer.pipeline.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
+from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Decoder, Judge, MapFn, close_decoder
 
 __all__ = ["DeadLetters", "Decoder", "Destination", "Lane", "LaneSettings", "LaneStats", "MapFn", "SourceFactory"]
 
@@ -45,7 +45,7 @@ log = structlog.get_logger(__name__)
 
 
 class DeadLetters(Protocol):
-    """Where undeliverable events are parked (:class:`~consumer.deadletter.DeadLetterProducer`)."""
+    """Where undeliverable events are parked (:class:`~consumer.kafka.deadletter.DeadLetterProducer`)."""
 
     failure: str | None
     """Set once a dead letter could not be written; the lane then stops."""
@@ -77,7 +77,7 @@ def _default(section: type[BaseModel], key: str) -> Any:
 
 @dataclass(frozen=True)
 class LaneSettings:
-    """What one lane needs from the configuration (:func:`consumer.service.lane_settings` fills it in); the
+    """What one lane needs from the configuration (:func:`consumer.app.service.lane_settings` fills it in); the
     defaults are the configuration's."""
 
     consume_batch_size: int = _default(KafkaConfig, "consume_batch_size")

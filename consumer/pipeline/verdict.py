@@ -40,7 +40,7 @@ _APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
 class Decoder(Protocol):
-    """Bytes of one record to the record as a dict (:mod:`consumer.decoder`)."""
+    """Bytes of one record to the record as a dict (:mod:`consumer.decoding.decoder`)."""
 
     def decode(self, value: bytes | None) -> dict[str, Any]: ...
 

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, Producer
 
 from consumer import __version__
 from consumer.errors import EventError
-from consumer.offsets import Work
+from consumer.pipeline.offsets import Work
 
 log = structlog.get_logger(__name__)
 

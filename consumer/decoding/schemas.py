@@ -178,7 +178,7 @@ class SchemaStore:
 def default_schema_dir() -> Path:
     """The directory holding ``usage_event.avsc``: the repository's ``schemas/`` when running from a
     checkout (or an editable install), else the package-data copy in ``consumer/defaults/``."""
-    package_dir = Path(__file__).resolve().parent
+    package_dir = Path(__file__).resolve().parents[1]  # consumer/
     for candidate in (package_dir.parent / "schemas", package_dir / "defaults"):
         if (candidate / DEFAULT_SCHEMA_FILE).is_file():
             return candidate

@@ -4,10 +4,10 @@
 that other processes drive through the ``/_emulator/`` control API.
 """
 
-from consumer.emulators.common import Fault, RecordedRequest
-from consumer.emulators.freshpaint import FreshpaintEmulator
-from consumer.emulators.freshsuccess import FreshsuccessEmulator, check_event
-from consumer.emulators.runner import Emulators, EmulatorServers
+from consumer.testing.emulators.common import Fault, RecordedRequest
+from consumer.testing.emulators.freshpaint import FreshpaintEmulator
+from consumer.testing.emulators.freshsuccess import FreshsuccessEmulator, check_event
+from consumer.testing.emulators.runner import Emulators, EmulatorServers
 
 __all__ = [
     "EmulatorServers",

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastavro import schemaless_writer
 
-from consumer.schemas import ParsedSchema
+from consumer.decoding.schemas import ParsedSchema
 
 __all__ = [
     "CONFLUENT_MAGIC",

@@ -14,7 +14,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from consumer.emulators.common import (
+from consumer.testing.emulators.common import (
     DEFAULT_MAX_RECORDED_REQUESTS,
     JSON_CT,
     BaseEmulator,

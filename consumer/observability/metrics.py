@@ -1,6 +1,6 @@
 """Prometheus metrics, read from the lanes at scrape time.
 
-The per-event path only bumps plain integers in :class:`~consumer.lane.LaneStats`; this collector turns them
+The per-event path only bumps plain integers in :class:`~consumer.pipeline.lane.LaneStats`; this collector turns them
 into metric families when ``/metrics`` is scraped, so metrics cost nothing per event. Histograms (batch size,
 batch delivery time) are observed once per batch. Each ``Metrics`` has its own registry: no global state.
 """
@@ -20,7 +20,7 @@ PREFIX = "usage_consumer"
 
 @dataclass(frozen=True)
 class LaneSnapshot:
-    """What a lane reports at one scrape (:meth:`consumer.lane.Lane.snapshot`): counters, state, offsets."""
+    """What a lane reports at one scrape (:meth:`consumer.pipeline.lane.Lane.snapshot`): counters, state, offsets."""
 
     name: str
     counters: Mapping[str, int]

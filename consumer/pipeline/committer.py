@@ -22,7 +22,7 @@ from typing import Protocol
 
 import structlog
 
-from consumer.offsets import OffsetTracker, TopicPartitionKey
+from consumer.pipeline.offsets import OffsetTracker, TopicPartitionKey
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +31,7 @@ CommitResult = Mapping[TopicPartitionKey, tuple[int, str | None]]
 
 
 class CommitTarget(Protocol):
-    """The Kafka side of a commit (:class:`~consumer.source.KafkaSource`); answers reach ``Committer.confirm``."""
+    """The Kafka side of a commit (:class:`~consumer.kafka.source.KafkaSource`); answers reach ``Committer.confirm``."""
 
     def commit_async(self, offsets: dict[TopicPartitionKey, int]) -> None: ...
     def commit_sync(self, offsets: dict[TopicPartitionKey, int]) -> CommitResult: ...

@@ -16,7 +16,7 @@ Avro schema is accepted. ``fail_with(503)`` makes every request fail until ``fai
 the consumer's transient-error path.
 
 Runs on stdlib ``ThreadingHTTPServer`` in a daemon thread (:class:`SchemaRegistryEmulator`) or as a
-process (:func:`main`, ``python -m consumer.emulators.schema_registry --port 8081``).
+process (:func:`main`, ``python -m consumer.testing.emulators.schema_registry --port 8081``).
 """
 
 from __future__ import annotations
@@ -368,7 +368,7 @@ class SchemaRegistryEmulator:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m consumer.emulators.schema_registry",
+        prog="python -m consumer.testing.emulators.schema_registry",
         description="Run a small Confluent-compatible Schema Registry emulator until SIGTERM or SIGINT.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
