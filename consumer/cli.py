@@ -19,7 +19,7 @@ from confluent_kafka import KafkaException
 
 from consumer import __version__
 from consumer.errors import ConfigError, FatalError, UsageConsumerError
-from consumer.kafka.reader import kafka_error_text
+from consumer.kafka.failures import kafka_error_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -200,7 +200,7 @@ def _tool(args: argparse.Namespace) -> int:
 
 
 def _check(config: Path | None) -> int:
-    from consumer.app.service import prepare
+    from consumer.app.startup import prepare
     from consumer.config import load_settings
     from consumer.observability.logs import configure_logging
 

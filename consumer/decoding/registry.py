@@ -27,7 +27,7 @@ import httpx
 import structlog
 
 from consumer.errors import FatalError, TransientError, UnknownSchema
-from consumer.sinks.retry import parse_retry_after
+from consumer.sinks.retry import parse_retry_after, status_kind
 
 __all__ = ["REGISTRY_CONTENT_TYPE", "SchemaRegistryClient"]
 
@@ -35,7 +35,6 @@ log = structlog.get_logger(__name__)
 
 REGISTRY_CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 _ACCEPT = f"{REGISTRY_CONTENT_TYPE}, application/vnd.schemaregistry+json; q=0.9, application/json; q=0.5"
-_RETRYABLE_STATUSES = frozenset({408, 429})
 _SCHEMA_NOT_FOUND = 40403
 
 
@@ -176,12 +175,13 @@ class SchemaRegistryClient:
     def _raise_for_status(self, response: httpx.Response, what: str) -> NoReturn:
         status = response.status_code
         detail = _error_message(response)
-        if status >= 500 or status in _RETRYABLE_STATUSES:
+        kind = status_kind(status)  # the sinks' ladder: 408/429/5xx are worth retrying
+        if kind == "retry":
             raise TransientError(
                 f"schema registry at {self.host} answered {status} {what}{detail}",
                 retry_after_s=_retry_after_s(response),
             )
-        if status in (401, 403):
+        if kind == "credentials":
             raise FatalError(
                 f"schema registry at {self.host} answered {status} {what}: check the registry credentials"
             )

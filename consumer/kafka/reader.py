@@ -16,9 +16,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.config import Settings
 from consumer.errors import ConfigError, FatalError
+from consumer.kafka.failures import kafka_error_text, unreachable
 from consumer.kafka.source import commit_checked
+from consumer.pipeline.offsets import TopicPartitionKey
 
-TopicPartitionKey = tuple[str, int]
 OffsetRange = tuple[int, int]
 """``(first offset, end offset)``: the records ``first <= offset < end``."""
 
@@ -82,15 +83,8 @@ class Reader:
         try:
             metadata = self._consumer.list_topics(topic, timeout=self.timeout_s)
         except KafkaException as exc:
-            from consumer.app.service import kafka_failure_cause
-
             self._consumer.poll(0)  # serves the error callback
-            cause = kafka_failure_cause(self.settings, self._errors)
-            if cause is not None:
-                raise FatalError(f"Kafka at {self.settings.kafka.bootstrap_servers}: {cause}") from None
-            raise FatalError(f"Kafka at {self.settings.kafka.bootstrap_servers} did not answer within "
-                             f"{self.timeout_s:g}s ({kafka_error_text(exc)}); check kafka.bootstrap_servers "
-                             "(or KAFKA_BOOTSTRAP_SERVERS), the network and the security settings") from None
+            raise unreachable(self.settings, self._errors, exc, self.timeout_s) from None
         described = metadata.topics.get(topic)
         if described is None or described.error is not None or not described.partitions:
             raise ConfigError(f"topic {topic!r} does not exist on {self.settings.kafka.bootstrap_servers}",
@@ -209,9 +203,3 @@ def copy_record(message: Any) -> Record:
     return Record(topic=message.topic(), partition=message.partition(), offset=message.offset(),
                   key=message.key(), value=message.value(), headers=headers,
                   timestamp_ms=int(stamp) if kind and stamp is not None and stamp >= 0 else None)
-
-
-def kafka_error_text(exc: BaseException) -> str:
-    """A KafkaException's own message, without the ``KafkaError{code=...}`` wrapping."""
-    error = exc.args[0] if exc.args else exc
-    return str(error.str()) if isinstance(error, KafkaError) else str(error)

@@ -53,13 +53,13 @@ class Batcher:
     """
 
     def __init__(self, destination: str, *, max_events: int, max_bytes: int, max_wait_s: float,
-                 clock: Callable[[], float], serialize: bool) -> None:
+                 clock: Callable[[], float], ndjson: bool) -> None:
         self.destination = destination
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_wait_s = max_wait_s
         self._clock = clock
-        self._serialize = serialize
+        self._ndjson = ndjson
         self._open: Batch | None = None
         self.full = False
         """The open batch reached ``max_events`` or ``max_bytes`` (an attribute: read once per event)."""
@@ -75,7 +75,7 @@ class Batcher:
         if batch is None:
             batch = self._open = self._new()
         outputs = decision.outputs
-        if self._serialize:
+        if self._ndjson:
             batch.body += decision.body
         else:
             batch.outputs.extend(outputs)

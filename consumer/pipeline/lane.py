@@ -31,15 +31,15 @@ from pydantic import BaseModel
 
 from consumer.config import BatchingConfig, CommitConfig, KafkaConfig, RetryConfig
 from consumer.errors import EventError, FatalError, Rejected, TransientError
-from consumer.kafka.source import MessageSource, SourceCallbacks
 from consumer.observability.metrics import LaneSnapshot, Metrics
 from consumer.pipeline.batcher import Batch, Batcher
 from consumer.pipeline.committer import CommitResult, Committer
 from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
-from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Decoder, Judge, MapFn, close_decoder
+from consumer.pipeline.ports import MessageSource, SourceCallbacks
+from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Judge, RecordDecoder, close_decoder
 
-__all__ = ["DeadLetters", "Decoder", "Destination", "Lane", "LaneSettings", "LaneStats", "MapFn", "SourceFactory"]
+__all__ = ["DeadLetters", "Lane", "LaneSettings", "LaneStats", "Sink", "SourceFactory"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,14 +56,19 @@ class DeadLetters(Protocol):
     def close(self, timeout_s: float = 5.0) -> None: ...
 
 
-class Destination(Protocol):
-    """Turns a closed batch into requests; returns the outputs it rejected for good."""
+class Sink(Protocol):
+    """A destination's HTTP client (:mod:`consumer.sinks`): writes a closed batch, returns the outputs it
+    rejected for good."""
 
     name: str
-    serialize: bool
+    ndjson: bool
     """True when batches are built as an NDJSON body (Freshsuccess), False for one request per output."""
 
-    def deliver(self, batch: Batch) -> Coroutine[Any, Any, list[tuple[int, Rejected]]]: ...
+    @property
+    def state(self) -> str:
+        """``ok``, ``retrying`` or ``bad_credentials``, for health and metrics."""
+
+    def write(self, batch: Batch) -> Coroutine[Any, Any, list[tuple[int, Rejected]]]: ...
 
 
 SourceFactory = Callable[[SourceCallbacks], MessageSource]
@@ -124,11 +129,11 @@ class LaneStats:
 class Lane:
     """Consumes for one destination and commits only what that destination has taken."""
 
-    def __init__(self, *, destination: Destination, source_factory: SourceFactory, judge: Judge,
+    def __init__(self, *, sink: Sink, source_factory: SourceFactory, judge: Judge,
                  dead_letters: DeadLetters, delivery: DeliveryLoop, settings: LaneSettings = LaneSettings(),
                  clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
-        self.name = destination.name
-        self.destination = destination
+        self.name = sink.name
+        self.sink = sink
         self.judge = judge
         self.dead_letters = dead_letters
         self.delivery = delivery
@@ -136,12 +141,12 @@ class Lane:
         self.clock = clock
         self.stats = LaneStats()
         self.tracker = OffsetTracker()
-        self.committer = Committer(self.tracker, destination=destination.name, clock=clock,
+        self.committer = Committer(self.tracker, destination=sink.name, clock=clock,
                                    retry_backoff_s=settings.commit_retry_backoff_s,
                                    answer_timeout_s=settings.commit_answer_timeout_s)
         self.stats.committed = self.committer.confirmed
-        self.batcher = Batcher(destination.name, max_events=settings.max_events, max_bytes=settings.max_bytes,
-                               max_wait_s=settings.max_wait_s, clock=clock, serialize=destination.serialize)
+        self.batcher = Batcher(sink.name, max_events=settings.max_events, max_bytes=settings.max_bytes,
+                               max_wait_s=settings.max_wait_s, clock=clock, ndjson=sink.ndjson)
         self.fatal: str | None = None
         self.metrics = metrics
         self.last_step_at = clock()
@@ -322,7 +327,7 @@ class Lane:
     # ------------------------------------------------------------------------- delivery side
 
     @property
-    def decoder(self) -> Decoder:
+    def decoder(self) -> RecordDecoder:
         return self.judge.decoder
 
     @property
@@ -347,8 +352,8 @@ class Lane:
 
     @property
     def destination_state(self) -> str:
-        """The destination's own state (``ok``, ``retrying``, ``bad_credentials``); ``ok`` when it has none."""
-        return str(getattr(self.destination, "state", "ok"))
+        """The sink's own state (``ok``, ``retrying``, ``bad_credentials``)."""
+        return self.sink.state
 
     def _has_capacity(self) -> bool:
         return len(self._in_flight) < self.settings.max_in_flight_batches
@@ -358,7 +363,7 @@ class Lane:
         if batch is None:
             return
         batch.submitted_at = self.clock()
-        future = self.delivery.submit(self.destination.deliver(batch))
+        future = self.delivery.submit(self.sink.write(batch))
         self._in_flight.append((batch, future))
         if self.metrics is not None:
             self.metrics.batch_events.labels(self.name).observe(batch.events)

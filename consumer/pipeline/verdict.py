@@ -18,15 +18,12 @@ event holds can raise out of it: any failure after the record was read is a dead
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Final, Literal, Protocol
 
 import orjson
 
 from consumer.errors import DecodeError, EventError, FatalError, MappingFailed, OversizedEvent, TransientError
-
-MapFn = Callable[[dict[str, Any], str, int, int], list[dict[str, Any]]]
-"""``(record, topic, partition, offset) -> outputs`` for one destination (see :mod:`consumer.mapping`)."""
+from consumer.mapping.compiler import MapFn
 
 Kind = Literal["send", "skip", "park", "wait", "stop"]
 SEND: Final = "send"
@@ -39,13 +36,14 @@ _dumps = orjson.dumps
 _APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
-class Decoder(Protocol):
-    """Bytes of one record to the record as a dict (:mod:`consumer.decoding.decoder`)."""
+class RecordDecoder(Protocol):
+    """What the verdict needs of a decoder (:class:`consumer.decoding.decoder.RecordDecoder` and test doubles):
+    the bytes of one record to the record as a dict."""
 
     def decode(self, value: bytes | None) -> dict[str, Any]: ...
 
 
-def close_decoder(decoder: Decoder | None) -> None:
+def close_decoder(decoder: RecordDecoder | None) -> None:
     """Close a decoder that holds connections (the registry's); test doubles need not have ``close``."""
     close = getattr(decoder, "close", None)
     if close is not None:
@@ -81,7 +79,7 @@ class Decision:
 class Judge:
     """Decides events for one destination: its mapping function, and whether its requests carry NDJSON."""
 
-    def __init__(self, *, decoder: Decoder, map_fn: MapFn, max_event_bytes: int, ndjson: bool) -> None:
+    def __init__(self, *, decoder: RecordDecoder, map_fn: MapFn, max_event_bytes: int, ndjson: bool) -> None:
         self.decoder = decoder
         self.map_fn = map_fn
         self.max_event_bytes = max_event_bytes

@@ -16,8 +16,8 @@ import asyncio
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import httpx
@@ -25,11 +25,11 @@ import orjson
 import yarl
 
 from consumer.errors import ConfigError, FatalError, Rejected
+from consumer.sinks.preview import MASK, Preview
 from consumer.sinks.retry import (
-    CREDENTIAL_STATUSES,
     DEFAULT_RETRY,
     RETRYABLE_ERRORS,
-    RETRYABLE_STATUSES,
+    Answer,
     OnRetry,
     Retrier,
     RetryPolicy,
@@ -38,6 +38,9 @@ from consumer.sinks.retry import (
     redactor,
     split_base_url,
 )
+
+if TYPE_CHECKING:
+    from consumer.pipeline.batcher import Batch
 
 DESTINATION = "freshpaint"
 MAX_REJECTED_BODY_BYTES = 1024
@@ -51,8 +54,6 @@ Transport = Literal["aiohttp", "httpx"]
 _AIOHTTP_RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError, TimeoutError,
 )
-
-_Answer = tuple[int, Mapping[str, str], bytes]
 
 
 TRACK_PATH = "/track"
@@ -69,13 +70,18 @@ def with_token(event: dict[str, Any], token: str) -> bytes:
 class FreshpaintSink:
     """Delivers events to Freshpaint with at most ``max_in_flight`` requests outstanding across all callers."""
 
+    name = DESTINATION
+    ndjson = False
+    """Batches keep the output objects: every event is its own request, the token added at send time."""
+
     def __init__(self, *, base_url: str = "https://api.perfalytics.com", token: str, max_in_flight: int = 64,
                  timeout_s: float = 10.0, retry: RetryPolicy = DEFAULT_RETRY,
                  client: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep,
                  rng: random.Random | None = None, on_retry: OnRetry | None = None,
-                 transport: Transport = "aiohttp", ssl_context: ssl.SSLContext | None = None) -> None:
+                 transport: Transport = "aiohttp", ssl_context: ssl.SSLContext | None = None,
+                 ordered: bool = False) -> None:
         """``ssl_context`` verifies the server's certificate (default: the standard trust store); it is
-        ignored when ``client`` is given."""
+        ignored when ``client`` is given. ``ordered``: see :meth:`write`."""
         if not token:
             raise ConfigError("must be set", key="freshpaint.token")
         if max_in_flight < 1:
@@ -85,7 +91,8 @@ class FreshpaintSink:
         if transport not in ("aiohttp", "httpx"):
             raise ConfigError(f"must be 'aiohttp' or 'httpx', got {transport!r}", key="freshpaint.transport")
         base, self.host = split_base_url(base_url, key="freshpaint.base_url")
-        url = base + TRACK_PATH
+        url = self._url = base + TRACK_PATH
+        self.ordered = ordered
         self._token = token
         self._max_in_flight = max_in_flight
         self._timeout_s = timeout_s
@@ -99,7 +106,7 @@ class FreshpaintSink:
         self._client: httpx.AsyncClient | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._post: Callable[[bytes], Awaitable[_Answer]]
+        self._post: Callable[[bytes], Awaitable[Answer]]
         self._retryable: tuple[type[Exception], ...]
         if client is not None or transport == "httpx":
             self._httpx_url = httpx.URL(url)
@@ -123,68 +130,46 @@ class FreshpaintSink:
         """``ok``, ``retrying`` (timeouts/5xx/429) or ``bad_credentials`` (401/403), for health and metrics."""
         return self._retrier.state
 
-    async def deliver_one(self, event: dict[str, Any]) -> None:
-        """Send one ``{"event": ..., "properties": {...}}``; returns once Freshpaint answered 2xx.
+    async def write(self, batch: Batch) -> list[tuple[int, Rejected]]:
+        """Send each of the batch's outputs; returns ``(index, error)`` for each event Freshpaint rejected.
 
-        Retries timeouts, dropped connections, 408/429/5xx (honouring Retry-After) and 401/403 (slowly)
-        without limit, holding its in-flight slot meanwhile so an outage throttles new sends. Raises
-        FatalError for 404/405 and 1xx/3xx (the base URL is wrong: no event would get through), Rejected
-        for other 4xx such as 400 or 413 (and for an event that cannot be serialized). Cancel the task to
-        give up.
+        Returns only when every other event was delivered. Unordered, up to ``max_in_flight`` requests run at
+        once; ``ordered``, each partition's events leave one after another in offset order (partitions still
+        run concurrently). Cancelling it cancels every request it started.
         """
-        body = self._encode(event)
-        retrier = self._retrier
-        async with self._in_flight:
-            delays: Iterator[float] | None = None
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    status, headers, content = await self._post(body)
-                except self._retryable as exc:
-                    delays = delays or retrier.delays()
-                    await retrier.after_error(exc, attempt, delays)
-                    continue
-                if 200 <= status < 300:
-                    if retrier.state != "ok":
-                        retrier.succeeded()
-                    return
-                if status in CREDENTIAL_STATUSES:
-                    await retrier.after_bad_credentials(status, attempt)
-                elif status in RETRYABLE_STATUSES:
-                    delays = delays or retrier.delays()
-                    await retrier.after_status(status, headers.get("retry-after"), attempt, delays)
-                elif status in WRONG_URL_STATUSES:
-                    raise FatalError(f"Freshpaint at {self.host} answered HTTP {status}: there is no /track "
-                                     "endpoint under the configured path; check freshpaint.base_url")
-                elif 400 <= status < 500:
-                    raise self._rejected(status, content)
-                elif 300 <= status < 400:
-                    raise FatalError(f"Freshpaint at {self.host} answered HTTP {status} (a redirect, which is "
-                                     "not followed); check freshpaint.base_url")
-                else:
-                    raise FatalError(f"Freshpaint at {self.host} answered HTTP {status}; check freshpaint.base_url")
+        outputs = batch.outputs
+        if not self.ordered:
+            return await self._send_all(outputs, range(len(outputs)), workers=self._max_in_flight)
+        runs: dict[tuple[str, int], list[int]] = {}
+        for index, source in enumerate(batch.sources):
+            runs.setdefault((source.topic(), source.partition()), []).append(index)
+        results = await asyncio.gather(*(self._send_all(outputs, indexes, workers=1) for indexes in runs.values()))
+        return sorted((r for result in results for r in result), key=lambda r: r[0])
 
-    async def deliver(self, events: Sequence[dict[str, Any]]) -> list[tuple[int, Rejected]]:
-        """Send ``events`` concurrently; returns ``(index, error)`` for each event Freshpaint rejected.
+    def preview(self, batch: Batch) -> list[Preview]:
+        """The requests :meth:`write` would send for ``batch``, the token masked."""
+        previews = []
+        for output in batch.outputs:
+            length = len(with_token(output, self._token))  # what is sent
+            headers = {**self._headers, "Content-Length": str(length)}
+            previews.append(Preview("POST", self._url, headers, with_token(output, MASK).decode()))
+        return previews
 
-        Returns only when every other event was delivered. Cancelling it cancels every request it started.
-        """
+    async def _send_all(self, events: Sequence[dict[str, Any]], indexes: Iterable[int], *,
+                        workers: int) -> list[tuple[int, Rejected]]:
+        """Send ``events[i]`` for each index with up to ``workers`` at once; the rejected ones, by index."""
         rejected: list[tuple[int, Rejected]] = []
-        total = len(events)
-        if total == 0:
-            return rejected
-        next_index = iter(range(total))
+        pending = iter(indexes)
 
         async def worker() -> None:
-            for index in next_index:
+            for index in pending:
                 try:
-                    await self.deliver_one(events[index])
+                    await self._send(events[index])
                 except Rejected as exc:
                     rejected.append((index, exc))
 
-        workers = min(total, self._max_in_flight)
-        if workers == 1:
+        workers = min(workers, len(events))
+        if workers <= 1:  # one at a time needs no task (the common ordered case, and single-event batches)
             await worker()
             return rejected
         tasks = [asyncio.create_task(worker()) for _ in range(workers)]
@@ -197,6 +182,25 @@ class FreshpaintSink:
             raise
         rejected.sort(key=lambda pair: pair[0])
         return rejected
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        """One ``POST /track``, retried by :meth:`Retrier.send` while holding its in-flight slot (so an outage
+        throttles new sends). 404/405 and 1xx/3xx raise FatalError (the base URL is wrong: no event would get
+        through); other 4xx such as 400 or 413 raise Rejected, as does an event that cannot be serialized."""
+        body = self._encode(event)
+        async with self._in_flight:
+            await self._retrier.send(lambda: self._post(body), retryable=self._retryable, refuse=self._refusal)
+
+    def _refusal(self, status: int, content: bytes) -> Exception:
+        if status in WRONG_URL_STATUSES:
+            return FatalError(f"Freshpaint at {self.host} answered HTTP {status}: there is no /track endpoint "
+                              "under the configured path; check freshpaint.base_url")
+        if 400 <= status < 500:
+            return self._rejected(status, content)
+        if 300 <= status < 400:
+            return FatalError(f"Freshpaint at {self.host} answered HTTP {status} (a redirect, which is not "
+                              "followed); check freshpaint.base_url")
+        return FatalError(f"Freshpaint at {self.host} answered HTTP {status}; check freshpaint.base_url")
 
     async def aclose(self) -> None:
         """Close the HTTP client or session if this sink created it."""
@@ -219,13 +223,13 @@ class FreshpaintSink:
         return Rejected(f"Freshpaint at {self.host} rejected the event with HTTP {status}",
                         status=status, body=body)
 
-    async def _post_httpx(self, body: bytes) -> _Answer:
+    async def _post_httpx(self, body: bytes) -> Answer:
         assert self._client is not None
         response = await self._client.post(self._httpx_url, content=body, headers=self._headers,
                                            timeout=self._httpx_timeout)
         return response.status_code, response.headers, response.content
 
-    async def _post_aiohttp(self, body: bytes) -> _Answer:
+    async def _post_aiohttp(self, body: bytes) -> Answer:
         session = self._session
         if session is None:
             session = self._open_session()

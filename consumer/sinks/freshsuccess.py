@@ -10,19 +10,18 @@ import asyncio
 import random
 import ssl
 import time
-from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 import httpx
 
-from consumer.errors import BadCredentials, ConfigError, FatalError, TransientError
+from consumer.errors import BadCredentials, ConfigError, FatalError, Rejected, TransientError
 from consumer.sinks.compress import ENCODINGS, Encoding, compress
+from consumer.sinks.preview import Preview
 from consumer.sinks.retry import (
-    CREDENTIAL_STATUSES,
     DEFAULT_RETRY,
     RETRYABLE_ERRORS,
-    RETRYABLE_STATUSES,
+    Answer,
     OnRetry,
     Retrier,
     RetryPolicy,
@@ -31,7 +30,11 @@ from consumer.sinks.retry import (
     parse_retry_after,
     redactor,
     split_base_url,
+    status_kind,
 )
+
+if TYPE_CHECKING:
+    from consumer.pipeline.batcher import Batch
 
 DESTINATION = "freshsuccess"
 _DATACENTER_URLS = {
@@ -77,6 +80,10 @@ def event_path(auth_key: str, api_key: str) -> str:
 class FreshsuccessSink:
     """Delivers NDJSON batches to Freshsuccess; ``state`` says whether it is healthy, retrying, or locked out."""
 
+    name = DESTINATION
+    ndjson = True
+    """Batches are built as the NDJSON request body (one compressed POST per batch)."""
+
     def __init__(self, *, base_url: str, auth_key: str, api_key: str, encoding: Encoding = "gzip",
                  compress_level: int = 1, timeout_s: float = 30.0, retry: RetryPolicy = DEFAULT_RETRY,
                  client: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep,
@@ -94,6 +101,7 @@ class FreshsuccessSink:
         if not timeout_s > 0:
             raise ConfigError(f"must be > 0, got {timeout_s}", key="freshsuccess.timeout_s")
         base, self.host = split_base_url(base_url, key="freshsuccess.base_url")
+        self._base = base
         self._url = base + event_path(auth_key, api_key)
         self._ping_url = base + PING_PATH
         self._encoding: Encoding = encoding
@@ -129,54 +137,51 @@ class FreshsuccessSink:
             raise TransientError(f"Freshsuccess at {self.host} did not answer the ping "
                                  f"({type(exc).__name__})") from None
         status = response.status_code
-        if 200 <= status < 300:
+        kind = status_kind(status)
+        if kind == "ok":
             return
-        if status in RETRYABLE_STATUSES:
+        if kind == "retry":
             hint = parse_retry_after(response.headers.get("retry-after"), time.time(),
                                      max_s=self._retrier.policy.max_retry_after_s)
             raise TransientError(f"Freshsuccess at {self.host} answered the ping with HTTP {status}",
                                  retry_after_s=hint)
-        if status in CREDENTIAL_STATUSES:
+        if kind == "credentials":
             raise BadCredentials(f"Freshsuccess at {self.host} refused the ping with HTTP {status}")
         raise FatalError(f"Freshsuccess at {self.host} answered the ping with HTTP {status}; "
                          "check the base URL")
 
-    async def deliver(self, body: bytes, count: int) -> None:
-        """POST one NDJSON batch of ``count`` events; returns once Freshsuccess answered 2xx.
+    async def write(self, batch: Batch) -> list[tuple[int, Rejected]]:
+        """POST the batch's NDJSON body; returns (nothing rejected) once Freshsuccess answered 2xx.
 
-        Retries timeouts, dropped connections, 408/429/5xx (honouring Retry-After) and 401/403 (slowly)
-        without limit; raises FatalError for 400 and other 4xx. Cancel the task to give up.
+        Retried without limit by :meth:`Retrier.send`; 400 and other 4xx raise FatalError (the URL path or
+        the keys are wrong: no event would get through). Cancel the task to give up.
         """
-        payload = await self._encode(body)
+        payload = await self._encode(bytes(batch.body))
+        headers = self._headers_for(payload)
+
+        async def post() -> Answer:
+            response = await self._client.post(self._url, content=payload, headers=headers, timeout=self._timeout)
+            return response.status_code, response.headers, response.content
+
+        await self._retrier.send(post, retryable=RETRYABLE_ERRORS, refuse=self._refusal, events=batch.events)
+        return []
+
+    def preview(self, batch: Batch) -> list[Preview]:
+        """The request :meth:`write` would send for ``batch``, keys masked, body before compression."""
+        body = bytes(batch.body)
+        headers = self._headers_for(compress(body, self._encoding, self._level))
+        return [Preview("POST", self._base + MASKED_EVENT_PATH, headers, body.decode())]
+
+    def _headers_for(self, payload: bytes) -> dict[str, str]:
         headers = dict(self._headers)
         headers["Content-Length"] = str(len(payload))
-        retrier = self._retrier
-        delays: Iterator[float] | None = None
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await self._client.post(self._url, content=payload, headers=headers,
-                                                   timeout=self._timeout)
-            except RETRYABLE_ERRORS as exc:
-                delays = delays or retrier.delays()
-                await retrier.after_error(exc, attempt, delays, events=count)
-                continue
-            status = response.status_code
-            if 200 <= status < 300:
-                retrier.succeeded()
-                return
-            if status in CREDENTIAL_STATUSES:
-                await retrier.after_bad_credentials(status, attempt, events=count)
-            elif status in RETRYABLE_STATUSES:
-                delays = delays or retrier.delays()
-                await retrier.after_status(status, response.headers.get("retry-after"), attempt, delays,
-                                           events=count)
-            elif status == 400:
-                raise FatalError(f"Freshsuccess at {self.host} answered HTTP 400: the URL path or the "
-                                 "auth/api keys are wrong (or the request is not a POST)")
-            else:
-                raise FatalError(f"Freshsuccess at {self.host} answered HTTP {status}, which is not retryable")
+        return headers
+
+    def _refusal(self, status: int, content: bytes) -> FatalError:
+        if status == 400:
+            return FatalError(f"Freshsuccess at {self.host} answered HTTP 400: the URL path or the auth/api keys "
+                              "are wrong (or the request is not a POST)")
+        return FatalError(f"Freshsuccess at {self.host} answered HTTP {status}, which is not retryable")
 
     async def aclose(self) -> None:
         """Close the HTTP client if this sink created it."""

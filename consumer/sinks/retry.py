@@ -1,4 +1,7 @@
-"""Retry timing and bookkeeping shared by the destination sinks (plus their base-URL check).
+"""The one retry loop of the destination sinks, their status ladder, and their base-URL check.
+
+Both sinks send through :meth:`Retrier.send`; the schema registry client reads answers with the same
+:func:`status_kind` and ``Retry-After`` parser, so the three cannot disagree on what is worth retrying.
 
 Deliveries are retried for as long as it takes (offsets are committed only after delivery), so the
 only ways out of a retry loop are success, a non-retryable answer, or cancellation at shutdown. Every
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -21,6 +24,9 @@ import structlog
 from consumer.errors import ConfigError
 
 SinkState = Literal["ok", "retrying", "bad_credentials"]
+StatusKind = Literal["ok", "retry", "credentials", "final"]
+Answer = tuple[int, Mapping[str, str], bytes]
+"""An HTTP answer as the retry loop reads it: status, headers, body."""
 Sleep = Callable[[float], Awaitable[None]]
 OnRetry = Callable[[str, float], None]
 
@@ -60,6 +66,18 @@ class RetryPolicy:
             value = getattr(self, key)
             if not ok or not math.isfinite(value):
                 raise ConfigError(f"{why} and finite, got {value!r}", key=f"retry.{key}")
+
+
+def status_kind(status: int) -> StatusKind:
+    """What an HTTP status means for a request: delivered, worth retrying, bad credentials (retried slowly
+    by the sinks), or a final answer the caller turns into its own error."""
+    if 200 <= status < 300:
+        return "ok"
+    if status in RETRYABLE_STATUSES:
+        return "retry"
+    if status in CREDENTIAL_STATUSES:
+        return "credentials"
+    return "final"
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -168,6 +186,37 @@ class Retrier:
         if self.state == "bad_credentials":
             _log.info("destination_credentials_accepted", destination=self.destination, host=self.host)
         self.state = "ok"
+
+    async def send(self, post: Callable[[], Awaitable[Answer]], *, retryable: tuple[type[Exception], ...],
+                   refuse: Callable[[int, bytes], BaseException], **context: Any) -> None:
+        """Call ``post`` until it answers 2xx: the one retry loop of every sink.
+
+        Errors in ``retryable`` and 408/429/5xx (honouring Retry-After) are retried with backoff, 401/403
+        slowly, all without limit (offsets wait); any other status raises ``refuse(status, body)``. Cancel
+        the task to give up.
+        """
+        delays: Iterator[float] | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                status, headers, content = await post()
+            except retryable as exc:
+                delays = delays or self.delays()
+                await self.after_error(exc, attempt, delays, **context)
+                continue
+            kind = status_kind(status)
+            if kind == "ok":
+                if self.state != "ok":
+                    self.succeeded()
+                return
+            if kind == "credentials":
+                await self.after_bad_credentials(status, attempt, **context)
+            elif kind == "retry":
+                delays = delays or self.delays()
+                await self.after_status(status, headers.get("retry-after"), attempt, delays, **context)
+            else:
+                raise refuse(status, content)
 
     async def after_status(self, status: int, retry_after: str | None, attempt: int,
                            delays: Iterator[float], **context: Any) -> None:

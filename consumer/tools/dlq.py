@@ -35,12 +35,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import orjson
 import structlog
 from confluent_kafka import KafkaError, Producer
 
+from consumer.app.build import Sink, build_sink, judge_for
+from consumer.app.startup import Prepared, prepare
 from consumer.config import Settings
 from consumer.errors import (
     ConfigError,
@@ -51,16 +53,16 @@ from consumer.errors import (
 )
 from consumer.kafka.deadletter import DeadLetterProducer
 from consumer.kafka.reader import Reader, Record
+from consumer.pipeline.batcher import Batcher
 from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.offsets import Work
-from consumer.pipeline.verdict import PARK, SEND, STOP, WAIT, Decision, Decoder, Judge, close_decoder
+from consumer.pipeline.verdict import PARK, SEND, STOP, WAIT, Decision, Judge, RecordDecoder, close_decoder
 from consumer.tools.common import format_time_ms, parse_time_ms, tool_decoder
+from consumer.tools.dryrun import DryRun
 from consumer.tools.ledger import Ledger
 from consumer.tools.progress import Progress
+from consumer.tools.samples import Sample
 from consumer.yamlsource import closest
-
-if TYPE_CHECKING:
-    from consumer.app.service import Prepared
 
 log = structlog.get_logger(__name__)
 
@@ -215,7 +217,7 @@ def dlq_ranges(reader: Reader, topic: str, *, since_ms: int | None, committed: d
     return ranges
 
 
-def preview(letter: DeadLetterView, decoder: Decoder | None, *, full: bool) -> tuple[str, dict[str, Any] | None]:
+def preview(letter: DeadLetterView, decoder: RecordDecoder | None, *, full: bool) -> tuple[str, dict[str, Any] | None]:
     """``(text, decoded event or None)``: the event as JSON when it decodes, else why and its first bytes."""
     value = letter.record.value
     if value is None:
@@ -235,7 +237,7 @@ class _Previewer:
 
     def __init__(self, settings: Settings, reader_schema: dict[str, Any]) -> None:
         self.note = ""
-        self.decoder: Decoder | None
+        self.decoder: RecordDecoder | None
         try:
             self.decoder = tool_decoder(settings, reader_schema, check=False)
         except Exception as exc:  # previews are a convenience: never fail the listing for them
@@ -260,8 +262,6 @@ class _Previewer:
 def run_inspect(settings: Settings, selection: Selection, *, full: bool, as_json: bool, out: Any,
                 include_replayed: bool = False) -> int:
     """List the dead letters still to deal with (``include_replayed``: also those a replay already finished)."""
-    from consumer.app.service import prepare
-
     topic = settings.kafka.dead_letter_topic
     previewer = _Previewer(settings, prepare(settings).reader_schema)
     ledger = Ledger(settings, group="", create=False)
@@ -440,8 +440,6 @@ def run_replay(settings: Settings, selection: Selection, *, to_destinations: boo
                from_beginning: bool, allow_duplicates: bool, timeout_s: float, as_json: bool, out: Any,
                progress: Any) -> int:
     """Replay selected dead letters; 0 when all were replayed, 1 when some failed again (parked anew)."""
-    from consumer.app.service import prepare
-
     if timeout_s <= 0:
         raise ConfigError("--timeout-s must be positive")
     group_id = group or f"{settings.kafka.group_id}.dlq-replay"
@@ -607,8 +605,6 @@ def _check_destinations(settings: Settings, selected: list[Item], running: list[
 def _plan(settings: Settings, prepared: Prepared, selected: list[Item], to_destinations: bool, report: ReplayReport,
           out: Any, as_json: bool) -> None:
     """The dry run: what each selected dead letter would become; nothing is produced, sent or committed."""
-    from consumer.tools.dryrun import DryRun
-
     decoder = tool_decoder(settings, prepared.reader_schema) if to_destinations else None
     planner = DryRun(settings, prepared.mapping, decoder=decoder) if decoder is not None else None
     entries: list[dict[str, Any]] = []
@@ -620,8 +616,6 @@ def _plan(settings: Settings, prepared: Prepared, selected: list[Item], to_desti
 
 
 def _plan_items(selected: list[Item], planner: Any, report: ReplayReport, entries: list[dict[str, Any]]) -> None:
-    from consumer.tools.samples import Sample
-
     for item in selected:
         letter = item.letter
         entry: dict[str, Any] = {"dead_letter": letter.record.position, "reason": letter.reason,
@@ -745,8 +739,6 @@ class _DestinationReplay:
     """Decodes, maps and delivers each dead letter to the destination that parked it, in same-destination runs."""
 
     def __init__(self, settings: Settings, prepared: Prepared, timeout_s: float, bar: Progress) -> None:
-        from consumer.app.service import build_destination, judge_for
-
         self.settings = settings
         self.mapping = prepared.mapping
         self.timeout_s = timeout_s
@@ -754,9 +746,7 @@ class _DestinationReplay:
         self.decoder = tool_decoder(settings, prepared.reader_schema)
         self.max_run = settings.batching.max_events
         self.delivery = DeliveryLoop(name="replay-delivery").start()
-        self.destinations: dict[str, Any] = {}
-        self._build = build_destination
-        self._judge_for = judge_for
+        self.sinks: dict[str, Sink] = {}
         self.judges: dict[str, Judge] = {}
         self.parker = DeadLetterProducer(settings.kafka.dead_letter_topic,
                                          {"log_level": 0, **settings.kafka_client_config()})
@@ -777,11 +767,11 @@ class _DestinationReplay:
                 self._deliver_run(run)
             progress.settle()
         finally:
-            for destination in self.destinations.values():
+            for sink in self.sinks.values():
                 try:
-                    self.delivery.call(destination.aclose, timeout_s=5)
+                    self.delivery.call(sink.aclose, timeout_s=5)
                 except Exception as exc:  # closing is best effort at the end of a run
-                    log.warning("destination_close_failed", destination=destination.name, error=str(exc))
+                    log.warning("destination_close_failed", destination=sink.name, error=str(exc))
             self.delivery.stop()
             self.parker.close(5.0)
             close_decoder(self.decoder)
@@ -795,13 +785,13 @@ class _DestinationReplay:
 
     def _judge(self, name: str) -> Judge:
         if name not in self.judges:
-            self.judges[name] = self._judge_for(self.settings, name, self.decoder, self.mapping.functions[name])
+            self.judges[name] = judge_for(self.settings, name, self.decoder, self.mapping.functions[name])
         return self.judges[name]
 
-    def _destination(self, name: str) -> Any:
-        if name not in self.destinations:
-            self.destinations[name] = self._build(self.settings, name)
-        return self.destinations[name]
+    def _sink(self, name: str) -> Sink:
+        if name not in self.sinks:
+            self.sinks[name] = build_sink(self.settings, name)
+        return self.sinks[name]
 
     def _deliver_run(self, run: list[Item]) -> None:
         """Map every item of the run, deliver the outputs, park anew what fails; all or nothing is done."""
@@ -824,24 +814,25 @@ class _DestinationReplay:
             mapped.append((item, decision))
         if stop is not None:  # deliver nothing of this run: the next replay starts at its first item
             raise FatalError(stop)
-        destination = self._destination(name)
-        with_outputs = [(item, decision.outputs) for item, decision in mapped if decision.kind == SEND]
-        if name == "freshsuccess":
-            body = b"".join(decision.body for _, decision in mapped)
-            count = sum(len(outs) for _, outs in with_outputs)
-            if count:
-                self._call(lambda: destination.sink.deliver(body, count), name)
-        else:
-            flat = [(item, o) for item, outs in with_outputs for o in outs]
-            if flat:
-                rejected: list[tuple[int, Rejected]] = self._call(
-                    lambda: destination.sink.deliver([o for _, o in flat]), name)
-                seen: set[int] = set()
-                for index, error in rejected:
-                    item = flat[index][0]
-                    if id(item) not in seen:
-                        seen.add(id(item))
-                        reparks.append((item, error))
+        sink = self._sink(name)
+        unbounded = 1 << 62  # a run is one batch: _max_run already bounds it
+        batcher = Batcher(name, max_events=unbounded, max_bytes=unbounded, max_wait_s=0.0, clock=time.monotonic,
+                          ndjson=sink.ndjson)
+        sent: list[Item] = []  # the item behind each output, in batch order
+        for item, decision in mapped:
+            if decision.kind == SEND:
+                record = item.letter.record
+                batcher.add(decision, _ParkedAgain(item.letter), (record.topic, record.partition), record.offset)
+                sent += [item] * len(decision.outputs)
+        batch = batcher.take()
+        if batch is not None:
+            rejected: list[tuple[int, Rejected]] = self._call(lambda: sink.write(batch), name)
+            seen: set[int] = set()
+            for index, error in rejected:
+                item = sent[index]
+                if id(item) not in seen:
+                    seen.add(id(item))
+                    reparks.append((item, error))
         reparked = {id(item) for item, _ in reparks}
         self._park(reparks, name)
         for item, decision in mapped:

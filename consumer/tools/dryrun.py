@@ -20,18 +20,18 @@ from typing import Any, Literal
 
 import orjson
 
-from consumer.app.service import judge_for
+from consumer.app.build import SINKS, build_sink, judge_for
+from consumer.app.startup import prepare
 from consumer.config import Settings
+from consumer.decoding.schemas import parse
 from consumer.errors import FatalError
 from consumer.mapping import CompiledMapping
-from consumer.pipeline.verdict import PARK, SKIP, STOP, WAIT, Decision, Decoder, close_decoder
-from consumer.sinks.compress import compress
-from consumer.sinks.freshpaint import TRACK_PATH, with_token
-from consumer.sinks.freshsuccess import MASKED_EVENT_PATH, datacenter_url
-from consumer.tools.samples import Sample
+from consumer.pipeline.batcher import Batcher
+from consumer.pipeline.verdict import PARK, SKIP, STOP, WAIT, Decision, RecordDecoder, close_decoder
+from consumer.tools.common import tool_decoder
+from consumer.tools.samples import Sample, load_files, load_topic
 
-MASK = "***"
-DESTINATIONS = ("freshsuccess", "freshpaint")
+DESTINATIONS = tuple(SINKS)
 Outcome = Literal["send", "skip", "dead_letter", "retry", "stop", "off"]
 
 
@@ -101,15 +101,11 @@ class EventPlan:
 class DryRun:
     """Plans samples against one configuration and compiled mapping; sends nothing."""
 
-    def __init__(self, settings: Settings, mapping: CompiledMapping, *, decoder: Decoder | None = None) -> None:
+    def __init__(self, settings: Settings, mapping: CompiledMapping, *, decoder: RecordDecoder | None = None) -> None:
         self.settings = settings
         self.mapping = mapping
         self.decoder = decoder
-        fs = settings.freshsuccess
-        self._fs_url = (fs.base_url or datacenter_url(fs.datacenter)).rstrip("/") + MASKED_EVENT_PATH
-        self._fp_url = settings.freshpaint.base_url.rstrip("/") + TRACK_PATH
-        token = settings.freshpaint.token
-        self._token = token.get_secret_value() if token is not None else MASK
+        self._sinks = {name: build_sink(settings, name, for_preview=True) for name in DESTINATIONS}
 
     def plan(self, sample: Sample) -> EventPlan:
         plan = EventPlan(sample)
@@ -159,8 +155,7 @@ class DryRun:
         rules = self._rules_behind(name, decision.record, sample)
         outputs = list(zip(rules, decision.outputs, strict=True))
         plan = DestinationPlan(name, "send", outputs=outputs)
-        plan.requests = (self._freshsuccess_requests(outputs, decision.body) if name == "freshsuccess"
-                         else self._freshpaint_requests(outputs))
+        plan.requests = self._requests(name, outputs, decision, sample)
         return plan
 
     def _rules_behind(self, name: str, record: dict[str, Any], sample: Sample) -> list[str]:
@@ -169,23 +164,20 @@ class DryRun:
         return [rule for rule, _, _ in self.mapping.explain(record, sample.topic, sample.partition, sample.offset,
                                                              destination=name)]
 
-    def _freshsuccess_requests(self, outputs: list[tuple[str, dict[str, Any]]], body: bytes) -> list[PlannedRequest]:
-        fs = self.settings.freshsuccess
-        headers = {"Content-Type": "application/json"}
-        if fs.encoding != "none":
-            headers["Content-Encoding"] = fs.encoding
-        headers["Content-Length"] = str(len(compress(body, fs.encoding, fs.compress_level)))
-        rules = tuple(dict.fromkeys(rule for rule, _ in outputs))
-        return [PlannedRequest("POST", self._fs_url, headers, body.decode(), rules)]
-
-    def _freshpaint_requests(self, outputs: list[tuple[str, dict[str, Any]]]) -> list[PlannedRequest]:
-        requests = []
-        for rule, output in outputs:
-            length = len(with_token(output, self._token))  # what the sink sends
-            body = with_token(output, MASK).decode()
-            headers = {"Content-Type": "application/json", "Content-Length": str(length)}
-            requests.append(PlannedRequest("POST", self._fp_url, headers, body, (rule,)))
-        return requests
+    def _requests(self, name: str, outputs: list[tuple[str, dict[str, Any]]], decision: Decision,
+                  sample: Sample) -> list[PlannedRequest]:
+        """What the sink would send for this one event, each request labelled with the rules behind it."""
+        sink = self._sinks[name]
+        batcher = Batcher(name, max_events=len(outputs), max_bytes=1 << 62, max_wait_s=0.0, clock=lambda: 0.0,
+                          ndjson=sink.ndjson)
+        batcher.add(decision, None, (sample.topic, sample.partition), sample.offset)
+        batch = batcher.take()
+        assert batch is not None
+        previews = sink.preview(batch)
+        rules = [rule for rule, _ in outputs]
+        labels = [tuple(dict.fromkeys(rules))] if len(previews) == 1 and len(rules) > 1 else [(r,) for r in rules]
+        return [PlannedRequest(p.method, p.url, p.headers, p.body, label)
+                for p, label in zip(previews, labels, strict=True)]
 
 
 def _text(value: Any) -> str | None:
@@ -291,11 +283,6 @@ def _render_summary(counts: dict[str, Any]) -> str:
 def run_map(settings: Settings, *, files: list[str], from_topic: int | None, partition: int | None,
             offset: int | None, as_json: bool, out: Any) -> int:
     """``usage-consumer map``: plan every sample and print the plans; 1 when a sample was not usable."""
-    from consumer.app.service import prepare
-    from consumer.decoding.schemas import parse
-    from consumer.tools.common import tool_decoder
-    from consumer.tools.samples import load_files, load_topic
-
     prepared = prepare(settings)
     reader = parse(prepared.reader_schema)
     samples: list[Sample] = []

@@ -32,10 +32,11 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from consumer.app.startup import tls_context
 from consumer.config import Settings
 from consumer.decoding.decoder import registry_client
 from consumer.errors import UsageConsumerError
-from consumer.kafka.reader import kafka_error_text
+from consumer.kafka.failures import kafka_error_text, kafka_failure_cause
 from consumer.sinks.freshpaint import TRACK_PATH
 from consumer.sinks.freshsuccess import MASKED_EVENT_PATH, PING_PATH, datacenter_url, event_path
 from consumer.sinks.retry import redactor, split_base_url
@@ -57,8 +58,6 @@ class CheckResult:
 
 
 def check_kafka(settings: Settings, timeout_s: float) -> CheckResult:
-    from consumer.app.service import kafka_failure_cause
-
     target = settings.kafka.bootstrap_servers
     seen: list[KafkaError] = []  # authentication and TLS failures only reach the error callback
     try:
@@ -101,8 +100,6 @@ def check_registry(settings: Settings) -> CheckResult:
 
 def _verify(ca_bundle: Path | None, key: str, settings: Settings) -> ssl.SSLContext | bool:
     """The destination's TLS trust, as the sinks use it (``*.ca_bundle``, else the default store)."""
-    from consumer.app.service import tls_context
-
     return tls_context(ca_bundle, key=key, source=settings.source) or True
 
 

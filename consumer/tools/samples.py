@@ -21,11 +21,13 @@ import fastavro
 from fastavro.validation import validate
 
 from consumer.config import Settings
+from consumer.decoding.decoder import make_decoder
 from consumer.decoding.encoding import encode_raw
 from consumer.decoding.schemas import ParsedSchema, parse
 from consumer.errors import ConfigError
-from consumer.kafka.reader import Reader, TopicPartitionKey
-from consumer.pipeline.lane import Decoder
+from consumer.kafka.reader import Reader
+from consumer.pipeline.offsets import TopicPartitionKey
+from consumer.pipeline.verdict import RecordDecoder
 
 AVRO_CONTAINER_MAGIC = b"Obj\x01"
 FRAMING_HEADER_BYTES = {"confluent": 5, "single-object": 10, "raw": 0}
@@ -41,7 +43,7 @@ class Sample:
     partition: int
     offset: int
     value: bytes | None
-    decoder: Decoder | None
+    decoder: RecordDecoder | None
     """None for topic samples: use the configured decoder."""
     size_bytes: int
     problem: str | None = None
@@ -80,8 +82,6 @@ def _load_one(path: str, reader: ParsedSchema, *, framing: str, topic: str, part
 
 def _json_lines(data: bytes, name: str, reader: ParsedSchema, header_bytes: int, topic: str, partition: int,
                 first_offset: int) -> Iterator[Sample]:
-    from consumer.decoding.decoder import make_decoder
-
     decoder = make_decoder("raw", reader_schema=reader)
     offset = first_offset
     # JSON lines end at "\n" only: str.splitlines() would also split inside strings at U+2028, U+0085, ...
@@ -137,8 +137,6 @@ def unknown_fields(value: Any, schema: Any, path: str = "") -> list[str]:
 
 def _container(stream: IO[bytes], name: str, reader: ParsedSchema, header_bytes: int, topic: str,
                partition: int, first_offset: int) -> Iterator[Sample]:
-    from consumer.decoding.decoder import make_decoder
-
     try:
         container = fastavro.reader(stream)
         writer_schema = json.loads(container.metadata["avro.schema"])

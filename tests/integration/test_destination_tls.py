@@ -24,7 +24,7 @@ import httpx
 import orjson
 import pytest
 
-from consumer.app.service import tls_context
+from consumer.app.startup import tls_context
 from consumer.errors import ConfigError, TransientError
 from consumer.sinks.freshpaint import FreshpaintSink, Transport
 from consumer.sinks.freshsuccess import FreshsuccessSink
@@ -32,6 +32,7 @@ from consumer.sinks.retry import RetryPolicy
 from consumer.testing.devstack import API_KEY, AUTH_KEY, TOKEN, DevStack, RunningService
 from consumer.testing.emulators import Emulators
 from consumer.testing.eventgen import one_of_each
+from consumer.testing.fakes import events_batch, ndjson_batch
 from consumer.testing.testpki import TestPki, make_test_pki
 from tests.helpers import wait_for
 
@@ -112,7 +113,7 @@ def test_verification_is_on_by_default_freshsuccess_retries_and_the_ping_says_wh
             assert "freshsuccess.ca_bundle" in message
             assert AUTH_KEY not in message
             assert API_KEY not in message
-            await retried_not_delivered(sink.deliver(feature_action(), 1), retries)
+            await retried_not_delivered(sink.write(ndjson_batch(feature_action(), 1)), retries)
             assert sink.state == "retrying"
         finally:
             await sink.aclose()
@@ -130,7 +131,7 @@ def test_verification_is_on_by_default_freshpaint_retries_not_rejects(tls_emulat
     async def scenario() -> None:
         sink = freshpaint_sink(tls_emulators.freshpaint_url, None, retries, transport)
         try:
-            await retried_not_delivered(sink.deliver([track_event()]), retries)
+            await retried_not_delivered(sink.write(events_batch([track_event()])), retries)
         finally:
             await sink.aclose()
 
@@ -151,8 +152,8 @@ def test_with_the_ca_bundle_both_sinks_deliver(tls_emulators: Emulators, pki: Te
                              retries, transport)
         try:
             await fs.ping()
-            await fs.deliver(feature_action(), 1)
-            assert await fp.deliver([track_event(), track_event()]) == []
+            await fs.write(ndjson_batch(feature_action(), 1))
+            assert await fp.write(events_batch([track_event(), track_event()])) == []
         finally:
             await fs.aclose()
             await fp.aclose()
@@ -177,9 +178,9 @@ def test_the_bundle_replaces_the_default_trust_store_and_host_names_are_checked(
                 try:
                     with pytest.raises(TransientError, match="TLS verification"):
                         await fs.ping()
-                    await retried_not_delivered(fs.deliver(feature_action(), 1), retries)
+                    await retried_not_delivered(fs.write(ndjson_batch(feature_action(), 1)), retries)
                     retries.clear()
-                    await retried_not_delivered(fp.deliver([track_event()]), retries)
+                    await retried_not_delivered(fp.write(events_batch([track_event()])), retries)
                 finally:
                     await fs.aclose()
                     await fp.aclose()

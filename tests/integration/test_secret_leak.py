@@ -149,7 +149,7 @@ def service_texts(service: Service) -> list[str]:
              *(describe(getattr(settings, section)) for section in type(settings).model_fields),
              describe(service), describe(service.delivery), describe(service.metrics)]
     for lane in service.lanes:
-        texts += [describe(lane), describe(lane.destination), describe(getattr(lane.destination, "sink", None)),
+        texts += [describe(lane), describe(lane.sink), describe(getattr(lane.sink, "sink", None)),
                   describe(lane.decoder),
                   describe(getattr(lane.decoder, "_registry", None)), describe(lane.source),
                   describe(lane.dead_letters), describe(lane.batcher), describe(lane.tracker), describe(lane.stats),

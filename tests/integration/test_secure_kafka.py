@@ -231,7 +231,7 @@ def test_start_up_failure_causes_name_the_setting_and_never_a_secret(code: str, 
     """The client's error callbacks, turned into the start-up message (no broker needed)."""
     from confluent_kafka import KafkaError
 
-    from consumer.app.service import kafka_failure_cause
+    from consumer.kafka.failures import kafka_failure_cause
 
     settings = load_settings(None, environ={"KAFKA_SASL_PASSWORD": "hunter2-pw"})
     error = KafkaError(getattr(KafkaError, code), f"{text} hunter2-pw")  # as if the client echoed it

@@ -7,10 +7,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.errors import Rejected
-from consumer.pipeline.batcher import Batch
-from consumer.pipeline.offsets import Work
-from consumer.sinks.destinations import FreshpaintDestination
+import httpx
+import orjson
+
+from consumer.sinks.freshpaint import FreshpaintSink
+from consumer.testing.fakes import events_batch
 
 
 @dataclass
@@ -24,38 +25,56 @@ class Source:
         return self._partition
 
 
-class SlowSink:
-    """Takes a random time per event, so unordered sending would reorder; rejects event 7."""
+class SlowServer:
+    """Answers each request after a random number of loop turns (so unordered sending would reorder);
+    rejects event 7."""
 
-    host = "http://sink"
-
-    def __init__(self) -> None:
+    def __init__(self, seed: int) -> None:
         self.sent: list[tuple[int, int]] = []
         self.concurrent = 0
         self.max_concurrent = 0
+        self.rng = random.Random(seed)
 
-    async def deliver_one(self, event: dict[str, Any]) -> None:
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        event = orjson.loads(request.content)["properties"]
         self.concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
-        await asyncio.sleep(random.uniform(0, 0.003))
+        for _ in range(self.rng.randrange(5)):
+            await asyncio.sleep(0)
         self.concurrent -= 1
         if event["n"] == 7:
-            raise Rejected("no", status=400)
+            return httpx.Response(400, content=b"no")
         self.sent.append((event["partition"], event["n"]))
+        return httpx.Response(200)
+
+
+def sink_for(server: SlowServer, *, ordered: bool) -> FreshpaintSink:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server.handle))
+    return FreshpaintSink(base_url="https://fp.example", token="t", client=client, ordered=ordered)
+
+
+def batch_of(count: int, partitions: int) -> tuple[list[dict[str, Any]], list[Source]]:
+    outputs = [{"event": "e", "properties": {"n": n, "partition": n % partitions, "distinct_id": "d"}}
+               for n in range(count)]
+    return outputs, [Source(n % partitions) for n in range(count)]
 
 
 def test_ordered_delivery_keeps_offset_order_per_partition_and_reports_rejections() -> None:
-    batch = Batch("freshpaint", Work(), 0.0)
-    for n in range(40):
-        partition = n % 3
-        batch.outputs.append({"n": n, "partition": partition})
-        batch.sources.append(Source(partition))
-    sink = SlowSink()
-    destination = FreshpaintDestination(sink, ordered=True)  # type: ignore[arg-type]
-    rejected = asyncio.run(destination.deliver(batch))
+    server = SlowServer(seed=1)
+    outputs, sources = batch_of(40, 3)
+    rejected = asyncio.run(sink_for(server, ordered=True).write(events_batch(outputs, sources)))
     assert [index for index, _ in rejected] == [7]
     for partition in range(3):
-        sent = [n for p, n in sink.sent if p == partition]
+        sent = [n for p, n in server.sent if p == partition]
         assert sent == sorted(sent)
         assert len(sent) == len([n for n in range(40) if n % 3 == partition and n != 7])
-    assert sink.max_concurrent > 1  # partitions still go in parallel
+    assert server.max_concurrent > 1  # partitions still go in parallel
+
+
+def test_unordered_delivery_does_reorder_under_the_same_server() -> None:
+    """The check above can fail: the same server, unordered, delivers some partition out of order."""
+    server = SlowServer(seed=1)
+    outputs, sources = batch_of(40, 3)
+    asyncio.run(sink_for(server, ordered=False).write(events_batch(outputs, sources)))
+    assert any([n for p, n in server.sent if p == partition] != sorted(n for p, n in server.sent if p == partition)
+               for partition in range(3))

@@ -41,14 +41,15 @@ from consumer.decoding.encoding import encode_confluent
 from consumer.decoding.registry import SchemaRegistryClient
 from consumer.decoding.schemas import ParsedSchema, default_reader_schema_path, load_schema, parse
 from consumer.errors import EventError, Rejected, UnknownSchema
-from consumer.kafka.source import SourceCallbacks
 from consumer.mapping import CompiledMapping, load_mapping
+from consumer.mapping.compiler import MapFn
 from consumer.pipeline.batcher import Batch
 from consumer.pipeline.committer import CommitResult
 from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.lane import Lane, LaneSettings
 from consumer.pipeline.offsets import TopicPartitionKey, Work
-from consumer.pipeline.verdict import Judge, MapFn
+from consumer.pipeline.ports import SourceCallbacks
+from consumer.pipeline.verdict import Judge
 from tests.helpers import wait_for
 
 TOPIC = "hostile"
@@ -197,14 +198,15 @@ class RecordingDestination:
 
     def __init__(self, name: str, *, blocked: bool = False) -> None:
         self.name = name
-        self.serialize = name == "freshsuccess"
+        self.state = "ok"
+        self.ndjson = name == "freshsuccess"
         self.blocked = blocked
         self.delivered_offsets: list[int] = []
 
-    async def deliver(self, batch: Batch) -> list[tuple[int, Rejected]]:
+    async def write(self, batch: Batch) -> list[tuple[int, Rejected]]:
         while self.blocked:
             await asyncio.sleep(0.01)
-        if self.serialize:
+        if self.ndjson:
             lines = bytes(batch.body).splitlines()
             assert len(lines) == batch.events
             for line in lines:
@@ -261,7 +263,7 @@ def run_lane(values: Sequence[bytes | None], destination: str, delivery: Deliver
         return source_holder[0]
 
     dead = RecordingDeadLetters()
-    lane = Lane(destination=RecordingDestination(destination), source_factory=factory,
+    lane = Lane(sink=RecordingDestination(destination), source_factory=factory,
                 judge=judge_for(destination, decoder or new_decoder()), dead_letters=dead, delivery=delivery,
                 settings=LaneSettings(consume_batch_size=50, consume_timeout_s=0.0, max_events=100, max_wait_s=0.0))
     source = source_holder[0]
@@ -622,7 +624,7 @@ def assert_bounded_while_blocked(destination: str, delivery: DeliveryLoop) -> No
 
     sink = RecordingDestination(destination, blocked=True)
     max_bytes = 64 * 1024
-    lane = Lane(destination=sink, source_factory=factory, judge=judge_for(destination, new_decoder()),
+    lane = Lane(sink=sink, source_factory=factory, judge=judge_for(destination, new_decoder()),
                 dead_letters=RecordingDeadLetters(), delivery=delivery,
                 settings=LaneSettings(consume_batch_size=5, consume_timeout_s=0.0, max_events=2000,
                                       max_bytes=max_bytes, max_wait_s=60.0, max_in_flight_batches=1))

@@ -12,12 +12,12 @@ import orjson
 import pytest
 
 from consumer.errors import DecodeError, EventError, Rejected, TransientError
-from consumer.kafka.source import SourceCallbacks
 from consumer.pipeline.batcher import Batch
 from consumer.pipeline.committer import CommitResult
 from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.lane import Lane, LaneSettings
 from consumer.pipeline.offsets import TopicPartitionKey, Work
+from consumer.pipeline.ports import SourceCallbacks
 from consumer.pipeline.verdict import Judge
 from tests.helpers import wait_for
 
@@ -125,13 +125,14 @@ class GatedDestination:
     """Delivers only while the gate is open; records what it delivered."""
 
     name = "freshsuccess"
-    serialize = True
+    ndjson = True
+    state = "ok"
 
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.delivered: list[int] = []
 
-    async def deliver(self, batch: Batch) -> list[tuple[int, Rejected]]:
+    async def write(self, batch: Batch) -> list[tuple[int, Rejected]]:
         while not self.gate.is_set():
             await asyncio.sleep(0.005)
         self.delivered.append(batch.events)
@@ -196,7 +197,7 @@ def make_lane(messages: list[FakeMessage], destination: Any, dead: FakeDeadLette
 
     settings = LaneSettings(**{"consume_batch_size": 10, "consume_timeout_s": 0.001, "max_events": 5,
                                "max_wait_s": 0.01, "max_in_flight_batches": 2, **overrides})
-    lane = Lane(destination=destination, source_factory=factory, judge=judge(decoder, map_fn),
+    lane = Lane(sink=destination, source_factory=factory, judge=judge(decoder, map_fn),
                 dead_letters=dead, delivery=delivery, settings=settings)
     return lane, sources[0]
 
@@ -315,7 +316,7 @@ def test_a_consumer_left_out_of_its_group_after_a_loss_is_replaced(delivery: Del
         created.append(FakeSource(messages(4) if not created else [], callbacks))
         return created[-1]
 
-    lane = Lane(destination=GatedDestination(), source_factory=factory, judge=judge(Decoder()),
+    lane = Lane(sink=GatedDestination(), source_factory=factory, judge=judge(Decoder()),
                 dead_letters=FakeDeadLetters(), delivery=delivery,
                 settings=LaneSettings(consume_timeout_s=0.001, rejoin_timeout_s=0.05))
     lane.step()
@@ -339,7 +340,8 @@ class RecordingDestination:
     """Delivers at once while the gate is open; records every batch's events (NDJSON lines) in order."""
 
     name = "freshsuccess"
-    serialize = True
+    ndjson = True
+    state = "ok"
 
     def __init__(self, *, open_gate: bool = True) -> None:
         self.gate = threading.Event()
@@ -347,7 +349,7 @@ class RecordingDestination:
             self.gate.set()
         self.batches: list[list[dict[str, Any]]] = []
 
-    async def deliver(self, batch: Batch) -> list[tuple[int, Rejected]]:
+    async def write(self, batch: Batch) -> list[tuple[int, Rejected]]:
         while not self.gate.is_set():
             await asyncio.sleep(0.005)
         self.batches.append([orjson.loads(line) for line in bytes(batch.body).splitlines()])
@@ -459,7 +461,7 @@ def test_a_refused_commit_is_retried_and_not_reported_until_the_broker_holds_it(
         sources.append(RefusingSource(messages(10, partitions=1), callbacks))
         return sources[0]
 
-    lane = Lane(destination=RecordingDestination(), source_factory=factory, judge=judge(Decoder()),
+    lane = Lane(sink=RecordingDestination(), source_factory=factory, judge=judge(Decoder()),
                 dead_letters=FakeDeadLetters(), delivery=delivery,
                 settings=LaneSettings(consume_timeout_s=0.001, max_events=100, max_wait_s=0.0,
                                       commit_retry_backoff_s=(0.01, 0.02)))

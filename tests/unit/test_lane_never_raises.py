@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from consumer.decoding.decoder import RawDecoder
 from consumer.decoding.schemas import parse
-from consumer.kafka.source import SourceCallbacks
 from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.lane import Lane, LaneSettings
+from consumer.pipeline.ports import SourceCallbacks
 from consumer.pipeline.verdict import Judge
 from tests.helpers import wait_for
 from tests.unit.test_lane import TOPIC, FakeDeadLetters, FakeMessage, FakeSource
@@ -126,7 +126,7 @@ def test_no_value_of_any_schema_makes_the_lane_raise(types: list[Any], ndjson: b
     destination = WireDestination(ndjson=ndjson)
     dead = FakeDeadLetters()
     decoder = RawDecoder(parsed, parsed)
-    lane = Lane(destination=destination, source_factory=factory,
+    lane = Lane(sink=destination, source_factory=factory,
                 judge=Judge(decoder=decoder, map_fn=pass_everything, max_event_bytes=1 << 20, ndjson=ndjson),
                 dead_letters=dead, delivery=delivery,
                 settings=LaneSettings(consume_timeout_s=0.0, max_events=3, max_wait_s=0.0))
@@ -151,11 +151,12 @@ class WireDestination:
     name = "freshsuccess"
 
     def __init__(self, *, ndjson: bool) -> None:
-        self.serialize = ndjson
+        self.state = "ok"
+        self.ndjson = ndjson
         self.offsets: list[int] = []
 
-    async def deliver(self, batch: Any) -> list[Any]:
-        if self.serialize:
+    async def write(self, batch: Any) -> list[Any]:
+        if self.ndjson:
             events = [orjson.loads(line) for line in bytes(batch.body).splitlines()]
         else:
             events = [orjson.loads(orjson.dumps(output)) for output in batch.outputs]

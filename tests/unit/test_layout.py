@@ -15,17 +15,30 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "consumer"
 
-KAFKA_CLIENT_MODULES = {
-    "consumer/cli.py",             # tells the client's refusal of its settings from other errors
-    "consumer/kafka/source.py",          # the lanes' consumer, and commit_checked
-    "consumer/kafka/deadletter.py",      # the dead-letter producer
-    "consumer/app/service.py",         # the start-up broker check (admin client)
-    "consumer/kafka/reader.py",  # the tools' bounded reader
-    "consumer/tools/ledger.py",    # the replay ledger's producer and admin client
-    "consumer/tools/dlq.py",       # producing dead letters back to their source
-    "consumer/tools/ping.py",      # the broker check
+KAFKA_CLIENT_PLACES = ("consumer/kafka/", "consumer/tools/", "consumer/testing/", "consumer/app/startup.py",
+                       "consumer/cli.py")
+"""Where ``confluent_kafka`` may be imported: the Kafka edge, the tools that read or write topics, the test
+support, the start-up broker check, and the command line (to name the client's refusal of its settings)."""
+
+ALLOWED_IMPORTS: dict[str, set[str]] = {
+    "errors": set(),
+    "yamlsource": {"errors"},
+    "config": {"errors", "yamlsource"},
+    "mapping": {"errors", "yamlsource"},
+    "observability": {"errors", "config"},
+    "pipeline": {"errors", "config", "mapping", "observability"},
+    "sinks": {"errors", "pipeline"},
+    "decoding": {"errors", "config", "sinks"},
+    "kafka": {"__init__", "errors", "config", "pipeline"},
+    "app": {"errors", "config", "mapping", "observability", "pipeline", "sinks", "decoding", "kafka"},
+    "tools": {"errors", "config", "yamlsource", "mapping", "observability", "pipeline", "sinks", "decoding", "kafka",
+              "app"},
 }
-"""Modules that may import ``confluent_kafka`` (``consumer/testing/`` aside): the pipeline's core never does."""
+"""Which parts of the package each part may import: the flow runs one way (docs/architecture.md draws it).
+``testing/`` and ``cli.py`` sit on top and may import anything."""
+
+URL_PATH = re.compile(r"^/(v1|track)(/|$)")
+"""The destinations' request paths: only ``consumer/sinks/`` (and the emulators in ``testing/``) spell them."""
 
 
 def modules() -> Iterator[tuple[str, ast.Module]]:
@@ -75,19 +88,68 @@ def private_attributes_of_other_objects(tree: ast.Module) -> list[str]:
             and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls", "KafkaError"))]
 
 
-def test_only_the_kafka_edge_modules_import_the_kafka_client() -> None:
+def part_of(name: str) -> str:
+    """``consumer/pipeline/lane.py`` -> ``pipeline``; ``consumer/config.py`` -> ``config``."""
+    return name.split("/")[1].removesuffix(".py")
+
+
+def imported_parts(tree: ast.Module) -> set[str]:
+    """The parts of ``consumer`` a module imports (``__init__`` for ``from consumer import ...``)."""
+    parts = set()
+    for module in imported_modules(tree):
+        if module == "consumer":
+            parts.add("__init__")
+        elif module.startswith("consumer."):
+            parts.add(module.split(".")[1])
+    return parts
+
+
+def import_rule_breaks(name: str, tree: ast.Module) -> set[str]:
+    part = part_of(name)
+    if part not in ALLOWED_IMPORTS:
+        return set()
+    return imported_parts(tree) - ALLOWED_IMPORTS[part] - {part}
+
+
+def url_paths(tree: ast.Module) -> list[str]:
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and URL_PATH.match(node.value)]
+
+
+def commit_requests(tree: ast.Module) -> list[int]:
+    """Lines that ask a source to commit (``commit_async``/``commit_sync``)."""
+    return [node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("commit_async", "commit_sync")]
+
+
+def test_every_module_belongs_to_a_known_part() -> None:
+    unknown = {name for name, _ in modules() if part_of(name) not in {*ALLOWED_IMPORTS, "testing", "cli", "__init__"}}
+    assert unknown == set()
+
+
+def test_each_part_imports_only_the_parts_before_it_in_the_flow() -> None:
+    offenders = {name: breaks for name, tree in modules() if (breaks := import_rule_breaks(name, tree))}
+    assert offenders == {}
+
+
+def test_only_the_kafka_edge_imports_the_kafka_client() -> None:
     offenders = [name for name, tree in modules()
-                 if kafka_client_importers(tree) and name not in KAFKA_CLIENT_MODULES
-                 and not name.startswith("consumer/testing/")]
+                 if kafka_client_importers(tree) and not name.startswith(KAFKA_CLIENT_PLACES)]
     assert offenders == []
-    for core in ("lane", "verdict", "committer", "offsets", "batcher", "delivery", "decoder", "destinations"):
-        assert f"consumer/{core}.py" not in KAFKA_CLIENT_MODULES
 
 
-def test_only_commit_checked_and_the_committers_source_call_a_kafka_commit() -> None:
-    callers = {name: lines for name, tree in modules() if (lines := commit_calls(tree))
-               and not name.startswith("consumer/testing/")}
-    assert set(callers) == {"consumer/kafka/source.py"}, callers
+def test_only_the_source_calls_a_kafka_commit_and_only_the_committer_asks_it_to() -> None:
+    callers = {name for name, tree in modules() if commit_calls(tree) and not name.startswith("consumer/testing/")}
+    assert callers == {"consumer/kafka/source.py"}
+    requesters = {name for name, tree in modules() if commit_requests(tree)}
+    assert requesters == {"consumer/pipeline/committer.py"}
+
+
+def test_only_the_sinks_spell_the_destinations_request_paths() -> None:
+    offenders = {name: found for name, tree in modules()
+                 if not name.startswith(("consumer/sinks/", "consumer/testing/")) and (found := url_paths(tree))}
+    assert offenders == {}
 
 
 def test_the_tools_use_only_public_names_of_other_packages() -> None:
@@ -100,6 +162,11 @@ def test_the_tools_use_only_public_names_of_other_packages() -> None:
     ("from confluent_kafka import Consumer\n", kafka_client_importers),
     ("import confluent_kafka.admin\n", kafka_client_importers),
     ("consumer.commit(offsets=[], asynchronous=False)\n", commit_calls),
+    ("self.source.commit_sync({})\n", commit_requests),
+    ("from consumer.kafka.source import KafkaSource\n",
+     lambda tree: import_rule_breaks("consumer/pipeline/lane.py", tree)),
+    ("from consumer import tools\n", lambda tree: import_rule_breaks("consumer/sinks/x.py", tree)),
+    ("url = base + '/v1/ping'\n", url_paths),
     ("from consumer.mapping.compiler import _RuleProgram\n", lambda tree: private_imports("consumer/tools/x.py", tree)),
     ("rules = mapping._programs\n", private_attributes_of_other_objects),
 ])

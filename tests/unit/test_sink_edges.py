@@ -15,11 +15,12 @@ import pytest
 import structlog
 from aiohttp import web
 
-from consumer.app.service import retry_policy
+from consumer.app.build import retry_policy
 from consumer.config import load_settings
 from consumer.decoding.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClient
 from consumer.errors import ConfigError, FatalError, Rejected, TransientError
 from consumer.sinks import FreshpaintSink, RetryPolicy, parse_retry_after
+from consumer.testing.fakes import events_batch, ndjson_batch
 from tests.unit.test_sinks import (
     API_KEY,
     AUTH_KEY,
@@ -60,7 +61,7 @@ def test_freshpaint_wrong_base_url_answers_are_fatal_naming_the_host(status: int
     headers = {"Location": f"https://elsewhere.example/track?token={TOKEN}"} if 300 <= status < 400 else {}
     sink = fp_sink(scripted([httpx.Response(status, headers=headers, text=f"no /track here for {TOKEN}")]))
     with pytest.raises(FatalError) as info:
-        run(sink.deliver([event(0), event(1), event(2)]))
+        run(sink.write(events_batch([event(0), event(1), event(2)])))
     text = full_text(info.value)
     assert str(status) in str(info.value)
     assert "https://fp.example" in str(info.value)
@@ -73,13 +74,13 @@ def test_freshpaint_wrong_base_url_answers_are_fatal_naming_the_host(status: int
 def test_freshpaint_deliver_one_wrong_path_is_fatal(status: int) -> None:
     sink = fp_sink(scripted([status]))
     with pytest.raises(FatalError, match=str(status)):
-        run(sink.deliver_one(event()))
+        run(sink.write(events_batch([event()])))
 
 
 @pytest.mark.parametrize("status", [400, 413, 422])
 def test_freshpaint_event_level_4xx_stay_per_event_dead_letters(status: int) -> None:
     sink = fp_sink(scripted([200, status]))
-    rejected = run(sink.deliver([event(0), event(1), event(2)]))
+    rejected = run(sink.write(events_batch([event(0), event(1), event(2)])))
     assert [(i, e.status) for i, e in rejected] == [(1, status)]
     assert isinstance(rejected[0][1], Rejected)
 
@@ -103,7 +104,7 @@ def test_freshpaint_over_aiohttp_without_a_track_route_is_fatal() -> None:
                               sleep=FakeSleep())
         try:
             with pytest.raises(FatalError, match="404") as info:
-                await sink.deliver([event(0), event(1)])
+                await sink.write(events_batch([event(0), event(1)]))
             assert TOKEN not in full_text(info.value)
             assert f"http://127.0.0.1:{port}" in str(info.value)
         finally:
@@ -136,14 +137,14 @@ def test_parse_retry_after_default_cap_is_300_s() -> None:
 def test_freshpaint_429_asking_for_120_s_waits_120_s() -> None:
     sleep = FakeSleep()
     sink = fp_sink(scripted([httpx.Response(429, headers={"Retry-After": "120"})]), sleep=sleep)
-    assert run(sink.deliver([event()])) == []
+    assert run(sink.write(events_batch([event()]))) == []
     assert sleep.delays == [120.0]
 
 
 def test_freshsuccess_503_asking_for_120_s_waits_120_s() -> None:
     sleep = FakeSleep()
     sink = fs_sink(scripted([httpx.Response(503, headers={"Retry-After": "120"})]), sleep=sleep)
-    run(sink.deliver(b"{}\n", 1))
+    run(sink.write(ndjson_batch(b"{}\n", 1)))
     assert sleep.delays == [120.0]
 
 
@@ -153,11 +154,11 @@ def test_retry_after_is_capped_by_max_retry_after_s_not_max_backoff_s() -> None:
     answers: list[int | Exception | httpx.Response] = [httpx.Response(429, headers={"Retry-After": "100000"}),
                                            httpx.Response(503, headers={"Retry-After": "450"})]
     sink = fp_sink(scripted(answers), sleep=sleep, retry=policy)
-    assert run(sink.deliver([event()])) == []
+    assert run(sink.write(events_batch([event()]))) == []
     assert sleep.delays == [600.0, 450.0]
     default_sleep = FakeSleep()
     sink = fp_sink(scripted([httpx.Response(429, headers={"Retry-After": "100000"})]), sleep=default_sleep)
-    run(sink.deliver([event()]))
+    run(sink.write(events_batch([event()])))
     assert default_sleep.delays == [300.0]
 
 

@@ -34,6 +34,7 @@ from consumer.sinks import (
     datacenter_url,
     parse_retry_after,
 )
+from consumer.testing.fakes import events_batch, ndjson_batch
 
 AUTH_KEY = "authKEY-9f3b2c71d0"
 API_KEY = "apiKEY-77e1a0c4b5"
@@ -188,7 +189,7 @@ def test_freshsuccess_sends_exact_request(encoding: Any, events: int) -> None:
 
     async def scenario() -> None:
         sink = fs_sink(scripted([], seen), encoding=encoding)
-        await sink.deliver(body, events)
+        await sink.write(ndjson_batch(body, events))
         await sink.aclose()
         assert sink.state == "ok"
 
@@ -211,7 +212,7 @@ def test_freshsuccess_keys_are_url_quoted_in_the_path() -> None:
     async def scenario() -> None:
         sink = FreshsuccessSink(base_url="http://h.example/prefix/", auth_key="a/b", api_key="c d",
                                 client=client_for(scripted([], seen)))
-        await sink.deliver(b"{}\n", 1)
+        await sink.write(ndjson_batch(b"{}\n", 1))
 
     run(scenario())
     assert seen[0].url.raw_path == b"/prefix/v1/a%2Fb/c%20d"
@@ -220,7 +221,7 @@ def test_freshsuccess_keys_are_url_quoted_in_the_path() -> None:
 def test_freshsuccess_400_is_fatal_and_names_host_not_keys() -> None:
     sink = fs_sink(scripted([400]))
     with structlog.testing.capture_logs() as logs, pytest.raises(FatalError) as info:
-        run(sink.deliver(ndjson(2), 2))
+        run(sink.write(ndjson_batch(ndjson(2), 2)))
     message = str(info.value)
     assert sink.host in message
     assert "events-test.example:8443" in message
@@ -234,7 +235,7 @@ def test_freshsuccess_400_is_fatal_and_names_host_not_keys() -> None:
 def test_freshsuccess_other_4xx_is_fatal_naming_status() -> None:
     sink = fs_sink(scripted([404]))
     with pytest.raises(FatalError, match="404") as info:
-        run(sink.deliver(b"{}\n", 1))
+        run(sink.write(ndjson_batch(b"{}\n", 1)))
     assert sink.host in str(info.value)
     assert AUTH_KEY not in str(info.value)
 
@@ -250,7 +251,7 @@ def test_freshsuccess_retries_5xx_with_backoff_and_retry_after() -> None:
     ]
     sink = fs_sink(scripted(answers, seen), sleep=sleep, on_retry=lambda r, d: reasons.append((r, d)))
     with structlog.testing.capture_logs() as logs:
-        run(sink.deliver(ndjson(5), 5))
+        run(sink.write(ndjson_batch(ndjson(5), 5)))
     assert len(seen) == 6
     assert sleep.delays == [0.5, 7.0, 2.0, 4.0, 8.0]  # the hint replaces one step; the backoff goes on
     assert reasons == [("http_503", 0.5), ("http_503", 7.0), ("http_502", 2.0), ("http_429", 4.0),
@@ -268,7 +269,7 @@ def test_freshsuccess_jittered_delays_follow_backoff_sequence() -> None:
     policy = RetryPolicy()
     sleep = FakeSleep()
     sink = fs_sink(scripted([500] * 6), retry=policy, sleep=sleep, rng=random.Random(42))
-    run(sink.deliver(b"{}\n", 1))
+    run(sink.write(ndjson_batch(b"{}\n", 1)))
     assert sleep.delays == list(itertools.islice(backoff_delays(policy, random.Random(42)), 6))
 
 
@@ -276,7 +277,7 @@ def test_freshsuccess_retry_after_http_date_is_honoured() -> None:
     sleep = FakeSleep()
     when = formatdate(time.time() + 20, usegmt=True)
     sink = fs_sink(scripted([httpx.Response(503, headers={"Retry-After": when})]), sleep=sleep)
-    run(sink.deliver(b"{}\n", 1))
+    run(sink.write(ndjson_batch(b"{}\n", 1)))
     assert 18 <= sleep.delays[0] <= 20
 
 
@@ -286,7 +287,7 @@ def test_freshsuccess_bad_credentials_keep_retrying_until_fixed() -> None:
     sleep = FakeSleep(on_sleep=lambda _d: states.append(sink.state))
     sink = fs_sink(scripted([401, 403, 401, 401]), sleep=sleep)
     with structlog.testing.capture_logs() as logs:
-        run(sink.deliver(b"{}\n", 1))
+        run(sink.write(ndjson_batch(b"{}\n", 1)))
     assert states == ["bad_credentials"] * 4
     assert sleep.delays == [60.0] * 4
     assert sink.state == "ok"
@@ -306,7 +307,7 @@ def test_freshsuccess_retries_timeouts_and_connection_errors(error: Exception) -
     reasons: list[str] = []
     sink = fs_sink(scripted([error, error]), sleep=sleep, on_retry=lambda r, _d: reasons.append(r))
     with structlog.testing.capture_logs() as logs:
-        run(sink.deliver(b"{}\n", 1))
+        run(sink.write(ndjson_batch(b"{}\n", 1)))
     assert sleep.delays == [0.5, 1.0]
     assert reasons == [type(error).__name__] * 2
     assert [e.get("error") for e in logs if e["event"] == "delivery_retried"] == [type(error).__name__] * 2
@@ -317,7 +318,7 @@ def test_freshsuccess_state_is_retrying_during_outage() -> None:
     sink: FreshsuccessSink
     sink = fs_sink(scripted([503, httpx.ConnectError("x")]),
                    sleep=FakeSleep(on_sleep=lambda _d: states.append(sink.state)))
-    run(sink.deliver(b"{}\n", 1))
+    run(sink.write(ndjson_batch(b"{}\n", 1)))
     assert states == ["retrying", "retrying"]
     assert sink.state == "ok"
 
@@ -356,7 +357,7 @@ def test_freshsuccess_cancellation_propagates_from_backoff_and_from_request() ->
             await forever.wait()
 
         sink = fs_sink(scripted([503]), sleep=stuck_sleep)
-        task = asyncio.create_task(sink.deliver(b"{}\n", 1))
+        task = asyncio.create_task(sink.write(ndjson_batch(b"{}\n", 1)))
         await asyncio.wait_for(started.wait(), 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -370,7 +371,7 @@ def test_freshsuccess_cancellation_propagates_from_backoff_and_from_request() ->
             raise AssertionError("unreachable")
 
         sink = fs_sink(hang)
-        task = asyncio.create_task(sink.deliver(b"{}\n", 1))
+        task = asyncio.create_task(sink.write(ndjson_batch(b"{}\n", 1)))
         await asyncio.wait_for(in_request.wait(), 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -387,7 +388,7 @@ def test_freshpaint_adds_token_without_mutating_caller() -> None:
     events = [event(i) for i in range(3)]
     original = copy.deepcopy(events)
     sink = fp_sink(scripted([], seen))
-    assert run(sink.deliver(events)) == []
+    assert run(sink.write(events_batch(events))) == []
     assert events == original
     assert len(seen) == 3  # one event per request
     bodies = sorted((orjson.loads(r.content) for r in seen), key=lambda b: b["properties"]["distinct_id"])
@@ -413,7 +414,7 @@ def test_freshpaint_4xx_is_rejected_with_status_and_redacted_truncated_body() ->
         return httpx.Response(200)
 
     sink = fp_sink(handler)
-    rejected = run(sink.deliver([event(i) for i in range(6)]))
+    rejected = run(sink.write(events_batch([event(i) for i in range(6)])))
     assert [i for i, _ in rejected] == [1, 3, 4]
     first = rejected[0][1]
     assert isinstance(first, Rejected)
@@ -428,25 +429,24 @@ def test_freshpaint_4xx_is_rejected_with_status_and_redacted_truncated_body() ->
     assert rejected[2][1].body == "nope"
 
 
-def test_freshpaint_deliver_one_raises_rejected() -> None:
+def test_freshpaint_rejection_is_reported_for_that_event() -> None:
     sink = fp_sink(scripted([413]))
-    with pytest.raises(Rejected) as info:
-        run(sink.deliver_one(event()))
-    assert info.value.status == 413
+    [(index, error)] = run(sink.write(events_batch([event()])))
+    assert (index, error.status) == (0, 413)
 
 
 def test_freshpaint_unserializable_event_is_rejected_not_fatal() -> None:
     sink = fp_sink(scripted([]))
     bad = {"event": "x", "properties": {"distinct_id": "u", "value": {1, 2}}}
     missing = {"event": "y"}
-    rejected = run(sink.deliver([event(0), bad, missing]))
+    rejected = run(sink.write(events_batch([event(0), bad, missing])))
     assert [(i, e.status) for i, e in rejected] == [(1, None), (2, None)]
 
 
 def test_freshpaint_redirect_is_fatal() -> None:
     sink = fp_sink(scripted([httpx.Response(301, headers={"Location": "https://elsewhere/track"})]))
     with pytest.raises(FatalError, match="301"):
-        run(sink.deliver([event(0)]))
+        run(sink.write(events_batch([event(0)])))
 
 
 def test_freshpaint_429_retried_honouring_retry_after() -> None:
@@ -456,7 +456,7 @@ def test_freshpaint_429_retried_honouring_retry_after() -> None:
         httpx.Response(429, headers={"Retry-After": "2"}), 503, httpx.ReadTimeout("t"),
     ]
     sink = fp_sink(scripted(answers, seen), sleep=sleep)
-    assert run(sink.deliver([event()])) == []
+    assert run(sink.write(events_batch([event()]))) == []
     assert sleep.delays == [2.0, 1.0, 2.0]
     assert len(seen) == 4
     assert sink.state == "ok"
@@ -468,7 +468,7 @@ def test_freshpaint_bad_credentials_never_rejects() -> None:
     sleep = FakeSleep(on_sleep=lambda _d: states.append(sink.state))
     sink = fp_sink(scripted([401, 403]), sleep=sleep)
     with structlog.testing.capture_logs() as logs:
-        assert run(sink.deliver([event()])) == []
+        assert run(sink.write(events_batch([event()]))) == []
     assert states == ["bad_credentials", "bad_credentials"]
     assert sleep.delays == [60.0, 60.0]
     assert sink.state == "ok"
@@ -506,8 +506,8 @@ def test_freshpaint_concurrency_bounded_across_concurrent_deliveries() -> None:
     async def scenario() -> None:
         gate = Gate()
         sink = fp_sink(gate, max_in_flight=5)
-        first = asyncio.create_task(sink.deliver([event(i) for i in range(40)]))
-        second = asyncio.create_task(sink.deliver([event(i) for i in range(40, 60)]))
+        first = asyncio.create_task(sink.write(events_batch([event(i) for i in range(40)])))
+        second = asyncio.create_task(sink.write(events_batch([event(i) for i in range(40, 60)])))
         await wait_until(lambda: gate.inside == 5)
         for _ in range(20):  # give extra tasks every chance to over-subscribe
             await asyncio.sleep(0)
@@ -525,7 +525,7 @@ def test_freshpaint_cancellation_propagates_promptly() -> None:
     async def scenario() -> None:
         gate = Gate()
         sink = fp_sink(gate, max_in_flight=8)
-        task = asyncio.create_task(sink.deliver([event(i) for i in range(100)]))
+        task = asyncio.create_task(sink.write(events_batch([event(i) for i in range(100)])))
         await wait_until(lambda: gate.inside == 8)
         started = time.monotonic()
         task.cancel()
@@ -547,7 +547,7 @@ def test_freshpaint_cancellation_during_backoff() -> None:
             await asyncio.Event().wait()
 
         sink = fp_sink(scripted([503] * 10), sleep=stuck_sleep, max_in_flight=2)
-        task = asyncio.create_task(sink.deliver([event(i) for i in range(4)]))
+        task = asyncio.create_task(sink.write(events_batch([event(i) for i in range(4)])))
         await asyncio.wait_for(sleeping.wait(), 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -606,7 +606,7 @@ def test_freshsuccess_never_leaks_keys(auth_key: str, api_key: str, outcomes: li
     errors: list[BaseException] = []
 
     async def scenario() -> None:
-        for call in (sink.deliver(b"{}\n", 1), sink.ping(), sink.ping()):
+        for call in (sink.write(ndjson_batch(b"{}\n", 1)), sink.ping(), sink.ping()):
             try:
                 await call
             except (FatalError, TransientError) as exc:
@@ -631,11 +631,11 @@ def test_freshpaint_never_leaks_token(token: str, outcomes: list[int | str], eve
 
     async def scenario() -> None:
         try:  # 404/405 (a wrong base URL) stop the lane: FatalError
-            errors.extend(error for _, error in await sink.deliver([event(i) for i in range(events)]))
+            errors.extend(error for _, error in await sink.write(events_batch([event(i) for i in range(events)])))
         except FatalError as exc:
             errors.append(exc)
         bad = {"event": "x", "properties": {"distinct_id": token, "v": {token}}}
-        errors.extend(error for _, error in await sink.deliver([bad]))
+        errors.extend(error for _, error in await sink.write(events_batch([bad])))
 
     with structlog.testing.capture_logs() as logs:
         run(scenario())
@@ -680,9 +680,9 @@ def test_freshpaint_aiohttp_transport_end_to_end() -> None:
         sleep = FakeSleep()
         sink = FreshpaintSink(base_url=base, token=TOKEN, retry=NO_JITTER, sleep=sleep, max_in_flight=1)
         try:
-            assert await sink.deliver([event(0)]) == []
+            assert await sink.write(events_batch([event(0)])) == []
             assert sleep.delays == [0.5, 1.0, 0.0]
-            rejected = await sink.deliver([event(1), event(2), event(3)])
+            rejected = await sink.write(events_batch([event(1), event(2), event(3)]))
             assert [(i, e.status, e.body) for i, e in rejected] == [(0, 400, "status 400 for ***")]
         finally:
             await sink.aclose()
@@ -711,7 +711,7 @@ def test_freshpaint_aiohttp_retries_refused_connections() -> None:
                               on_retry=lambda r, _d: reasons.append(r))
         try:
             with pytest.raises(asyncio.CancelledError):
-                await sink.deliver([event()])
+                await sink.write(events_batch([event()]))
         finally:
             await sink.aclose()
         assert len(reasons) == 3

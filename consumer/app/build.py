@@ -1,0 +1,85 @@
+"""Builders: each part of a lane made from ``Settings``, for the service and for the tools.
+
+The dry run, ``dlq replay`` and the lanes build their sinks, decoders and verdicts here, so the three
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from consumer.app.startup import check_registry, tls_context
+from consumer.config import Settings
+from consumer.decoding.decoder import decoder_for
+from consumer.mapping.compiler import MapFn
+from consumer.pipeline.lane import LaneSettings
+from consumer.pipeline.verdict import Judge, RecordDecoder
+from consumer.sinks.freshpaint import FreshpaintSink
+from consumer.sinks.freshsuccess import FreshsuccessSink, datacenter_url
+from consumer.sinks.preview import MASK
+from consumer.sinks.retry import RetryPolicy
+
+SINKS: dict[str, type[FreshsuccessSink] | type[FreshpaintSink]] = {
+    "freshsuccess": FreshsuccessSink, "freshpaint": FreshpaintSink,
+}
+"""Each destination's sink, by the name the configuration and the mapping use."""
+
+Sink = FreshsuccessSink | FreshpaintSink
+
+
+def build_decoder(settings: Settings, reader_schema: dict[str, Any]) -> RecordDecoder:
+    """A lane's decoder; a registry that does not answer at start-up stops it (later outages are retried)."""
+    return decoder_for(settings, reader_schema, check_registry=check_registry)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(initial_backoff_s=settings.retry.initial_backoff_s, max_backoff_s=settings.retry.max_backoff_s,
+                       credentials_backoff_s=settings.retry.credentials_backoff_s,
+                       max_retry_after_s=settings.retry.max_retry_after_s)
+
+
+def build_sink(settings: Settings, name: str, *, on_retry: Callable[[str, float], None] | None = None,
+               for_preview: bool = False) -> Sink:
+    """Destination ``name``'s sink. ``for_preview`` (the dry run): unset secrets stand as ``***``, since
+    :meth:`preview` masks them anyway."""
+
+    def secret(value: Any) -> str:
+        if value is None:
+            assert for_preview, "require_secrets runs before any sink is built"
+            return MASK
+        return str(value.get_secret_value())
+
+    if name == "freshsuccess":
+        fs = settings.freshsuccess
+        return FreshsuccessSink(
+            base_url=fs.base_url or datacenter_url(fs.datacenter), auth_key=secret(fs.auth_key),
+            api_key=secret(fs.api_key), encoding=fs.encoding, compress_level=fs.compress_level,
+            timeout_s=fs.timeout_s, retry=retry_policy(settings), on_retry=on_retry,
+            ssl_context=tls_context(fs.ca_bundle, key="freshsuccess.ca_bundle", source=settings.source))
+    fp = settings.freshpaint
+    return FreshpaintSink(
+        base_url=fp.base_url, token=secret(fp.token), max_in_flight=fp.max_in_flight_requests,
+        timeout_s=fp.timeout_s, retry=retry_policy(settings), on_retry=on_retry,
+        ssl_context=tls_context(fp.ca_bundle, key="freshpaint.ca_bundle", source=settings.source),
+        ordered=fp.ordered)
+
+
+def lane_settings(settings: Settings, *, ordered: bool = False) -> LaneSettings:
+    return LaneSettings(
+        consume_batch_size=settings.kafka.consume_batch_size, consume_timeout_s=settings.kafka.consume_timeout_s,
+        max_events=settings.batching.max_events, max_bytes=settings.batching.max_bytes,
+        max_wait_s=settings.batching.max_wait_s,
+        max_in_flight_batches=1 if ordered else settings.batching.max_in_flight_batches,
+        revoke_timeout_s=settings.kafka.revocation_timeout_s,
+        rejoin_timeout_s=settings.kafka.session_timeout_ms / 1000,
+        transient_backoff_s=(settings.retry.initial_backoff_s, settings.retry.max_backoff_s),
+        commit_retry_backoff_s=(settings.commit.retry_initial_backoff_s, settings.commit.retry_max_backoff_s),
+        commit_answer_timeout_s=settings.commit.answer_timeout_s,
+    )
+
+
+def judge_for(settings: Settings, name: str, decoder: RecordDecoder, map_fn: MapFn) -> Judge:
+    """The verdict on each event for destination ``name`` (the lane's, the dry run's and the replay's)."""
+    return Judge(decoder=decoder, map_fn=map_fn, max_event_bytes=settings.decoding.max_event_bytes,
+                 ndjson=SINKS[name].ndjson)

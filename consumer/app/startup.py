@@ -1,0 +1,133 @@
+"""The start-up checks, shared by ``usage-consumer run`` and ``ping``: each fails with one clear message.
+
+The mapping compiles against the reader schema, the broker answers and the topics exist (authentication and
+TLS failures named), the schema registry answers, the health port is free, a CA bundle loads, and
+Freshsuccess answers its ping.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError
+from confluent_kafka.admin import AdminClient
+
+from consumer.config import Settings, default_mapping_file
+from consumer.decoding.registry import SchemaRegistryClient
+from consumer.decoding.schemas import default_reader_schema_path, load_schema
+from consumer.errors import ConfigError, FatalError, TransientError
+from consumer.kafka.failures import unreachable
+from consumer.mapping import CompiledMapping, load_mapping
+from consumer.observability.health import HealthServer
+from consumer.pipeline.delivery import DeliveryLoop
+from consumer.sinks.freshsuccess import FreshsuccessSink
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What start-up checks produce: the schema and the compiled mapping."""
+
+    reader_schema: dict[str, Any]
+    mapping: CompiledMapping
+    mapping_file: Path
+
+
+def prepare(settings: Settings) -> Prepared:
+    """Load the reader schema and compile the mapping against it (``usage-consumer check`` stops here)."""
+    schema_path = settings.decoding.reader_schema or default_reader_schema_path()
+    reader_schema = load_schema(schema_path)
+    mapping_file = settings.mapping.file or default_mapping_file()
+    mapping = load_mapping(mapping_file, reader_schema)
+    return Prepared(reader_schema, mapping, mapping_file)
+
+
+def check_kafka(settings: Settings, timeout_s: float | None = None) -> None:
+    """The broker answers and every topic we read or write exists; else one clear error.
+
+    ``timeout_s`` defaults to ``kafka.startup_timeout_s``.
+    """
+    if timeout_s is None:
+        timeout_s = settings.kafka.startup_timeout_s
+    # librdkafka would print a line per failed connection attempt; the one error below says it all.
+    # Authentication and TLS failures reach only the error callback (list_topics just times out).
+    seen: list[KafkaError] = []
+    admin = AdminClient({"log_level": 0, "error_cb": seen.append, **settings.kafka_client_config()})
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except Exception as exc:
+        admin.poll(0)  # serves error_cb
+        raise unreachable(settings, seen, exc, timeout_s) from None
+    missing = [t for t in (*settings.kafka.topics, settings.kafka.dead_letter_topic) if t not in metadata.topics]
+    if missing:
+        raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on {settings.kafka.bootstrap_servers}; "
+                          "create them or fix kafka.topics / kafka.dead_letter_topic", key="kafka.topics",
+                          file=settings.source)
+
+
+def check_registry(registry: SchemaRegistryClient, attempts: int = 3) -> None:
+    """The schema registry answers at start-up (later outages are retried, never dead-lettered)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            registry.check()
+            return
+        except TransientError as exc:
+            if attempt == attempts:
+                raise FatalError(f"{exc}; check decoding.schema_registry_url (or SCHEMA_REGISTRY_URL) and that "
+                                 "the registry is up") from None
+            log.warning("schema_registry_unreachable", registry_host=registry.host, attempt=attempt, error=str(exc))
+            time.sleep(min(2.0 ** attempt, 5.0))
+
+
+def start_health_server(settings: Settings, *, live: Callable[[], tuple[bool, str]],
+                        ready: Callable[[], tuple[bool, str]], metrics: Callable[[], bytes]) -> HealthServer:
+    """Serve /livez, /readyz and /metrics; a taken port is a configuration error naming ``health.port``."""
+    health = settings.health
+    try:
+        server = HealthServer(health.host, health.port, live=live, ready=ready, metrics=metrics)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {health.port} on {health.host} is already in use (another usage-consumer, or "
+                              "another server, on this host?); set health.port to a free port, or stop the other "
+                              "process", key="health.port", file=settings.source) from None
+        raise ConfigError(f"cannot listen on {health.host}:{health.port}: {exc.strerror or exc}",
+                          key="health.port", file=settings.source) from None
+    return server.start()
+
+
+def tls_context(ca_bundle: Path | None, *, key: str, source: str | None = None) -> ssl.SSLContext | None:
+    """A verifying TLS client context trusting only ``ca_bundle`` (None: the sink's default trust store).
+
+    Certificate and host name verification stay on either way; there is no switch to turn them off.
+    """
+    if ca_bundle is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(ca_bundle))
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a PEM CA bundle"
+        raise ConfigError(f"cannot load {ca_bundle} ({why})", key=key, file=source) from None
+
+
+def ping_freshsuccess(sink: FreshsuccessSink, delivery: DeliveryLoop, attempts: int = 3) -> None:
+    """POST /v1/ping before consuming: a wrong base URL fails here, not after the first batch."""
+    for attempt in range(1, attempts + 1):
+        try:
+            delivery.call(sink.ping, timeout_s=60)
+            log.info("destination_pinged", destination=sink.name, host=sink.host)
+            return
+        except TransientError as exc:
+            log.warning("destination_ping_failed", destination=sink.name, host=sink.host, attempt=attempt,
+                        error=str(exc))
+            time.sleep(min(2.0 ** attempt, 10.0))
+    log.warning("destination_unreachable_at_start", destination=sink.name, host=sink.host)
+
+
