@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from consumer.pipeline.offsets import Work
@@ -45,27 +45,27 @@ class Batch:
     """(topic, partition) -> [first offset, last offset] of the messages in the batch, for logs."""
 
 
+@dataclass
 class Batcher:
     """Fills one open batch at a time for one destination.
 
-    ``max_bytes`` bounds the NDJSON body of a Freshsuccess batch, and the summed record sizes of a
-    Freshpaint batch, so a lane holds a bounded amount whatever the events look like.
+    ``max_bytes`` bounds the NDJSON body of a Freshsuccess batch (``ndjson``), and the summed record sizes of
+    a Freshpaint batch, so a lane holds a bounded amount whatever the events look like.
     """
 
-    def __init__(self, destination: str, *, max_events: int, max_bytes: int, max_wait_s: float,
-                 clock: Callable[[], float], ndjson: bool) -> None:
-        self.destination = destination
-        self.max_events = max_events
-        self.max_bytes = max_bytes
-        self.max_wait_s = max_wait_s
-        self._clock = clock
-        self._ndjson = ndjson
-        self._open: Batch | None = None
-        self.full = False
-        """The open batch reached ``max_events`` or ``max_bytes`` (an attribute: read once per event)."""
+    destination: str
+    _: KW_ONLY
+    max_events: int
+    max_bytes: int
+    max_wait_s: float
+    clock: Callable[[], float]
+    ndjson: bool
+    full: bool = field(default=False, init=False)
+    """The open batch reached ``max_events`` or ``max_bytes`` (an attribute: read once per event)."""
+    _open: Batch | None = field(default=None, init=False, repr=False)
 
     def _new(self) -> Batch:
-        batch = Batch(self.destination, Work(), self._clock())
+        batch = Batch(self.destination, Work(), self.clock())
         batch.work.description = f"{self.destination} batch {batch.batch_id}"
         return batch
 
@@ -75,7 +75,7 @@ class Batcher:
         if batch is None:
             batch = self._open = self._new()
         outputs = decision.outputs
-        if self._ndjson:
+        if self.ndjson:
             batch.body += decision.body
         else:
             batch.outputs.extend(outputs)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,19 +24,9 @@ import orjson
 import yarl
 
 from consumer.errors import ConfigError, FatalError, Rejected
+from consumer.sinks.base import HttpSink
 from consumer.sinks.preview import MASK, Preview
-from consumer.sinks.retry import (
-    DEFAULT_RETRY,
-    RETRYABLE_ERRORS,
-    Answer,
-    OnRetry,
-    Retrier,
-    RetryPolicy,
-    SinkState,
-    Sleep,
-    redactor,
-    split_base_url,
-)
+from consumer.sinks.retry import DEFAULT_RETRY, RETRYABLE_ERRORS, Answer, OnRetry, RetryPolicy, Sleep
 
 if TYPE_CHECKING:
     from consumer.pipeline.batcher import Batch
@@ -67,7 +56,7 @@ def with_token(event: dict[str, Any], token: str) -> bytes:
     return orjson.dumps({**event, "properties": properties})
 
 
-class FreshpaintSink:
+class FreshpaintSink(HttpSink):
     """Delivers events to Freshpaint with at most ``max_in_flight`` requests outstanding across all callers."""
 
     name = DESTINATION
@@ -86,11 +75,10 @@ class FreshpaintSink:
             raise ConfigError("must be set", key="freshpaint.token")
         if max_in_flight < 1:
             raise ConfigError(f"must be >= 1, got {max_in_flight}", key="freshpaint.max_in_flight")
-        if not timeout_s > 0:
-            raise ConfigError(f"must be > 0, got {timeout_s}", key="freshpaint.timeout_s")
         if transport not in ("aiohttp", "httpx"):
             raise ConfigError(f"must be 'aiohttp' or 'httpx', got {transport!r}", key="freshpaint.transport")
-        base, self.host = split_base_url(base_url, key="freshpaint.base_url")
+        base = self._setup(base_url, timeout_s=timeout_s, retry=retry, sleep=sleep, rng=rng, on_retry=on_retry,
+                           secrets=(token,))
         url = self._url = base + TRACK_PATH
         self.ordered = ordered
         self._token = token
@@ -98,10 +86,6 @@ class FreshpaintSink:
         self._timeout_s = timeout_s
         self._headers = {"Content-Type": "application/json"}
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._redact = redactor((token,))
-        self._retrier = Retrier(destination=DESTINATION, host=self.host, policy=retry, sleep=sleep,
-                                rng=rng if rng is not None else random.Random(), on_retry=on_retry,
-                                now=time.time, redact=self._redact)
         self._owns_client = client is None
         self._client: httpx.AsyncClient | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -124,11 +108,6 @@ class FreshpaintSink:
 
     def __repr__(self) -> str:
         return f"FreshpaintSink(host={self.host!r}, max_in_flight={self._max_in_flight}, state={self.state!r})"
-
-    @property
-    def state(self) -> SinkState:
-        """``ok``, ``retrying`` (timeouts/5xx/429) or ``bad_credentials`` (401/403), for health and metrics."""
-        return self._retrier.state
 
     async def write(self, batch: Batch) -> list[tuple[int, Rejected]]:
         """Send each of the batch's outputs; returns ``(index, error)`` for each event Freshpaint rejected.

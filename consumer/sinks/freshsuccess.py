@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from consumer.errors import BadCredentials, ConfigError, FatalError, Rejected, TransientError
+from consumer.sinks.base import HttpSink
 from consumer.sinks.compress import ENCODINGS, Encoding, compress
 from consumer.sinks.preview import Preview
 from consumer.sinks.retry import (
@@ -23,13 +24,9 @@ from consumer.sinks.retry import (
     RETRYABLE_ERRORS,
     Answer,
     OnRetry,
-    Retrier,
     RetryPolicy,
-    SinkState,
     Sleep,
     parse_retry_after,
-    redactor,
-    split_base_url,
     status_kind,
 )
 
@@ -77,7 +74,7 @@ def event_path(auth_key: str, api_key: str) -> str:
     return f"/v1/{quote(auth_key, safe='')}/{quote(api_key, safe='')}"
 
 
-class FreshsuccessSink:
+class FreshsuccessSink(HttpSink):
     """Delivers NDJSON batches to Freshsuccess; ``state`` says whether it is healthy, retrying, or locked out."""
 
     name = DESTINATION
@@ -98,10 +95,8 @@ class FreshsuccessSink:
                               key="freshsuccess.encoding")
         if not 0 <= compress_level <= 9:
             raise ConfigError(f"must be 0-9, got {compress_level}", key="freshsuccess.compress_level")
-        if not timeout_s > 0:
-            raise ConfigError(f"must be > 0, got {timeout_s}", key="freshsuccess.timeout_s")
-        base, self.host = split_base_url(base_url, key="freshsuccess.base_url")
-        self._base = base
+        base = self._base = self._setup(base_url, timeout_s=timeout_s, retry=retry, sleep=sleep, rng=rng,
+                                        on_retry=on_retry, secrets=(auth_key, api_key))
         self._url = base + event_path(auth_key, api_key)
         self._ping_url = base + PING_PATH
         self._encoding: Encoding = encoding
@@ -113,17 +108,9 @@ class FreshsuccessSink:
         self._headers = {"Content-Type": "application/json"}
         if encoding != "none":
             self._headers["Content-Encoding"] = encoding
-        self._retrier = Retrier(destination=DESTINATION, host=self.host, policy=retry, sleep=sleep,
-                                rng=rng if rng is not None else random.Random(), on_retry=on_retry,
-                                now=time.time, redact=redactor((auth_key, api_key)))
 
     def __repr__(self) -> str:
         return f"FreshsuccessSink(host={self.host!r}, encoding={self._encoding!r}, state={self.state!r})"
-
-    @property
-    def state(self) -> SinkState:
-        """``ok``, ``retrying`` (timeouts/5xx/429) or ``bad_credentials`` (401/403), for health and metrics."""
-        return self._retrier.state
 
     async def ping(self) -> None:
         """One POST to ``/v1/ping``; raises TransientError/FatalError instead of retrying."""

@@ -31,7 +31,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -252,6 +252,7 @@ class Record:
         return self.offset >= 0
 
 
+@dataclass(eq=False)
 class StreamProducer:
     """Writes events to ``topic`` at ``rate_per_s`` from a background thread until :meth:`stop`.
 
@@ -261,16 +262,19 @@ class StreamProducer:
     :func:`eventgen.malformed_values` instead, in turn. Produced with idempotence, keyed by account.
     """
 
-    def __init__(self, bootstrap: str, topic: str, *, schema_id: int, encode: Callable[[int, dict[str, Any]], bytes],
-                 seed: int, rate_per_s: float, malformed_every: int = 0, limit: int | None = None) -> None:
-        self.topic = topic
-        self.schema_id = schema_id
-        self.encode = encode
-        self.rate_per_s = rate_per_s
-        self.malformed_every = malformed_every
-        self.limit = limit
-        self.records: list[Record] = []
-        self.errors: list[str] = []
+    bootstrap: InitVar[str]
+    topic: str
+    _: KW_ONLY
+    schema_id: int
+    encode: Callable[[int, dict[str, Any]], bytes]
+    seed: InitVar[int]
+    rate_per_s: float
+    malformed_every: int = 0
+    limit: int | None = None
+    records: list[Record] = field(default_factory=list, init=False)
+    errors: list[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self, bootstrap: str, seed: int) -> None:
         self._rng = random.Random(seed)
         self.time_base_ms = BASE_TIME_MS + (seed % 100_000) * 1_000_000
         self._lock = threading.Lock()
@@ -280,7 +284,7 @@ class StreamProducer:
         """Held by the thread while it writes one tick's records: :meth:`pause` waits for the tick under way."""
         self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
                                    "message.timeout.ms": 300_000})
-        self._thread = threading.Thread(target=self._run, name=f"producer-{topic}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"producer-{self.topic}", daemon=True)
         self._malformed: list[tuple[str, bytes]] = []
         self._acked = 0
 

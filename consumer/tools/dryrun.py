@@ -28,6 +28,7 @@ from consumer.errors import FatalError
 from consumer.mapping import CompiledMapping
 from consumer.pipeline.batcher import Batcher
 from consumer.pipeline.verdict import PARK, SKIP, STOP, WAIT, Decision, RecordDecoder, close_decoder
+from consumer.sinks.preview import Preview
 from consumer.tools.common import tool_decoder
 from consumer.tools.samples import Sample, load_files, load_topic
 
@@ -36,14 +37,10 @@ Outcome = Literal["send", "skip", "dead_letter", "retry", "stop", "off"]
 
 
 @dataclass(frozen=True)
-class PlannedRequest:
-    """One HTTP request as it would be sent (secrets masked, body before compression)."""
+class PlannedRequest(Preview):
+    """One HTTP request as the sink would send it (:meth:`preview`), and the rules behind it."""
 
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: str
-    rules: tuple[str, ...]
+    rules: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {"method": self.method, "url": self.url, "headers": self.headers, "body": self.body,
