@@ -100,7 +100,7 @@ def main() -> int:
 
     def batch_all() -> None:
         batcher = Batcher("freshsuccess", max_events=10**9, max_bytes=10**12, max_wait_s=1e9,
-                          clock=time.monotonic, serialize=True)
+                          clock=time.monotonic, ndjson=True)
         for i, decision in enumerate(decisions):
             if decision.kind == SEND:
                 batcher.add(decision, None, ("usage", 0), i)
