@@ -45,7 +45,7 @@ def test_failed_commits_are_retried_and_reported_only_once_the_broker_holds_them
 
     def consumed_everything() -> bool:
         consumed = {labels["destination"]: value
-                    for labels, value in consumer.observability.metrics().get("usage_consumer_consumed_total", [])}
+                    for labels, value in consumer.metrics().get("usage_consumer_consumed_total", [])}
         return all(consumed.get(d, 0) >= sum(end.values()) for d in DESTINATIONS)
 
     wait_until(consumed_everything, timeout_s=90, interval_s=0.25, what="the consumer to read the whole stream",
