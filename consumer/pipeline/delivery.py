@@ -3,17 +3,37 @@
 The poll thread hands closed batches over with :meth:`DeliveryLoop.submit` and gets a
 ``concurrent.futures.Future`` back, which it checks on each loop iteration; results therefore come back to
 the poll thread, where the offset tracker lives. Compression and HTTP happen here, off the poll thread.
+
+A lane sees its delivery only through :class:`Delivery` (submit, and wait for one of its futures), so tests
+drive it step by step on a manual clock (:mod:`consumer.testing.stepping`) instead of a thread and real time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+
+__all__ = ["Delivery", "DeliveryLoop"]
 
 T = TypeVar("T")
+
+
+class Delivery(Protocol):
+    """What a lane uses of its delivery: hand a coroutine over, and wait a bounded time for a result.
+
+    :class:`DeliveryLoop` is the real one; :class:`consumer.testing.stepping.SteppedDelivery` runs the
+    coroutines only when a test says so and lets waits pass on a manual clock.
+    """
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        """Start ``coroutine``; its outcome arrives in the returned future (cancelling it cancels the work)."""
+
+    def wait(self, futures: Collection[Future[Any]], timeout_s: float) -> None:
+        """Return when one of ``futures`` is done or ``timeout_s`` has passed, whichever comes first."""
 
 
 class DeliveryLoop:
@@ -45,6 +65,10 @@ class DeliveryLoop:
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def wait(self, futures: Collection[Future[Any]], timeout_s: float) -> None:
+        """Block the calling (poll) thread until one of ``futures`` is done, at most ``timeout_s`` of real time."""
+        concurrent.futures.wait(futures, timeout=timeout_s, return_when=concurrent.futures.FIRST_COMPLETED)
 
     def call(self, factory: Callable[[], Awaitable[T]], timeout_s: float | None = None) -> T:
         """Run a coroutine on the loop and wait for its result (start-up pings, closing clients)."""

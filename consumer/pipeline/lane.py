@@ -34,7 +34,7 @@ from consumer.errors import EventError, FatalError, Rejected, TransientError
 from consumer.observability.metrics import LaneSnapshot, Metrics
 from consumer.pipeline.batcher import Batch, Batcher
 from consumer.pipeline.committer import CommitResult, Committer
-from consumer.pipeline.delivery import DeliveryLoop
+from consumer.pipeline.delivery import Delivery
 from consumer.pipeline.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
 from consumer.pipeline.ports import MessageSource, SourceCallbacks
 from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Judge, RecordDecoder, close_decoder
@@ -42,6 +42,9 @@ from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Judge, RecordDecod
 __all__ = ["DeadLetters", "Lane", "LaneSettings", "LaneStats", "Sink", "SourceFactory"]
 
 log = structlog.get_logger(__name__)
+
+_WAIT_SLICE_S = 0.05
+"""While finishing work (revocation, shutdown): the longest single wait before the lane checks again."""
 
 
 class DeadLetters(Protocol):
@@ -82,7 +85,7 @@ def _default(section: type[BaseModel], key: str) -> Any:
 
 @dataclass(frozen=True)
 class LaneSettings:
-    """What one lane needs from the configuration (:func:`consumer.app.service.lane_settings` fills it in); the
+    """What one lane needs from the configuration (:func:`consumer.app.build.lane_settings` fills it in); the
     defaults are the configuration's."""
 
     consume_batch_size: int = _default(KafkaConfig, "consume_batch_size")
@@ -130,7 +133,7 @@ class Lane:
     """Consumes for one destination and commits only what that destination has taken."""
 
     def __init__(self, *, sink: Sink, source_factory: SourceFactory, judge: Judge,
-                 dead_letters: DeadLetters, delivery: DeliveryLoop, settings: LaneSettings = LaneSettings(),
+                 dead_letters: DeadLetters, delivery: Delivery, settings: LaneSettings = LaneSettings(),
                  clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
         self.name = sink.name
         self.sink = sink
@@ -436,7 +439,11 @@ class Lane:
         self.stats.lag = lag
 
     def _wait_for(self, keys: set[TopicPartitionKey] | None, timeout_s: float) -> bool:
-        """Deliver what is open or in flight until ``keys`` (None: all) have no unfinished work."""
+        """Deliver what is open or in flight until ``keys`` (None: all) have no unfinished work.
+
+        The deadline is on the lane's clock and each wait goes through the delivery, so a test's manual clock
+        and stepped delivery decide when work finishes and when the deadline passes.
+        """
         if self.fatal is None:
             self._submit()
         deadline = self.clock() + timeout_s
@@ -452,9 +459,9 @@ class Lane:
                 return False
             futures = [f for _, f in self._in_flight]
             if futures:
-                concurrent.futures.wait(futures, timeout=0.05, return_when=concurrent.futures.FIRST_COMPLETED)
+                self.delivery.wait(futures, _WAIT_SLICE_S)
             else:
-                self.dead_letters.flush(0.05)
+                self.dead_letters.flush(_WAIT_SLICE_S)
 
     def _on_assign(self, keys: list[TopicPartitionKey]) -> None:
         self._lost_at = None

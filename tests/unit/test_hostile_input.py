@@ -2,7 +2,8 @@
 nor hangs, its memory stays bounded, and every record it cannot deliver is dead-lettered with a reason.
 
 The real decoder (Confluent framing, the shipped reader schema) and the real default mapping run inside a
-real :class:`~consumer.pipeline.lane.Lane`, fed by a fake source; only Kafka and HTTP are replaced. Property-based
+real :class:`~consumer.pipeline.lane.Lane`, fed by a fake source and stepped on a manual clock with a stepped
+delivery (:mod:`consumer.testing.stepping`); only Kafka and HTTP are replaced. Property-based
 tests (hypothesis) generate random bytes, mutated and truncated records, and valid records with extreme
 field values; deterministic cases cover the known attack shapes (declared-huge strings and maps, invalid
 UTF-8, oversized records, absurd timestamps, hostile writer schemas). If ``atheris`` is installed, a
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -45,12 +46,11 @@ from consumer.mapping import CompiledMapping, load_mapping
 from consumer.mapping.compiler import MapFn
 from consumer.pipeline.batcher import Batch
 from consumer.pipeline.committer import CommitResult
-from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.lane import Lane, LaneSettings
 from consumer.pipeline.offsets import TopicPartitionKey, Work
 from consumer.pipeline.ports import SourceCallbacks
 from consumer.pipeline.verdict import Judge
-from tests.helpers import wait_for
+from consumer.testing.stepping import ManualClock, SteppedDelivery, step_until
 
 TOPIC = "hostile"
 SCHEMA_ID = 1
@@ -194,18 +194,20 @@ class ListSource:
 
 
 class RecordingDestination:
-    """Accepts every batch; checks that what would go on the wire is valid JSON."""
+    """Accepts every batch once its gate is open (``blocked``: closed until the test sets ``gate``); checks that
+    what would go on the wire is valid JSON."""
 
     def __init__(self, name: str, *, blocked: bool = False) -> None:
         self.name = name
         self.state = "ok"
         self.ndjson = name == "freshsuccess"
-        self.blocked = blocked
+        self.gate = asyncio.Event()
+        if not blocked:
+            self.gate.set()
         self.delivered_offsets: list[int] = []
 
     async def write(self, batch: Batch) -> list[tuple[int, Rejected]]:
-        while self.blocked:
-            await asyncio.sleep(0.01)
+        await self.gate.wait()
         if self.ndjson:
             lines = bytes(batch.body).splitlines()
             assert len(lines) == batch.events
@@ -219,9 +221,13 @@ class RecordingDestination:
 
 
 class RecordingDeadLetters:
-    def __init__(self) -> None:
+    """Parks in memory, confirmed at once; ``flush`` waits out its timeout on the lane's clock, so a lane waiting
+    for work that nothing in flight will finish reaches its deadline instead of spinning in simulated time."""
+
+    def __init__(self, clock: ManualClock) -> None:
         self.parked: dict[int, str] = {}
         self.failure: str | None = None
+        self.clock = clock
 
     def park(self, message: Any, error: EventError, destination: str, work: Work) -> None:
         assert message.offset() not in self.parked, "parked twice"
@@ -233,17 +239,11 @@ class RecordingDeadLetters:
         pass
 
     def flush(self, timeout_s: float) -> int:
+        self.clock.advance(timeout_s)
         return 0
 
     def close(self, timeout_s: float = 5.0) -> None:
         pass
-
-
-@pytest.fixture(scope="module")
-def delivery() -> Iterator[DeliveryLoop]:
-    loop = DeliveryLoop().start()
-    yield loop
-    loop.stop()
 
 
 @dataclass
@@ -253,29 +253,33 @@ class Outcome:
     lane: Lane
 
 
-def run_lane(values: Sequence[bytes | None], destination: str, delivery: DeliveryLoop, *,
-             decoder: Decoder | None = None, timeout_s: float = 20.0) -> Outcome:
-    """Feed ``values`` (offsets 0..n-1) through a real lane until every offset is committed."""
+def run_lane(values: Sequence[bytes | None], destination: str, *, decoder: Decoder | None = None,
+             max_steps: int = 20) -> Outcome:
+    """Feed ``values`` (offsets 0..n-1) through a real lane, stepped on a manual clock, until every offset is
+    committed: a few steps (one consume takes them all, batches close at once), bounded by ``max_steps``."""
     source_holder: list[ListSource] = []
 
     def factory(callbacks: SourceCallbacks) -> ListSource:
         source_holder.append(ListSource([Message(i, v) for i, v in enumerate(values)], callbacks))
         return source_holder[0]
 
-    dead = RecordingDeadLetters()
-    lane = Lane(sink=RecordingDestination(destination), source_factory=factory,
-                judge=judge_for(destination, decoder or new_decoder()), dead_letters=dead, delivery=delivery,
-                settings=LaneSettings(consume_batch_size=50, consume_timeout_s=0.0, max_events=100, max_wait_s=0.0))
-    source = source_holder[0]
     end = len(values)
 
     def drained() -> bool:
-        lane.step()
         assert lane.fatal is None, lane.fatal
         return source.stored.get((TOPIC, 0)) == end or end == 0
 
-    wait_for(drained, timeout_s=timeout_s, interval_s=0.0, what=f"the {destination} lane to commit {end} records")
-    lane.shutdown(5.0)
+    with SteppedDelivery(ManualClock()) as delivery:
+        dead = RecordingDeadLetters(delivery.clock)
+        lane = Lane(sink=RecordingDestination(destination), source_factory=factory,
+                    judge=judge_for(destination, decoder or new_decoder()), dead_letters=dead, delivery=delivery,
+                    clock=delivery.clock.now,
+                    settings=LaneSettings(consume_batch_size=50, consume_timeout_s=0.0, max_events=100,
+                                          max_wait_s=0.0))
+        source = source_holder[0]
+        step_until(lane.step, delivery, drained, max_steps=max_steps,
+                   what=f"the {destination} lane to commit {end} records")
+        lane.shutdown(5.0)
     return Outcome(dead.parked, source.stored.get((TOPIC, 0), 0), lane)
 
 
@@ -287,11 +291,11 @@ def oracle(value: bytes | None, destination: str) -> str | int:
     return outcome.reason if isinstance(outcome, EventError) else len(outcome)
 
 
-def check_lane(values: Sequence[bytes | None], delivery: DeliveryLoop) -> dict[str, dict[int, str]]:
+def check_lane(values: Sequence[bytes | None]) -> dict[str, dict[int, str]]:
     """Both lanes finish every record: dead-lettered with the reason the decoder/mapper gives, else delivered."""
     parked_by_destination = {}
     for destination in DESTINATIONS:
-        outcome = run_lane(values, destination, delivery)
+        outcome = run_lane(values, destination)
         assert outcome.committed == len(values)
         for offset, value in enumerate(values):
             expected = oracle(value, destination)
@@ -359,8 +363,8 @@ def decode_and_map(value: bytes | None, destination: str) -> list[dict[str, Any]
 
 @FAST
 @given(values=st.lists(hostile_values, min_size=1, max_size=12))
-def test_a_lane_fed_hostile_records_finishes_every_one(values: list[bytes | None], delivery: DeliveryLoop) -> None:
-    check_lane(values, delivery)
+def test_a_lane_fed_hostile_records_finishes_every_one(values: list[bytes | None]) -> None:
+    check_lane(values)
 
 
 text = st.text(max_size=40)
@@ -385,15 +389,14 @@ extreme_events = st.builds(
 
 @FAST
 @given(events=st.lists(extreme_events, min_size=1, max_size=8))
-def test_valid_records_with_extreme_values_never_crash_and_serialize(events: list[dict[str, Any]],
-                                                                      delivery: DeliveryLoop) -> None:
+def test_valid_records_with_extreme_values_never_crash_and_serialize(events: list[dict[str, Any]]) -> None:
     """Any Unicode, any 64-bit number, NaN and infinities: delivered as valid JSON or dead-lettered."""
     try:
         values = [encode(e) for e in events]
     except (ValueError, TypeError):  # a record fastavro itself refuses to write is not a test case
         assume(False)
         raise
-    check_lane(values, delivery)
+    check_lane(values)
 
 
 # ------------------------------------------------------------------------------ known attack shapes
@@ -470,10 +473,10 @@ CASES: dict[str, tuple[bytes | None, str | None]] = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_known_attack_shapes(name: str, delivery: DeliveryLoop) -> None:
+def test_known_attack_shapes(name: str) -> None:
     value, reason = CASES[name]
     started = time.monotonic()
-    parked = check_lane([VALID, value, VALID], delivery)
+    parked = check_lane([VALID, value, VALID])
     assert time.monotonic() - started < 20, "far too slow: a hang in the making"
     for destination in DESTINATIONS:
         # The record itself as expected; its neighbours are unaffected.
@@ -508,17 +511,17 @@ OUT_OF_RANGE_TIMESTAMPS = {"negative": -1, "int64-min": INT64_MIN, "zero": 0, "y
 
 
 @pytest.mark.parametrize("name", sorted(OUT_OF_RANGE_TIMESTAMPS))
-def test_out_of_range_timestamps_never_crash_and_every_record_is_finished(name: str, delivery: DeliveryLoop) -> None:
+def test_out_of_range_timestamps_never_crash_and_every_record_is_finished(name: str) -> None:
     at = OUT_OF_RANGE_TIMESTAMPS[name]
     values = [encode(base_event(occurred_at=at)),
               encode(base_event(event_type="user_identified", user={
                   "email": None, "name": None, "role": None, "created_at": at, "attributes": {}}))]
-    check_lane(values, delivery)
+    check_lane(values)
 
 
 @pytest.mark.parametrize("name", sorted(OUT_OF_RANGE_TIMESTAMPS))
-def test_out_of_range_timestamps_are_dead_lettered(name: str, delivery: DeliveryLoop) -> None:
-    parked = check_lane([encode(base_event(occurred_at=OUT_OF_RANGE_TIMESTAMPS[name]))], delivery)
+def test_out_of_range_timestamps_are_dead_lettered(name: str) -> None:
+    parked = check_lane([encode(base_event(occurred_at=OUT_OF_RANGE_TIMESTAMPS[name]))])
     for destination in DESTINATIONS:
         assert parked[destination].get(0) == "mapping_failed", (destination, parked)
 
@@ -533,10 +536,10 @@ def nested_records(depth: int) -> dict[str, Any]:
     return schema
 
 
-def test_a_writer_schema_nested_too_deep_to_parse_is_an_unknown_schema(delivery: DeliveryLoop) -> None:
+def test_a_writer_schema_nested_too_deep_to_parse_is_an_unknown_schema() -> None:
     decoder = new_decoder({SCHEMA_ID: READER, 2: nested_records(3000)})
     value = b"\x00\x00\x00\x00\x02" + b"\x00" * 16
-    outcome = run_lane([VALID, value, VALID], "freshsuccess", delivery, decoder=decoder)
+    outcome = run_lane([VALID, value, VALID], "freshsuccess", decoder=decoder)
     assert outcome.parked == {1: "unknown_schema"}
 
 
@@ -605,38 +608,46 @@ def test_a_recursive_writer_schema_with_deep_data_is_dead_lettered_not_a_crash()
 # ------------------------------------------------------------------------------------- memory bound
 
 
-def test_a_blocked_freshsuccess_lane_holds_a_bounded_amount_of_hostile_data(delivery: DeliveryLoop) -> None:
+def test_a_blocked_freshsuccess_lane_holds_a_bounded_amount_of_hostile_data() -> None:
     """While the destination does not answer, what the lane holds is bounded by its batch settings in bytes,
     however big each record's map is (backpressure pauses fetching)."""
-    assert_bounded_while_blocked("freshsuccess", delivery)
+    assert_bounded_while_blocked("freshsuccess")
 
 
-def test_a_blocked_freshpaint_lane_holds_a_bounded_amount_of_hostile_data(delivery: DeliveryLoop) -> None:
-    assert_bounded_while_blocked("freshpaint", delivery)
+def test_a_blocked_freshpaint_lane_holds_a_bounded_amount_of_hostile_data() -> None:
+    assert_bounded_while_blocked("freshpaint")
 
 
-def assert_bounded_while_blocked(destination: str, delivery: DeliveryLoop) -> None:
+def assert_bounded_while_blocked(destination: str) -> None:
     record = real_map(5_000)  # ~40 KB on the wire, several MB as Python objects
     values = [record] * 100
+    sources: list[ListSource] = []
 
     def factory(callbacks: SourceCallbacks) -> ListSource:
-        return ListSource([Message(i, v) for i, v in enumerate(values)], callbacks)
+        sources.append(ListSource([Message(i, v) for i, v in enumerate(values)], callbacks))
+        return sources[0]
 
     sink = RecordingDestination(destination, blocked=True)
     max_bytes = 64 * 1024
-    lane = Lane(sink=sink, source_factory=factory, judge=judge_for(destination, new_decoder()),
-                dead_letters=RecordingDeadLetters(), delivery=delivery,
-                settings=LaneSettings(consume_batch_size=5, consume_timeout_s=0.0, max_events=2000,
-                                      max_bytes=max_bytes, max_wait_s=60.0, max_in_flight_batches=1))
-    tracemalloc.start()
-    try:
-        for _ in range(200):
-            lane.step()
-        current, _peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        sink.blocked = False
-        lane.shutdown(5.0)
+    with SteppedDelivery(ManualClock()) as delivery:
+        lane = Lane(sink=sink, source_factory=factory, judge=judge_for(destination, new_decoder()),
+                    dead_letters=RecordingDeadLetters(delivery.clock), delivery=delivery, clock=delivery.clock.now,
+                    settings=LaneSettings(consume_batch_size=5, consume_timeout_s=0.0, max_events=2000,
+                                          max_bytes=max_bytes, max_wait_s=60.0, max_in_flight_batches=1))
+        tracemalloc.start()
+        try:
+            for _ in range(200):
+                lane.step()
+                delivery.run_until_idle()  # the batch in flight waits at the closed gate
+            current, _peak = tracemalloc.get_traced_memory()
+            delivered_while_blocked = lane.stats.delivered_messages
+        finally:
+            tracemalloc.stop()
+            sink.gate.set()
+            lane.shutdown(5.0)
+        assert delivered_while_blocked == 0
+        # unblocked at shutdown: what it had taken was delivered, then committed
+        assert sources[0].stored.get((TOPIC, 0), 0) == lane.stats.delivered_messages > 0
     assert current < 8 * 1024 * 1024, f"{current / 1e6:.0f} MB held while blocked"
 
 

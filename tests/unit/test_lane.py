@@ -1,4 +1,10 @@
-"""A lane driven step by step with a fake source: backpressure, transient decode failures, bad events."""
+"""A lane driven step by step with a fake source, a manual clock and a stepped delivery: batching,
+backpressure, transient decode failures, bad events, commits, lost partitions and revocation.
+
+No thread and no real time: ``lane.step()`` runs in a loop with a bounded number of steps, sinks hold a batch
+on an ``asyncio.Event`` the test opens, and batch ages, backoffs and revocation deadlines pass only when the
+:class:`~consumer.testing.stepping.ManualClock` advances (see :mod:`consumer.testing.stepping`).
+"""
 
 from __future__ import annotations
 
@@ -14,14 +20,16 @@ import pytest
 from consumer.errors import DecodeError, EventError, Rejected, TransientError
 from consumer.pipeline.batcher import Batch
 from consumer.pipeline.committer import CommitResult
-from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.lane import Lane, LaneSettings
 from consumer.pipeline.offsets import TopicPartitionKey, Work
 from consumer.pipeline.ports import SourceCallbacks
 from consumer.pipeline.verdict import Judge
-from tests.helpers import wait_for
+from consumer.testing.stepping import ManualClock, SteppedDelivery, step_until
 
 TOPIC = "usage"
+P0, P1 = (TOPIC, 0), (TOPIC, 1)
+TICK_S = 0.01
+"""Simulated time between two steps when a test lets time run: the lanes' ``max_wait_s`` unless overridden."""
 
 
 @dataclass
@@ -56,7 +64,10 @@ class FakeMessage:
 class FakeSource:
     """A MessageSource over a fixed list of messages, honouring pause/resume like librdkafka does.
 
-    Asynchronous commits are answered (confirmed) during the next ``consume``, as librdkafka's callback is.
+    Asynchronous commits are answered (confirmed) during the next ``consume``, as librdkafka's callback is,
+    unless ``hold_answers``. Rebalances run inside ``consume`` after it picked its messages, as librdkafka's
+    can: a revoked partition stays assigned while ``on_revoke`` runs (its last commit goes in there), a lost one
+    is gone before ``on_lost`` runs. Closing revokes what is still assigned, as librdkafka's ``close`` does.
     """
 
     pending: list[FakeMessage]
@@ -64,11 +75,19 @@ class FakeSource:
     paused: set[TopicPartitionKey] = field(default_factory=set)
     commits: list[dict[TopicPartitionKey, int]] = field(default_factory=list)
     """Commits the broker stored, in order."""
+    sync_commits: list[dict[TopicPartitionKey, int]] = field(default_factory=list)
+    """The synchronous ones among them."""
+    commits_after_release: list[dict[TopicPartitionKey, int]] = field(default_factory=list)
+    """Commit requests (either kind) naming a partition this member had already given up: must stay empty."""
     unanswered: list[dict[TopicPartitionKey, int]] = field(default_factory=list)
+    hold_answers: bool = False
     assigned: bool = False
     revoke_during_consume: list[TopicPartitionKey] = field(default_factory=list)
-    revoked: set[TopicPartitionKey] = field(default_factory=set)
-    """Partitions to revoke inside the next ``consume``, after it picked its messages (as librdkafka can)."""
+    """Partitions to revoke inside the next ``consume``."""
+    lose_during_consume: list[TopicPartitionKey] = field(default_factory=list)
+    """Partitions to lose (session timed out) inside the next ``consume``."""
+    released: set[TopicPartitionKey] = field(default_factory=set)
+    """Partitions revoked or lost: no longer this member's."""
 
     def consume(self, max_messages: int, timeout_s: float) -> Sequence[Any]:
         if not self.assigned:
@@ -77,22 +96,37 @@ class FakeSource:
         out = [m for m in self.pending if (TOPIC, m.partition()) not in self.paused][:max_messages]
         for m in out:
             self.pending.remove(m)
-        for offsets in self.unanswered:
-            self.commits.append(offsets)
-            self.callbacks.on_commit({k: (v, None) for k, v in offsets.items()})
-        self.unanswered.clear()
+        if not self.hold_answers:
+            for offsets in self.unanswered:
+                self.commits.append(offsets)
+                self.callbacks.on_commit({k: (v, None) for k, v in offsets.items()})
+            self.unanswered.clear()
         if self.revoke_during_consume:
             revoked, self.revoke_during_consume = self.revoke_during_consume, []
-            self.revoked |= set(revoked)
             self.callbacks.on_revoke(revoked)
-            self.pending = [m for m in self.pending if (TOPIC, m.partition()) not in self.revoked]
+            self._release(revoked)
+        if self.lose_during_consume:
+            lost, self.lose_during_consume = self.lose_during_consume, []
+            self._release(lost)
+            self.callbacks.on_lost(lost)
         return out
 
+    def _release(self, keys: list[TopicPartitionKey]) -> None:
+        self.released |= set(keys)
+        self.pending = [m for m in self.pending if (TOPIC, m.partition()) not in self.released]
+
+    def _check_owned(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        if any(key in self.released for key in offsets):
+            self.commits_after_release.append(dict(offsets))
+
     def commit_async(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        self._check_owned(offsets)
         self.unanswered.append(dict(offsets))
 
     def commit_sync(self, offsets: dict[TopicPartitionKey, int]) -> CommitResult:
+        self._check_owned(offsets)
         self.commits.append(dict(offsets))
+        self.sync_commits.append(dict(offsets))
         return {k: (v, None) for k, v in offsets.items()}
 
     def committed(self, keys: list[TopicPartitionKey], timeout_s: float) -> dict[TopicPartitionKey, int]:
@@ -105,13 +139,16 @@ class FakeSource:
         self.paused -= set(keys)
 
     def assignment(self) -> list[TopicPartitionKey]:
-        return [key for key in ((TOPIC, 0), (TOPIC, 1)) if key not in self.revoked]
+        return [key for key in (P0, P1) if key not in self.released]
 
     def high_watermark(self, key: TopicPartitionKey) -> int | None:
         return None
 
     def close(self) -> None:
-        pass
+        owned = self.assignment() if self.assigned else []
+        if owned:
+            self.callbacks.on_revoke(owned)
+            self._release(owned)
 
     def stored(self) -> dict[TopicPartitionKey, int]:
         """What the broker holds now."""
@@ -121,28 +158,47 @@ class FakeSource:
         return merged
 
 
-class GatedDestination:
-    """Delivers only while the gate is open; records what it delivered."""
+class RecordingDestination:
+    """Delivers a batch once its gate (an ``asyncio.Event`` the test sets) is open; records every batch's events
+    in order. The first ``let_through`` batches are delivered whatever the gate."""
 
     name = "freshsuccess"
     ndjson = True
     state = "ok"
 
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.delivered: list[int] = []
+    def __init__(self, *, open_gate: bool = True, let_through: int = 0) -> None:
+        self.gate = asyncio.Event()
+        if open_gate:
+            self.gate.set()
+        self.let_through = let_through
+        self.batches: list[list[dict[str, Any]]] = []
 
     async def write(self, batch: Batch) -> list[tuple[int, Rejected]]:
-        while not self.gate.is_set():
-            await asyncio.sleep(0.005)
-        self.delivered.append(batch.events)
+        if self.let_through > 0:
+            self.let_through -= 1
+        else:
+            await self.gate.wait()
+        self.batches.append([orjson.loads(line) for line in bytes(batch.body).splitlines()])
         return []
+
+    @property
+    def delivered(self) -> list[int]:
+        return [event["n"] for batch in self.batches for event in batch]
+
+    def delivered_of(self, partition: int) -> list[int]:
+        """Delivered offsets of one partition, in delivery order (``messages()`` puts event n at n // 2)."""
+        return [n // 2 for n in self.delivered if n % 2 == partition]
 
 
 class FakeDeadLetters:
-    def __init__(self) -> None:
+    """Parks in memory, confirmed at once. Its ``flush`` waits out its timeout on ``clock`` (``make_lane`` gives
+    it the lane's), as a real flush with something queued would: a lane waiting for work that nothing in flight
+    will finish then reaches its deadline instead of spinning forever in simulated time."""
+
+    def __init__(self, clock: ManualClock | None = None) -> None:
         self.parked: list[tuple[int, str]] = []
         self.failure: str | None = None
+        self.clock = clock
 
     def park(self, message: Any, error: EventError, destination: str, work: Work) -> None:
         self.parked.append((message.offset(), error.reason))  # confirmed at once: nothing held
@@ -151,6 +207,8 @@ class FakeDeadLetters:
         pass
 
     def flush(self, timeout_s: float) -> int:
+        if self.clock is not None:
+            self.clock.advance(timeout_s)
         return 0
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -177,10 +235,14 @@ def map_one(record: dict[str, Any], topic: str, partition: int, offset: int) -> 
 
 
 @pytest.fixture
-def delivery() -> Iterator[DeliveryLoop]:
-    loop = DeliveryLoop().start()
-    yield loop
-    loop.stop()
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def delivery(clock: ManualClock) -> Iterator[SteppedDelivery]:
+    with SteppedDelivery(clock) as stepped:
+        yield stepped
 
 
 def judge(decoder: Any, map_fn: Any = map_one, *, ndjson: bool = True) -> Judge:
@@ -188,76 +250,121 @@ def judge(decoder: Any, map_fn: Any = map_one, *, ndjson: bool = True) -> Judge:
 
 
 def make_lane(messages: list[FakeMessage], destination: Any, dead: FakeDeadLetters, decoder: Decoder,
-              delivery: DeliveryLoop, map_fn: Any = map_one, **overrides: Any) -> tuple[Lane, FakeSource]:
+              delivery: SteppedDelivery, map_fn: Any = map_one, **overrides: Any) -> tuple[Lane, FakeSource]:
     sources: list[FakeSource] = []
 
     def factory(callbacks: SourceCallbacks) -> FakeSource:
         sources.append(FakeSource(messages, callbacks))
         return sources[0]
 
+    if dead.clock is None:
+        dead.clock = delivery.clock
     settings = LaneSettings(**{"consume_batch_size": 10, "consume_timeout_s": 0.001, "max_events": 5,
-                               "max_wait_s": 0.01, "max_in_flight_batches": 2, **overrides})
+                               "max_wait_s": TICK_S, "max_in_flight_batches": 2, **overrides})
     lane = Lane(sink=destination, source_factory=factory, judge=judge(decoder, map_fn),
-                dead_letters=dead, delivery=delivery, settings=settings)
+                dead_letters=dead, delivery=delivery, settings=settings, clock=delivery.clock.now)
     return lane, sources[0]
 
 
 def messages(count: int, partitions: int = 2) -> list[FakeMessage]:
+    """Event ``n`` is message ``n``: partition ``n % partitions``, offset ``n // partitions``."""
     return [FakeMessage(i % partitions, i // partitions, str(i).encode()) for i in range(count)]
 
 
-def test_backpressure_pauses_fetching_and_nothing_is_committed_until_delivery(delivery: DeliveryLoop) -> None:
-    destination = GatedDestination()
-    lane, source = make_lane(messages(100), destination, FakeDeadLetters(), Decoder(), delivery)
-    for _ in range(30):
+def run_steps(lane: Lane, delivery: SteppedDelivery, count: int, *, tick_s: float = 0.0) -> None:
+    """``count`` steps, each followed by the delivery running what it can; ``tick_s`` passes after each."""
+    for _ in range(count):
         lane.step()
-    assert source.paused == {(TOPIC, 0), (TOPIC, 1)}  # in-flight limit reached: fetching paused
-    assert len(source.pending) > 50                    # and the rest was left in Kafka
+        delivery.run_until_idle()
+        delivery.clock.advance(tick_s)
+
+
+def drain(lane: Lane, source: FakeSource, delivery: SteppedDelivery, until: dict[TopicPartitionKey, int],
+          what: str, *, max_steps: int = 100, tick_s: float = TICK_S) -> None:
+    """Step, with time running, until the broker holds exactly ``until`` and no commit is unanswered."""
+    step_until(lane.step, delivery, lambda: source.stored() == until and not source.unanswered,
+               max_steps=max_steps, tick_s=tick_s, what=what)
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+@pytest.mark.parametrize(("limits", "closed"), [
+    ({"max_events": 4}, [[0, 1, 2, 3], [4, 5, 6, 7]]),
+    ({"max_events": 100, "max_bytes": 2 * len(b'{"n":0}\n') + 1}, [[0, 1, 2], [3, 4, 5], [6, 7, 8]]),
+], ids=["max_events", "max_bytes"])
+def test_a_batch_closes_on_max_events_or_max_bytes_while_time_stands_still(
+        limits: dict[str, int], closed: list[list[int]], delivery: SteppedDelivery) -> None:
+    destination = RecordingDestination()
+    lane, source = make_lane(messages(10, partitions=1), destination, FakeDeadLetters(), Decoder(), delivery,
+                             max_wait_s=60.0, max_in_flight_batches=10, **limits)
+    run_steps(lane, delivery, 5)
+    assert [[event["n"] for event in batch] for batch in destination.batches] == closed
+    delivered = sum(len(batch) for batch in closed)
+    assert lane.batcher.open_events == 10 - delivered  # the rest waits for max_wait_s, which has not passed
+    assert source.stored() == {P0: delivered}
+
+
+def test_an_open_batch_closes_once_max_wait_s_passes_on_the_lane_clock(delivery: SteppedDelivery) -> None:
+    destination = RecordingDestination()
+    lane, source = make_lane(messages(3, partitions=1), destination, FakeDeadLetters(), Decoder(), delivery,
+                             max_wait_s=30.0)
+    run_steps(lane, delivery, 5)
+    assert lane.batcher.open_events == 3
+    delivery.clock.advance(29.0)
+    run_steps(lane, delivery, 5)
+    assert destination.batches == []  # 29 s old: not due yet
+    delivery.clock.advance(1.0)
+    run_steps(lane, delivery, 3)
+    assert destination.delivered == [0, 1, 2]
+    assert source.stored() == {P0: 3}
+
+
+# ----------------------------------------------------------------------------------- flow and failures
+
+
+def test_backpressure_pauses_fetching_and_nothing_is_committed_until_delivery(delivery: SteppedDelivery) -> None:
+    destination = RecordingDestination(open_gate=False)
+    lane, source = make_lane(messages(100), destination, FakeDeadLetters(), Decoder(), delivery)
+    run_steps(lane, delivery, 30, tick_s=TICK_S)
+    assert source.paused == {P0, P1}  # in-flight limit reached: fetching paused
+    assert lane.in_flight == 2
+    assert len(source.pending) > 50    # and the rest was left in Kafka
     assert source.stored() == {}
 
     destination.gate.set()
-
-    def drained() -> bool:
-        lane.step()
-        return not source.pending and source.stored() == {(TOPIC, 0): 50, (TOPIC, 1): 50}
-
-    wait_for(drained, timeout_s=10, what="the lane to drain and commit")
-    assert sum(destination.delivered) == 100
+    step_until(lane.step, delivery, lambda: not source.pending and source.stored() == {P0: 50, P1: 50},
+               max_steps=100, tick_s=TICK_S, what="the lane to drain and commit")
+    assert sorted(destination.delivered) == list(range(100))
     assert source.paused == set()
 
 
-def test_transient_decode_failures_hold_messages_in_order_without_dead_letters(delivery: DeliveryLoop) -> None:
-    destination = GatedDestination()
-    destination.gate.set()
+def test_transient_decode_failures_hold_messages_in_order_without_dead_letters(delivery: SteppedDelivery) -> None:
+    destination = RecordingDestination()
     dead = FakeDeadLetters()
     lane, source = make_lane(messages(20), destination, dead, Decoder(transient_failures=3), delivery)
+    run_steps(lane, delivery, 5)  # time stands still: the retry (about 10 ms away) is not due
+    assert lane.stats.transient_failures == 1
+    assert destination.batches == []
+    assert source.paused == {P0, P1}  # held messages: fetching paused meanwhile
 
-    def drained() -> bool:
-        lane.step()
-        return source.stored() == {(TOPIC, 0): 10, (TOPIC, 1): 10}
-
-    wait_for(drained, timeout_s=10, what="delivery after the registry recovers")
+    drain(lane, source, delivery, {P0: 10, P1: 10}, "delivery after the registry recovers")
     assert dead.parked == []
     assert lane.stats.transient_failures == 3
-    assert sum(destination.delivered) == 20
+    assert destination.delivered_of(0) == list(range(10))  # each partition in order, none lost or repeated
+    assert destination.delivered_of(1) == list(range(10))
 
 
-def test_bad_events_are_parked_and_never_block_their_partition(delivery: DeliveryLoop) -> None:
-    destination = GatedDestination()
-    destination.gate.set()
+def test_bad_events_are_parked_and_never_block_their_partition(delivery: SteppedDelivery) -> None:
+    destination = RecordingDestination()
     dead = FakeDeadLetters()
     batch = messages(20, partitions=1)
     batch[4]._value = b"bad"
     batch[13]._value = b"-1"
     lane, source = make_lane(batch, destination, dead, Decoder(), delivery)
-
-    def drained() -> bool:
-        lane.step()
-        return source.stored() == {(TOPIC, 0): 20}
-
-    wait_for(drained, timeout_s=10, what="commit past the bad events")
+    drain(lane, source, delivery, {P0: 20}, "commit past the bad events")
     assert sorted(dead.parked) == [(4, "undecodable"), (13, "mapping_failed")]
-    assert sum(destination.delivered) == 18
+    assert destination.delivered == [n for n in range(20) if n not in (4, 13)]
     assert dict(lane.stats.dead_lettered) == {"undecodable": 1, "mapping_failed": 1}
 
 
@@ -271,18 +378,13 @@ class BrokenDeadLetters(FakeDeadLetters):
 
 
 def test_an_unwritable_dead_letter_topic_stops_the_lane_before_committing_past_the_event(
-    delivery: DeliveryLoop,
+    delivery: SteppedDelivery,
 ) -> None:
-    destination = GatedDestination()
-    destination.gate.set()
     batch = messages(20, partitions=1)
     batch[7]._value = b"bad"
-    lane, source = make_lane(batch, destination, BrokenDeadLetters(), Decoder(), delivery)
-    def stopped() -> bool:
-        lane.step()
-        return lane.fatal is not None
-
-    wait_for(stopped, timeout_s=10, what="the lane to stop")
+    lane, source = make_lane(batch, RecordingDestination(), BrokenDeadLetters(), Decoder(), delivery)
+    step_until(lane.step, delivery, lambda: lane.fatal is not None, max_steps=50, tick_s=TICK_S,
+               what="the lane to stop")
     assert lane.fatal is not None
     assert "refused 7" in lane.fatal
     assert all(offset <= 7 for commit in source.commits for offset in commit.values())
@@ -290,43 +392,23 @@ def test_an_unwritable_dead_letter_topic_stops_the_lane_before_committing_past_t
     assert all(offset <= 7 for commit in source.commits for offset in commit.values())
 
 
-def test_lost_partitions_are_dropped_without_waiting_or_committing(delivery: DeliveryLoop) -> None:
-    destination = GatedDestination()  # closed: nothing finishes
-    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery)
-    for _ in range(5):
-        lane.step()
-    assert lane.tracker.pending_messages((TOPIC, 0))
-    lane._on_lost([(TOPIC, 0)])
-    assert (TOPIC, 0) not in lane.tracker.owned()
-    assert not lane.committer.owns((TOPIC, 0))
-    destination.gate.set()
-
-    def partition_1_committed() -> bool:
-        lane.step()
-        return (TOPIC, 1) in source.stored()
-
-    wait_for(partition_1_committed, timeout_s=10, what="the kept partition to commit")
-    assert all((TOPIC, 0) not in commit for commit in source.commits)
-
-
-def test_a_consumer_left_out_of_its_group_after_a_loss_is_replaced(delivery: DeliveryLoop) -> None:
+def test_a_consumer_left_out_of_its_group_after_a_loss_is_replaced(delivery: SteppedDelivery) -> None:
     created: list[FakeSource] = []
 
     def factory(callbacks: SourceCallbacks) -> FakeSource:
         created.append(FakeSource(messages(4) if not created else [], callbacks))
         return created[-1]
 
-    lane = Lane(sink=GatedDestination(), source_factory=factory, judge=judge(Decoder()),
-                dead_letters=FakeDeadLetters(), delivery=delivery,
-                settings=LaneSettings(consume_timeout_s=0.001, rejoin_timeout_s=0.05))
+    lane = Lane(sink=RecordingDestination(), source_factory=factory, judge=judge(Decoder()),
+                dead_letters=FakeDeadLetters(delivery.clock), delivery=delivery, clock=delivery.clock.now,
+                settings=LaneSettings(consume_timeout_s=0.001, rejoin_timeout_s=5.0))
     lane.step()
-    created[0].assigned = True  # the stuck client never calls back again
-    lane._on_lost([(TOPIC, 0), (TOPIC, 1)])
-    def replaced() -> bool:
-        lane.step()
-        return len(created) == 2
-
-    wait_for(replaced, timeout_s=10, what="a new consumer")
+    created[0].lose_during_consume = [P0, P1]  # and the stuck client never calls back again
+    lost_at = delivery.clock.now()
+    run_steps(lane, delivery, 5)
+    assert len(created) == 1  # not before the rejoin timeout
+    step_until(lane.step, delivery, lambda: len(created) == 2, max_steps=20, tick_s=1.0, what="a new consumer")
+    assert delivery.clock.now() - lost_at > 5.0
     lane.step()  # the new consumer's first poll runs the assignment callback
     assert created[1].assigned
     assert lane._lost_at is None
@@ -336,50 +418,6 @@ def test_a_consumer_left_out_of_its_group_after_a_loss_is_replaced(delivery: Del
 # ------------------------------------------------------------------ commits and decisions at the edges
 
 
-class RecordingDestination:
-    """Delivers at once while the gate is open; records every batch's events (NDJSON lines) in order."""
-
-    name = "freshsuccess"
-    ndjson = True
-    state = "ok"
-
-    def __init__(self, *, open_gate: bool = True) -> None:
-        self.gate = threading.Event()
-        if open_gate:
-            self.gate.set()
-        self.batches: list[list[dict[str, Any]]] = []
-
-    async def write(self, batch: Batch) -> list[tuple[int, Rejected]]:
-        while not self.gate.is_set():
-            await asyncio.sleep(0.005)
-        self.batches.append([orjson.loads(line) for line in bytes(batch.body).splitlines()])
-        return []
-
-    @property
-    def delivered(self) -> list[int]:
-        return [event["n"] for batch in self.batches for event in batch]
-
-
-def drain(lane: Lane, source: FakeSource, until: dict[TopicPartitionKey, int], what: str) -> None:
-    def done() -> bool:
-        lane.step()
-        return source.stored() == until and not source.unanswered
-
-    wait_for(done, timeout_s=10, what=what)
-
-
-def test_records_of_a_partition_revoked_during_consume_are_neither_tracked_nor_delivered(
-        delivery: DeliveryLoop) -> None:
-    destination = RecordingDestination()
-    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery)
-    source.revoke_during_consume = [(TOPIC, 0)]  # inside the very first consume, after it picked its records
-    drain(lane, source, {(TOPIC, 1): 10}, "partition 1 to be committed")
-    assert all(n % 2 == 1 for n in destination.delivered), "records of the revoked partition were delivered"
-    assert sorted(destination.delivered) == list(range(1, 20, 2))
-    assert all((TOPIC, 0) not in commit for commit in source.commits)
-    assert not lane.tracker.owns((TOPIC, 0))
-
-
 class ExplodingDeadLetters(FakeDeadLetters):
     """The producer's queue is full: ``park`` raises (an internal error, not an event's)."""
 
@@ -387,7 +425,7 @@ class ExplodingDeadLetters(FakeDeadLetters):
         raise BufferError("Local: Queue full")
 
 
-def test_after_an_internal_error_the_lane_stops_and_commits_nothing_more(delivery: DeliveryLoop) -> None:
+def test_after_an_internal_error_the_lane_stops_and_commits_nothing_more(delivery: SteppedDelivery) -> None:
     batch = messages(10, partitions=1)
     batch[6]._value = b"bad"  # offsets 0-5 are finished (skipped) when parking offset 6 blows up
     lane, source = make_lane(batch, RecordingDestination(), ExplodingDeadLetters(), Decoder(), delivery,
@@ -400,45 +438,45 @@ def test_after_an_internal_error_the_lane_stops_and_commits_nothing_more(deliver
     assert source.unanswered == []
 
 
-def test_a_full_batch_stops_filling_while_no_in_flight_slot_is_free(delivery: DeliveryLoop) -> None:
+def test_a_full_batch_stops_filling_while_no_in_flight_slot_is_free(delivery: SteppedDelivery) -> None:
     destination = RecordingDestination(open_gate=False)
     lane, source = make_lane(messages(200, partitions=1), destination, FakeDeadLetters(), Decoder(), delivery,
                              consume_batch_size=50, max_events=5, max_in_flight_batches=1, max_wait_s=60.0)
-    for _ in range(10):
-        lane.step()
+    run_steps(lane, delivery, 10)
+    assert lane.in_flight == 1
     assert lane.batcher.open_events <= 5
     destination.gate.set()
-    drain(lane, source, {(TOPIC, 0): 200}, "everything to be delivered and committed")
+    drain(lane, source, delivery, {P0: 200}, "everything to be delivered and committed", max_steps=200)
     assert max(len(batch) for batch in destination.batches) <= 5
     assert destination.delivered == list(range(200))
 
 
-def test_a_value_json_cannot_carry_is_dead_lettered_and_the_partition_goes_on(delivery: DeliveryLoop) -> None:
+def test_a_value_json_cannot_carry_is_dead_lettered_and_the_partition_goes_on(delivery: SteppedDelivery) -> None:
     def map_bytes(record: dict[str, Any], topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
         return [{"n": record["n"], "blob": b"\x00\xff" if record["n"] == 3 else None}]
 
     dead = FakeDeadLetters()
     destination = RecordingDestination()
     lane, source = make_lane(messages(8, partitions=1), destination, dead, Decoder(), delivery, map_fn=map_bytes)
-    drain(lane, source, {(TOPIC, 0): 8}, "commit past the event with bytes")
+    drain(lane, source, delivery, {P0: 8}, "commit past the event with bytes")
     assert dead.parked == [(3, "mapping_failed")]
     assert destination.delivered == [0, 1, 2, 4, 5, 6, 7]
 
 
-def test_commits_follow_delivery_not_a_timer_and_count_only_once_confirmed(delivery: DeliveryLoop) -> None:
+def test_commits_follow_delivery_not_a_timer_and_count_only_once_confirmed(delivery: SteppedDelivery) -> None:
     destination = RecordingDestination()
     lane, source = make_lane(messages(10, partitions=1), destination, FakeDeadLetters(), Decoder(), delivery,
                              max_wait_s=3600.0)
-    lane.clock = lambda: 0.0  # time stands still: only delivery can move a commit
 
     def committed_to_end() -> bool:
-        lane.step()
         for asked in source.unanswered:  # sent, not yet answered: not reported as committed
             assert all(lane.stats.committed.get(k, -1) < v for k, v in asked.items()), "reported before confirmed"
-        return source.stored() == {(TOPIC, 0): 10}
+        return source.stored() == {P0: 10}
 
-    wait_for(committed_to_end, timeout_s=10, what="commits after each delivery")
-    assert lane.stats.committed == {(TOPIC, 0): 10}
+    # time stands still (no tick): only delivery can move a commit
+    step_until(lane.step, delivery, committed_to_end, max_steps=20, what="commits after each delivery")
+    assert delivery.clock.now() == 0.0
+    assert lane.stats.committed == {P0: 10}
 
 
 class RefusingSource(FakeSource):
@@ -454,7 +492,8 @@ class RefusingSource(FakeSource):
         return super().consume(max_messages, timeout_s)
 
 
-def test_a_refused_commit_is_retried_and_not_reported_until_the_broker_holds_it(delivery: DeliveryLoop) -> None:
+def test_a_refused_commit_is_retried_and_not_reported_until_the_broker_holds_it(
+        delivery: SteppedDelivery) -> None:
     sources: list[FakeSource] = []
 
     def factory(callbacks: SourceCallbacks) -> FakeSource:
@@ -462,51 +501,134 @@ def test_a_refused_commit_is_retried_and_not_reported_until_the_broker_holds_it(
         return sources[0]
 
     lane = Lane(sink=RecordingDestination(), source_factory=factory, judge=judge(Decoder()),
-                dead_letters=FakeDeadLetters(), delivery=delivery,
+                dead_letters=FakeDeadLetters(delivery.clock), delivery=delivery, clock=delivery.clock.now,
                 settings=LaneSettings(consume_timeout_s=0.001, max_events=100, max_wait_s=0.0,
                                       commit_retry_backoff_s=(0.01, 0.02)))
     source = sources[0]
 
     def confirmed() -> bool:
-        lane.step()
         for key, offset in lane.stats.committed.items():
             assert source.stored().get(key) == offset, "reported a commit the broker does not hold"
-        return source.stored() == {(TOPIC, 0): 10}
+        return source.stored() == {P0: 10}
 
-    wait_for(confirmed, timeout_s=10, what="the refused commit to be retried")
+    step_until(lane.step, delivery, lambda: lane.stats.commits_refused == 1, max_steps=20,
+               what="the first commit to be refused")
+    run_steps(lane, delivery, 5)  # time stands still: the retry waits for its backoff
+    assert lane.stats.commits_refused == 1
+    assert source.unanswered == []
+    assert source.stored() == {}
+    step_until(lane.step, delivery, confirmed, max_steps=50, tick_s=TICK_S, what="the refused commit to be retried")
     assert lane.stats.commits_refused == 2
-    assert lane.stats.committed == {(TOPIC, 0): 10}
+    assert lane.stats.committed == {P0: 10}
 
 
-# ------------------------------------------------------------------------------------------- revocation
+# ---------------------------------------------------------------------------- revocation and loss
 
 
 def test_a_revocation_finishes_the_revoked_partitions_work_commits_it_and_forgets_them(
-        delivery: DeliveryLoop) -> None:
+        delivery: SteppedDelivery) -> None:
     destination = RecordingDestination(open_gate=False)
-    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery, max_wait_s=60.0)
-    for _ in range(3):
-        lane.step()
-    assert lane.tracker.pending_messages((TOPIC, 0))
+    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery, max_wait_s=60.0,
+                             revoke_timeout_s=10.0)
+    run_steps(lane, delivery, 3)
+    assert lane.tracker.pending_messages(P0)
+    assert source.stored() == {}
     fetched = 10 - sum(1 for m in source.pending if m.partition() == 0)
     consumed = fetched - sum(1 for m in lane._held if m.partition() == 0)  # held back (no slot) are the new owner's
-    destination.gate.set()
-    lane._on_revoke([(TOPIC, 0)])  # as librdkafka calls it, inside consume
-    assert source.stored()[(TOPIC, 0)] == consumed  # delivered, then committed synchronously before giving it up
-    assert not lane.tracker.owns((TOPIC, 0))
-    assert not lane.committer.owns((TOPIC, 0))
-    assert (TOPIC, 0) not in lane.stats.committed
-    assert sorted(n for n in destination.delivered if n % 2 == 0) == list(range(0, 2 * consumed, 2))
+    assert consumed > 0
+    destination.gate.set()  # the destination answers again; the delivery runs only while the lane waits
+    source.revoke_during_consume = [P0]
+    started = delivery.clock.now()
+    lane.step()  # librdkafka calls the revocation inside consume
+    assert delivery.clock.now() - started < 10.0  # finished before the deadline
+    # delivered, then committed synchronously inside the callback, before the partition was given up
+    assert source.sync_commits == [{P0: consumed}]
+    assert source.commits_after_release == []
+    assert not lane.tracker.owns(P0)
+    assert not lane.committer.owns(P0)
+    assert P0 not in lane.stats.committed
+    assert destination.delivered_of(0) == list(range(consumed))
+
+    # the kept partition's last, partial batch closes on its age (60 s): let time run faster
+    drain(lane, source, delivery, {P0: consumed, P1: 10}, "the kept partition to be committed", tick_s=10.0)
+    assert destination.delivered_of(0) == list(range(consumed))  # what was held back is not delivered here
+    assert destination.delivered_of(1) == list(range(10))
+    assert source.commits_after_release == []
 
 
-def test_a_revocation_past_its_deadline_abandons_the_unfinished_work_uncommitted(delivery: DeliveryLoop) -> None:
-    destination = RecordingDestination(open_gate=False)  # nothing finishes
-    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery,
-                             revoke_timeout_s=0.05)
+def test_a_revocation_past_its_deadline_abandons_the_unfinished_work_uncommitted(
+        delivery: SteppedDelivery) -> None:
+    destination = RecordingDestination(open_gate=False, let_through=1)  # the first batch only, then nothing
+    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery, max_wait_s=60.0,
+                             revoke_timeout_s=2.0)
     for _ in range(3):
-        lane.step()
-    lane._on_revoke([(TOPIC, 0)])
-    assert (TOPIC, 0) not in source.stored()
-    destination.gate.set()  # the abandoned batches finish later: still nothing is committed for the partition
-    drain(lane, source, {(TOPIC, 1): 10}, "the kept partition to be committed")
-    assert (TOPIC, 0) not in source.stored()
+        lane.step()  # the delivery does not run: every batch is still in flight when the revocation starts
+    assert destination.batches == []
+    source.revoke_during_consume = [P0]
+    started = delivery.clock.now()
+    lane.step()
+    assert delivery.clock.now() - started >= 2.0  # waited up to the deadline (on the lane's clock)
+    # the first batch (offsets 0-2 of partition 0) finished during the wait and was committed; the rest not
+    assert destination.delivered_of(0) == [0, 1, 2]
+    assert source.sync_commits == [{P0: 3}]
+    assert not lane.tracker.owns(P0)
+
+    destination.gate.set()  # the abandoned batches finish later: still nothing more is committed for it
+    drain(lane, source, delivery, {P0: 3, P1: 10}, "the kept partition to be committed", tick_s=10.0)
+    assert max(destination.delivered_of(0)) > 2  # they did finish, after the partition was given up
+    assert source.commits_after_release == []
+    assert all(commit.get(P0, 0) <= 3 for commit in source.commits)
+
+
+def test_records_of_a_partition_revoked_during_consume_are_neither_tracked_nor_delivered(
+        delivery: SteppedDelivery) -> None:
+    destination = RecordingDestination()
+    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery)
+    source.revoke_during_consume = [P0]  # inside the very first consume, after it picked its records
+    lane.step()
+    assert not lane.tracker.owns(P0)
+    assert lane.stats.consumed == 10  # five of partition 0 among them, dropped
+    drain(lane, source, delivery, {P1: 10}, "partition 1 to be committed")
+    assert all(n % 2 == 1 for n in destination.delivered), "records of the revoked partition were delivered"
+    assert sorted(destination.delivered) == list(range(1, 20, 2))
+    assert all(P0 not in commit for commit in source.commits)
+    assert not lane.tracker.owns(P0)
+
+
+def test_lost_partitions_are_dropped_without_waiting_or_committing(delivery: SteppedDelivery) -> None:
+    destination = RecordingDestination(open_gate=False, let_through=3)
+    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery, max_wait_s=60.0)
+    source.hold_answers = True  # the first commit stays unanswered, so later finished work waits uncommitted
+    run_steps(lane, delivery, 3)
+    assert lane.committer.due().get(P0) == 8  # finished (batches 1-3), not yet committed
+    assert lane.tracker.pending_messages(P0)  # and more in flight (batch 4, held at the gate)
+    source.lose_during_consume = [P0]
+    started = delivery.clock.now()
+    lane.step()
+    assert delivery.clock.now() == started  # no wait for the lost partition's work
+    assert not lane.tracker.owns(P0)
+    assert not lane.committer.owns(P0)
+    assert source.commits_after_release == []
+    assert source.sync_commits == []
+
+    source.hold_answers = False
+    destination.gate.set()
+    step_until(lane.step, delivery, lambda: source.stored().get(P1) == 10, max_steps=50, tick_s=TICK_S,
+               what="the kept partition to commit")
+    assert source.commits_after_release == []
+    assert source.stored()[P0] == 5  # only the commit asked for while it was owned
+    assert max(destination.delivered_of(0)) == 9  # its last batch did finish, uncommitted
+
+
+def test_a_revocation_while_the_consumer_closes_neither_waits_nor_commits_again(delivery: SteppedDelivery) -> None:
+    destination = RecordingDestination(open_gate=False, let_through=1)
+    lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery, max_wait_s=60.0,
+                             revoke_timeout_s=30.0)
+    for _ in range(3):
+        lane.step()  # the delivery does not run: every batch is still in flight when the shutdown starts
+    started = delivery.clock.now()
+    lane.shutdown(1.0)  # commits what finished, then closes the consumer, which revokes everything
+    assert source.released == {P0, P1}
+    assert 1.0 <= delivery.clock.now() - started < 30.0  # the shutdown's bound, not a revocation's on top
+    assert source.sync_commits == [{P0: 3, P1: 2}]  # once, by the shutdown
+    assert source.commits_after_release == []

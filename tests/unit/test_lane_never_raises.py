@@ -3,7 +3,8 @@
 Schemas mix every Avro type a producing team may use (bytes, fixed, decimal, enums, nested unions, arrays,
 maps of records); the mapping merges the whole record into one output, as an unchecked ``merge:`` would.
 Whatever the values, the lane finishes every record (delivered, or dead-lettered with a reason code) and
-commits to the end; it never raises and never stops.
+commits to the end; it never raises and never stops. The lane is stepped on a manual clock with a stepped
+delivery (:mod:`consumer.testing.stepping`): no thread, no real time.
 """
 
 from __future__ import annotations
@@ -11,22 +12,19 @@ from __future__ import annotations
 import decimal
 import io
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import fastavro
 import orjson
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer.decoding.decoder import RawDecoder
 from consumer.decoding.schemas import parse
-from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.lane import Lane, LaneSettings
 from consumer.pipeline.ports import SourceCallbacks
 from consumer.pipeline.verdict import Judge
-from tests.helpers import wait_for
+from consumer.testing.stepping import ManualClock, SteppedDelivery, step_until
 from tests.unit.test_lane import TOPIC, FakeDeadLetters, FakeMessage, FakeSource
 
 _names = (f"T{i}" for i in itertools.count())
@@ -95,18 +93,9 @@ def pass_everything(record: dict[str, Any], topic: str, partition: int, offset: 
              "details": record, "n": offset}]
 
 
-@pytest.fixture(scope="module")
-def delivery() -> Iterator[DeliveryLoop]:
-    loop = DeliveryLoop().start()
-    yield loop
-    loop.stop()
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(types=st.lists(field_types, min_size=1, max_size=5), ndjson=st.booleans(), data=st.data())
-def test_no_value_of_any_schema_makes_the_lane_raise(types: list[Any], ndjson: bool, data: st.DataObject,
-                                                     delivery: DeliveryLoop) -> None:
+def test_no_value_of_any_schema_makes_the_lane_raise(types: list[Any], ndjson: bool, data: st.DataObject) -> None:
     schema = {"type": "record", "name": next(_names), "fields": [{"name": f"f{i}", "type": t}
                                                                   for i, t in enumerate(types)]}
     parsed = parse(schema)
@@ -124,20 +113,21 @@ def test_no_value_of_any_schema_makes_the_lane_raise(types: list[Any], ndjson: b
         return sources[0]
 
     destination = WireDestination(ndjson=ndjson)
-    dead = FakeDeadLetters()
     decoder = RawDecoder(parsed, parsed)
-    lane = Lane(sink=destination, source_factory=factory,
-                judge=Judge(decoder=decoder, map_fn=pass_everything, max_event_bytes=1 << 20, ndjson=ndjson),
-                dead_letters=dead, delivery=delivery,
-                settings=LaneSettings(consume_timeout_s=0.0, max_events=3, max_wait_s=0.0))
 
     def finished() -> bool:
-        lane.step()  # never raises
         assert lane.fatal is None, lane.fatal
         return sources[0].stored().get((TOPIC, 0)) == len(values)
 
-    wait_for(finished, timeout_s=20, interval_s=0.0, what="every record to be finished")
-    lane.shutdown(1.0)
+    with SteppedDelivery(ManualClock()) as delivery:
+        dead = FakeDeadLetters(delivery.clock)
+        lane = Lane(sink=destination, source_factory=factory,
+                    judge=Judge(decoder=decoder, map_fn=pass_everything, max_event_bytes=1 << 20, ndjson=ndjson),
+                    dead_letters=dead, delivery=delivery, clock=delivery.clock.now,
+                    settings=LaneSettings(consume_timeout_s=0.0, max_events=3, max_wait_s=0.0))
+        # lane.step() never raises; a handful of steps finish six records (batches close at once, max_wait_s=0)
+        step_until(lane.step, delivery, finished, max_steps=20, what="every record to be finished")
+        lane.shutdown(1.0)
     parked = {offset for offset, _reason in dead.parked}
     assert all(reason == "mapping_failed" for _offset, reason in dead.parked)
     assert sorted(destination.offsets) == [o for o in range(len(values)) if o not in parked]
