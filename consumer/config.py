@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -28,6 +28,11 @@ PACKAGE_DEFAULTS = Path(__file__).resolve().parent / "defaults"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Seconds = Annotated[float, Field(gt=0)]
+"""A timeout, wait or backoff: positive, since zero would turn a wait into a busy loop and a timeout into an
+instant failure. Stated once here rather than as ``Field(..., gt=0)`` on every such setting."""
 
 
 class KafkaConfig(_Section):
@@ -55,7 +60,7 @@ class KafkaConfig(_Section):
     consume_timeout_s: float = Field(0.1, gt=0, le=10)
     session_timeout_ms: int = Field(45_000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
-    revocation_timeout_s: float = Field(15.0, gt=0)
+    revocation_timeout_s: Seconds = 15.0
     """How long a revoked partition's in-flight work may take to finish before it is abandoned (uncommitted)."""
     prefetch_max_kbytes: int = Field(16_384, ge=1024)
     """librdkafka's ``queued.max.messages.kbytes``: the bound on fetched-but-unprocessed data in memory."""
@@ -75,7 +80,7 @@ class DecodingConfig(_Section):
     """Writer schema for raw framing; default: the reader schema."""
     schema_registry_url: str | None = None
     schema_registry_user: str | None = None
-    schema_registry_timeout_s: float = Field(5.0, gt=0)
+    schema_registry_timeout_s: Seconds = 5.0
     max_event_bytes: int = Field(1_048_576, ge=64)
 
 
@@ -90,7 +95,7 @@ class BatchingConfig(_Section):
     max_events: int = Field(2000, ge=1)
     max_bytes: int = Field(1_048_576, ge=1024)
     """Uncompressed body bytes at which a Freshsuccess batch closes."""
-    max_wait_s: float = Field(1.0, gt=0)
+    max_wait_s: Seconds = 1.0
     max_in_flight_batches: int = Field(4, ge=1)
 
 
@@ -98,16 +103,16 @@ class CommitConfig(_Section):
     """Commits follow delivery: each lane commits as soon as a partition's finished prefix advances (one
     request at a time, later advances coalesced) and counts a commit only once the broker confirmed it."""
 
-    retry_initial_backoff_s: float = Field(0.2, gt=0)
+    retry_initial_backoff_s: Seconds = 0.2
     """Wait before a refused commit (rebalance, coordinator moving) is sent again; doubles per refusal."""
-    retry_max_backoff_s: float = Field(5.0, gt=0)
-    answer_timeout_s: float = Field(60.0, gt=0)
+    retry_max_backoff_s: Seconds = 5.0
+    answer_timeout_s: Seconds = 60.0
     """A commit the broker has not answered for this long is sent again (librdkafka keeps retrying a commit to
     an unresponsive coordinator by itself; this bounds how long progress waits on one such request)."""
 
 
 class ShutdownConfig(_Section):
-    timeout_s: float = Field(25.0, gt=0)
+    timeout_s: Seconds = 25.0
     """SIGTERM: flush in-flight batches and commit within this deadline (keep it below Kubernetes'
     terminationGracePeriodSeconds); past it, exit without committing undelivered work."""
 
@@ -117,15 +122,15 @@ class HealthConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     """0 picks a free port (tests)."""
-    liveness_stall_s: float = Field(120.0, gt=0)
+    liveness_stall_s: Seconds = 120.0
     """/livez fails when a lane's poll loop has not iterated for this long."""
 
 
 class RetryConfig(_Section):
-    initial_backoff_s: float = Field(0.5, gt=0)
-    max_backoff_s: float = Field(30.0, gt=0)
-    credentials_backoff_s: float = Field(60.0, gt=0)
-    max_retry_after_s: float = Field(300.0, gt=0)
+    initial_backoff_s: Seconds = 0.5
+    max_backoff_s: Seconds = 30.0
+    credentials_backoff_s: Seconds = 60.0
+    max_retry_after_s: Seconds = 300.0
     """Cap on a destination's ``Retry-After`` (independent of ``max_backoff_s``)."""
 
 
@@ -138,7 +143,7 @@ class FreshsuccessConfig(_Section):
     ordered: bool = False
     """Keep each partition's events in order: one batch in flight at a time."""
     compress_level: int = Field(1, ge=0, le=9)
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: Seconds = 30.0
     ping_at_start: bool = True
     ca_bundle: Path | None = None
     """PEM CA bundle that verifies the server's certificate instead of the default trust store."""
@@ -152,7 +157,7 @@ class FreshpaintConfig(_Section):
     max_in_flight_requests: int = Field(64, ge=1, le=4096)
     ordered: bool = False
     """Send each partition's events one after another, in offset order (partitions still run concurrently)."""
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: Seconds = 10.0
     ca_bundle: Path | None = None
     """PEM CA bundle that verifies the server's certificate instead of the default trust store."""
     token: SecretStr | None = None

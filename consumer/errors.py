@@ -51,35 +51,41 @@ class MappingInvalid(ConfigError):
 
 
 class EventError(UsageConsumerError):
-    """A single event that cannot be delivered; it goes to the dead-letter topic."""
+    """A single event that cannot be delivered; it goes to the dead-letter topic.
+
+    Each subclass names its ``reason`` in its header (``class X(EventError, reason="x")``). The keyword is
+    required, so a new kind of bad event cannot reach the dead-letter topic under its parent's code.
+    """
 
     reason = "bad_event"
 
-
-class DecodeError(EventError):
-    reason = "undecodable"
-
-
-class UnknownSchema(EventError):
-    reason = "unknown_schema"
+    def __init_subclass__(cls, *, reason: str) -> None:
+        super().__init_subclass__()
+        cls.reason = reason
 
 
-class MappingFailed(EventError):
-    reason = "mapping_failed"
+class DecodeError(EventError, reason="undecodable"):
+    """Bytes that are not a valid event for their framing / schema."""
 
 
-class MissingRequiredField(EventError):
-    reason = "missing_required_field"
+class UnknownSchema(EventError, reason="unknown_schema"):
+    """A schema id or fingerprint that no registry or schema file knows."""
 
 
-class OversizedEvent(EventError):
-    reason = "oversized"
+class MappingFailed(EventError, reason="mapping_failed"):
+    """A rule could not be applied to this event (e.g. a value that won't convert)."""
 
 
-class Rejected(EventError):
+class MissingRequiredField(EventError, reason="missing_required_field"):
+    """An output lacks a field its destination requires."""
+
+
+class OversizedEvent(EventError, reason="oversized"):
+    """The record is larger than the configured limit."""
+
+
+class Rejected(EventError, reason="rejected"):
     """The destination refused the event (non-retryable); ``status`` and ``body`` say how."""
-
-    reason = "rejected"
 
     def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
         super().__init__(message)

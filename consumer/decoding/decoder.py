@@ -19,7 +19,8 @@ Errors: :class:`DecodeError` (bad framing, truncated, trailing bytes, undecodabl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, ClassVar, Literal, get_args
 
@@ -40,9 +41,11 @@ from consumer.errors import ConfigError, DecodeError, UnknownSchema
 
 __all__ = [
     "FRAMINGS",
+    "FRAMING_HEADERS",
     "ConfluentDecoder",
     "Decoder",
     "Framing",
+    "FramingHeader",
     "RawDecoder",
     "SingleObjectDecoder",
     "encode_confluent",
@@ -54,8 +57,31 @@ __all__ = [
 Framing = Literal["confluent", "single-object", "raw"]
 FRAMINGS: tuple[Framing, ...] = get_args(Framing)
 
-_CONFLUENT_HEADER_BYTES = 5
-_SINGLE_OBJECT_HEADER_BYTES = 10
+
+@dataclass(frozen=True)
+class FramingHeader:
+    """The fixed-size header a framing puts before the Avro body: magic bytes, then the writer schema's key.
+
+    ``layout`` and ``wrong_magic`` go into the messages about a value too short for the header or without the
+    magic bytes (``{found}``: the hex of the bytes found instead).
+    """
+
+    size: int
+    magic: bytes
+    layout: str
+    wrong_magic: str
+
+
+FRAMING_HEADERS: Mapping[Framing, FramingHeader] = {
+    "confluent": FramingHeader(5, CONFLUENT_MAGIC, "magic byte 0x00 + 4-byte schema id",
+                               "first byte is 0x{found}, the magic byte must be 0x00 "
+                               "(is this topic really Confluent-framed Avro?)"),
+    "single-object": FramingHeader(10, SINGLE_OBJECT_MAGIC, "0xC3 0x01 + 8-byte fingerprint",
+                                   "first two bytes are 0x{found}, must be 0xc301 "
+                                   "(is this topic really Avro single-object encoded?)"),
+}
+"""The header of each framing that has one (``raw`` has none): its facts stated once, here."""
+
 _NO_VALUE = "the record has no value (a tombstone?): nothing to decode"
 _MAX_DETAIL_CHARS = 200
 
@@ -95,7 +121,46 @@ class Decoder(ABC):
         return f"{type(self).__name__}(reader={self.reader.name!r})"
 
 
-class ConfluentDecoder(Decoder):
+class _HeaderDecoder(Decoder):
+    """A framing whose header (``FRAMING_HEADERS``) precedes the Avro body.
+
+    The header checks, the plan cache and the hot path are the same for every such framing; a subclass
+    only finds the plan for a writer schema it has not seen yet.
+    """
+
+    def __init__(self, reader: ParsedSchema) -> None:
+        super().__init__(reader)
+        self._header = FRAMING_HEADERS[self.framing]
+        self._header_bytes = self._header.size  # read per event: one attribute, not two
+        self._plans: dict[bytes, _Plan] = {}  # by the whole header: one slice and one lookup per event
+
+    def decode(self, value: bytes | None) -> dict[str, Any]:
+        if value is None:
+            raise DecodeError(_NO_VALUE)
+        size = self._header_bytes
+        plan = self._plans.get(value[:size])
+        if plan is None:
+            plan = self._new_plan(value)
+        return _read_body(plan, value[size:])
+
+    def _new_plan(self, value: bytes) -> _Plan:
+        header = self._header
+        if len(value) < header.size:
+            raise DecodeError(f"{self.framing} framing: {len(value)} bytes is shorter than the "
+                              f"{header.size}-byte header ({header.layout})")
+        found = value[:len(header.magic)]
+        if found != header.magic:
+            raise DecodeError(f"{self.framing} framing: {header.wrong_magic.format(found=found.hex())}")
+        plan = self._writer_plan(value[len(header.magic):header.size])
+        self._plans[value[:header.size]] = plan
+        return plan
+
+    @abstractmethod
+    def _writer_plan(self, key: bytes) -> _Plan:
+        """The plan for the writer schema that ``key`` (the header after the magic bytes) names, first seen."""
+
+
+class ConfluentDecoder(_HeaderDecoder):
     """Confluent wire format; writer schemas from the Schema Registry, cached per schema id."""
 
     framing = "confluent"
@@ -103,31 +168,12 @@ class ConfluentDecoder(Decoder):
     def __init__(self, reader: ParsedSchema, registry: SchemaRegistryClient) -> None:
         super().__init__(reader)
         self._registry = registry
-        self._plans: dict[bytes, _Plan] = {}  # by the 5 header bytes: one slice and one lookup per event
 
     def close(self) -> None:
         self._registry.close()
 
-    def decode(self, value: bytes | None) -> dict[str, Any]:
-        if value is None:
-            raise DecodeError(_NO_VALUE)
-        plan = self._plans.get(value[:_CONFLUENT_HEADER_BYTES])
-        if plan is None:
-            plan = self._new_plan(value)
-        return _read_body(plan, value[_CONFLUENT_HEADER_BYTES:])
-
-    def _new_plan(self, value: bytes) -> _Plan:
-        if len(value) < _CONFLUENT_HEADER_BYTES:
-            raise DecodeError(
-                f"confluent framing: {len(value)} bytes is shorter than the 5-byte header "
-                "(magic byte 0x00 + 4-byte schema id)"
-            )
-        if value[:1] != CONFLUENT_MAGIC:
-            raise DecodeError(
-                f"confluent framing: first byte is 0x{value[0]:02x}, the magic byte must be 0x00 "
-                "(is this topic really Confluent-framed Avro?)"
-            )
-        schema_id = int.from_bytes(value[1:_CONFLUENT_HEADER_BYTES], "big")
+    def _writer_plan(self, key: bytes) -> _Plan:
+        schema_id = int.from_bytes(key, "big")
         schema = self._registry.get_schema(schema_id)  # UnknownSchema / TransientError / FatalError
         if is_recursive(schema):
             raise UnknownSchema(f"schema id {schema_id} is recursive (a record containing itself): refused, "
@@ -136,12 +182,10 @@ class ConfluentDecoder(Decoder):
             writer = parse(schema)
         except ConfigError as exc:
             raise UnknownSchema(f"schema id {schema_id} from the registry is not usable: {exc}") from exc
-        plan = _Plan(writer, self.reader, f"schema id {schema_id} ({writer.name})")
-        self._plans[value[:_CONFLUENT_HEADER_BYTES]] = plan
-        return plan
+        return _Plan(writer, self.reader, f"schema id {schema_id} ({writer.name})")
 
 
-class SingleObjectDecoder(Decoder):
+class SingleObjectDecoder(_HeaderDecoder):
     """Avro single-object encoding; writer schemas from a SchemaStore by fingerprint."""
 
     framing = "single-object"
@@ -149,32 +193,11 @@ class SingleObjectDecoder(Decoder):
     def __init__(self, reader: ParsedSchema, store: SchemaStore) -> None:
         super().__init__(reader)
         self._store = store
-        self._plans: dict[bytes, _Plan] = {}  # by the 10 header bytes
 
-    def decode(self, value: bytes | None) -> dict[str, Any]:
-        if value is None:
-            raise DecodeError(_NO_VALUE)
-        plan = self._plans.get(value[:_SINGLE_OBJECT_HEADER_BYTES])
-        if plan is None:
-            plan = self._new_plan(value)
-        return _read_body(plan, value[_SINGLE_OBJECT_HEADER_BYTES:])
-
-    def _new_plan(self, value: bytes) -> _Plan:
-        if len(value) < _SINGLE_OBJECT_HEADER_BYTES:
-            raise DecodeError(
-                f"single-object framing: {len(value)} bytes is shorter than the 10-byte header "
-                "(0xC3 0x01 + 8-byte fingerprint)"
-            )
-        if value[:2] != SINGLE_OBJECT_MAGIC:
-            raise DecodeError(
-                f"single-object framing: first two bytes are 0x{value[:2].hex()}, must be 0xc301 "
-                "(is this topic really Avro single-object encoded?)"
-            )
-        fingerprint = value[2:_SINGLE_OBJECT_HEADER_BYTES]
+    def _writer_plan(self, key: bytes) -> _Plan:
+        fingerprint = key
         writer = self.reader if fingerprint == self.reader.fingerprint else self._store.find(fingerprint)
-        plan = _Plan(writer, self.reader, f"writer schema {writer.name} (fingerprint {fingerprint.hex()})")
-        self._plans[value[:_SINGLE_OBJECT_HEADER_BYTES]] = plan
-        return plan
+        return _Plan(writer, self.reader, f"writer schema {writer.name} (fingerprint {fingerprint.hex()})")
 
 
 class RawDecoder(Decoder):

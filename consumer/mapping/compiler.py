@@ -14,10 +14,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import structlog
 
@@ -49,6 +50,7 @@ from consumer.mapping.model import (
     Not,
     ObjectOf,
     Op,
+    Output,
     Predicate,
     Rule,
     Template,
@@ -76,6 +78,7 @@ MapFn: TypeAlias = Callable[[dict[str, Any], str, int, int], list[dict[str, Any]
 """``(record, topic, partition, offset) -> outputs`` for one destination; ``[]`` when no rule selects it."""
 
 _RuleFn: TypeAlias = Callable[[dict[str, Any], str, int, int, list[dict[str, Any]]], None]
+_O = TypeVar("_O", bound=Output)
 
 EVENT_ID_FIELD = "event_id"
 
@@ -380,6 +383,16 @@ def _describe_user_props(value: Value) -> str:
     return _describe_source(value)
 
 
+def _where(rule: Rule, destination: Destination, output: Output, what: str) -> str:
+    """How messages name an output: its rule, destination, 1-based position and what it makes."""
+    return f"rule {rule.name!r}: {destination.value} output #{output.index + 1} ({what})"
+
+
+def _rule_function_name(index: int, destination: Destination) -> str:
+    """The generated function of rule ``index`` for ``destination`` (emitted once, then looked up by name)."""
+    return f"_rule{index}_{destination.value}"
+
+
 class _Compiler:
     def __init__(self, model: MappingModel) -> None:
         self.model = model
@@ -572,18 +585,23 @@ class _Compiler:
 
     # -- rules ----------------------------------------------------------------------------------------
 
-    def freshsuccess_rule(self, fn_name: str, rule: Rule, residual: str | None) -> None:
+    def rule_function(self, index: int, destination: Destination, residual: str | None,
+                      outputs: Sequence[_O], emit_output: Callable[[_O], None]) -> str:
+        """Emit rule ``index``'s function for ``destination`` and return its name: the ``when:`` test the
+        dispatch table left (``residual``), then each output's code, in the same shape for every destination."""
+        fn_name = _rule_function_name(index, destination)
         self.emit(0, f"def {fn_name}(r, topic, partition, offset, out):")
         self.prefix_vars = {}
         if residual:
             self.emit(1, f"if not {residual}(r):")
             self.emit(2, "return")
-        for output in rule.freshsuccess:
-            self.freshsuccess_output(rule, output)
+        for output in outputs:
+            emit_output(output)
         self.emit(0, "")
+        return fn_name
 
     def freshsuccess_output(self, rule: Rule, output: FreshsuccessOutput) -> None:
-        where = f"rule {rule.name!r}: freshsuccess output #{output.index + 1} (action {output.action!r})"
+        where = _where(rule, Destination.FRESHSUCCESS, output, f"action {output.action!r}")
         spec = FRESHSUCCESS_ACTIONS[output.action]
         required = (*FRESHSUCCESS_BASE_FIELDS, *spec.required)
         present: dict[str, str] = {}
@@ -613,19 +631,8 @@ class _Compiler:
             self.emit(2, f"{obj}[{_literal(key)}] = {temp}")
         self.emit(1, f"out.append({obj})")
 
-    def freshpaint_rule(self, fn_name: str, rule: Rule, residual: str | None) -> None:
-        self.emit(0, f"def {fn_name}(r, topic, partition, offset, out):")
-        self.prefix_vars = {}
-        if residual:
-            self.emit(1, f"if not {residual}(r):")
-            self.emit(2, "return")
-        for output in rule.freshpaint:
-            self.freshpaint_output(rule, output)
-        self.emit(0, "")
-
     def freshpaint_output(self, rule: Rule, output: FreshpaintOutput) -> None:
-        kind = "$identify" if output.identify else "event"
-        where = f"rule {rule.name!r}: freshpaint output #{output.index + 1} ({kind})"
+        where = _where(rule, Destination.FRESHPAINT, output, "$identify" if output.identify else "event")
         if output.event is None:
             event = _literal(IDENTIFY_EVENT)
         elif self.always_present(output.event):
@@ -721,16 +728,14 @@ class _Compiler:
             residual = None
             if not isinstance(residual_pred, Always):
                 residual = self.bind(compile_predicate(residual_pred), "_when")
-            names: dict[Destination, str | None] = {Destination.FRESHSUCCESS: None, Destination.FRESHPAINT: None}
             if rule.freshsuccess:
-                names[Destination.FRESHSUCCESS] = f"_rule{index}_freshsuccess"
-                self.freshsuccess_rule(f"_rule{index}_freshsuccess", rule, residual)
+                emit_fs = partial(self.freshsuccess_output, rule)
+                fs_name = self.rule_function(index, Destination.FRESHSUCCESS, residual, rule.freshsuccess, emit_fs)
+                routes[Destination.FRESHSUCCESS].append((values, fs_name))
             if rule.freshpaint:
-                names[Destination.FRESHPAINT] = f"_rule{index}_freshpaint"
-                self.freshpaint_rule(f"_rule{index}_freshpaint", rule, residual)
-            for destination, fn_name in names.items():
-                if fn_name is not None:
-                    routes[destination].append((values, fn_name))
+                emit_fp = partial(self.freshpaint_output, rule)
+                fp_name = self.rule_function(index, Destination.FRESHPAINT, residual, rule.freshpaint, emit_fp)
+                routes[Destination.FRESHPAINT].append((values, fp_name))
 
         for destination, entries in routes.items():
             if not entries:
@@ -738,17 +743,14 @@ class _Compiler:
             name = f"map_{destination.value}"
             if key_field is None:
                 self.emit(0, f"_{name}_all = ({''.join(f'{fn}, ' for _, fn in entries)})")
-                self.emit(0, f"def {name}(r, topic, partition, offset):")
-                self.emit(1, "out = []")
-                self.emit(1, f"for f in _{name}_all:")
-                self.emit(2, "f(r, topic, partition, offset, out)")
-                self.emit(1, "return out")
+                rule_fns = f"_{name}_all"
             else:
-                self.emit(0, f"def {name}(r, topic, partition, offset):")
-                self.emit(1, "out = []")
-                self.emit(1, f"for f in _{name}_table.get(r.get({_literal(key_field)}), _{name}_other):")
-                self.emit(2, "f(r, topic, partition, offset, out)")
-                self.emit(1, "return out")
+                rule_fns = f"_{name}_table.get(r.get({_literal(key_field)}), _{name}_other)"
+            self.emit(0, f"def {name}(r, topic, partition, offset):")
+            self.emit(1, "out = []")
+            self.emit(1, f"for f in {rule_fns}:")
+            self.emit(2, "f(r, topic, partition, offset, out)")
+            self.emit(1, "return out")
             self.emit(0, "")
 
         python_source = "\n".join(self.lines) + "\n"
@@ -770,11 +772,11 @@ class _Compiler:
                                                                 if values is None)
 
         for index, rule in enumerate(self.model.rules):
-            programs.append(_RuleProgram(
+            programs.append(_RuleProgram(  # None where the rule has no outputs: no function was emitted
                 name=rule.name,
                 matches=compile_predicate(rule.when),
-                freshsuccess=self.ns.get(f"_rule{index}_freshsuccess") if rule.freshsuccess else None,
-                freshpaint=self.ns.get(f"_rule{index}_freshpaint") if rule.freshpaint else None,
+                freshsuccess=self.ns.get(_rule_function_name(index, Destination.FRESHSUCCESS)),
+                freshpaint=self.ns.get(_rule_function_name(index, Destination.FRESHPAINT)),
             ))
         return CompiledMapping(
             freshsuccess=self.ns.get("map_freshsuccess"),

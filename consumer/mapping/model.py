@@ -11,7 +11,7 @@ import base64
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -167,17 +167,24 @@ Predicate: TypeAlias = Compare | AllOf | AnyOf | Not | Always
 
 
 @dataclass(frozen=True)
-class FreshsuccessOutput:
+class Output:
+    """Where an output stands, so that messages can name it: ``index``, its 0-based position in its rule's
+    list for its destination, and its line in the file. Shared by every destination's output."""
+
+    index: int = field(kw_only=True)
+    line: int | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True)
+class FreshsuccessOutput(Output):
     """One Freshsuccess event: ``fields`` already include the ``defaults:`` the output did not override."""
 
     action: str
     fields: tuple[tuple[str, Value], ...]
-    index: int
-    line: int | None = None
 
 
 @dataclass(frozen=True)
-class FreshpaintOutput:
+class FreshpaintOutput(Output):
     """One Freshpaint event; ``event`` is ``None`` for ``identify: true`` (the name is ``$identify``).
 
     ``properties`` already include the ``defaults:`` the output did not override.
@@ -189,8 +196,6 @@ class FreshpaintOutput:
     pass_properties: FieldRef | None
     integrations: tuple[tuple[str, bool], ...] | None
     user_props: Value | None
-    index: int
-    line: int | None = None
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
-from typing import Any
+from typing import Any, TypeVar
 
 from consumer.errors import MappingFailed
 from consumer.mapping.model import (
@@ -55,6 +55,7 @@ from consumer.mapping.model import (
     Not,
     ObjectOf,
     Op,
+    Output,
     Predicate,
     Rule,
     Template,
@@ -80,23 +81,32 @@ MILLIS_LOGICAL = frozenset({"timestamp-millis", "local-timestamp-millis", "time-
 MICROS_LOGICAL = frozenset({"timestamp-micros", "local-timestamp-micros", "time-micros"})
 TIMESTAMP_LOGICAL = MILLIS_LOGICAL | MICROS_LOGICAL
 
+_O = TypeVar("_O", bound=Output)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Reader schema, reduced to what the checks need
 
 
-@dataclass(eq=False)
-class SchemaType:
-    """One Avro type as the mapping sees it: JSON kinds it decodes to, nullability, and what is inside."""
+@dataclass(frozen=True, eq=False)
+class _Kinds:
+    """What values look like in JSON: kinds (empty = always null), whether null is possible, the Avro logical
+    type and decimal scale they carry. The checks ask this alike of schema types and of expressions."""
 
     kinds: frozenset[str]
     nullable: bool
+    logical: str | None = field(default=None, kw_only=True)
+    scale: int | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True, eq=False)
+class SchemaType(_Kinds):
+    """One Avro type as the mapping sees it: JSON kinds it decodes to, nullability, and what is inside."""
+
     avro: str
-    logical: str | None = None
     fields: dict[str, SchemaType] | None = None  # a record (or a union holding one)
     values: SchemaType | None = None  # a map (or a union holding one)
     items: SchemaType | None = None  # an array (or a union holding one)
-    scale: int | None = None  # a decimal (or a union holding decimals of one scale)
     branches: tuple[SchemaType, ...] = ()  # a union: its non-null branches
 
 
@@ -139,11 +149,10 @@ class _SchemaParser:
         if kind == "enum":
             return self._register(schema, namespace, SchemaType(frozenset({"string"}), False, "enum"))
         if kind == "fixed":
-            node = self._register(schema, namespace, SchemaType(frozenset({"bytes"}), False, "fixed"))
             if logical == "decimal":
-                node.logical, node.scale = "decimal", _scale(schema)
-                node.avro = f"{node.avro} (decimal)"
-            return node
+                node = SchemaType(frozenset({"bytes"}), False, "fixed", logical="decimal", scale=_scale(schema))
+                return self._register(schema, namespace, node, suffix=" (decimal)")
+            return self._register(schema, namespace, SchemaType(frozenset({"bytes"}), False, "fixed"))
         if kind == "array":
             items = self.parse(schema.get("items", "null"), namespace)
             return SchemaType(frozenset({"array"}), False, f"array<{items.avro}>", items=items)
@@ -167,11 +176,13 @@ class _SchemaParser:
                 return self.names[candidate]
         raise SchemaUnsupported(f"unknown named type {name!r}")
 
-    def _register(self, schema: dict[str, Any], namespace: str | None, node: SchemaType) -> SchemaType:
+    def _register(self, schema: dict[str, Any], namespace: str | None, node: SchemaType,
+                  suffix: str = "") -> SchemaType:
+        """``node`` named after the schema's name (then ``suffix``) in its ``avro``, and known by that name."""
         name = str(schema.get("name", ""))
         space = schema.get("namespace", namespace)
         full = name if "." in name or not space else f"{space}.{name}"
-        node.avro = f"{node.avro} {name.rsplit('.', 1)[-1]}".strip()
+        node = replace(node, avro=f"{node.avro} {name.rsplit('.', 1)[-1]}".strip() + suffix)
         self.names[full] = node
         self.names.setdefault(name, node)
         return node
@@ -230,7 +241,7 @@ def _members(node: SchemaType) -> list[SchemaType]:
     return members
 
 
-def _json_fix(node: SchemaType) -> tuple[str, str]:
+def _json_fix(node: _Kinds) -> tuple[str, str]:
     """(what the value is, the conversion that makes it JSON) for a bytes-like type."""
     if node.logical == "decimal":
         return "a decimal", "'convert: string' (exact text) or 'convert: float'"
@@ -291,14 +302,10 @@ def field_ref(ref: FieldPath, node: SchemaType) -> FieldRef:
 
 
 @dataclass(frozen=True)
-class ExprType:
-    """What an expression can produce: JSON kinds (empty = always null), whether null is possible."""
+class ExprType(_Kinds):
+    """What an expression can produce, and how messages describe the expression."""
 
-    kinds: frozenset[str]
-    nullable: bool
     describe: str
-    logical: str | None = None
-    scale: int | None = None
 
 
 def _kind_of_constant(value: Any) -> frozenset[str]:
@@ -453,11 +460,20 @@ class _Builder:
         for unknown in find_unknown_keys(self.loc, path, tuple(allowed)):
             self.problem(unknown.path, unknown.message)
 
-    def mapping_at(self, path: PathKey, raw: Any, what: str) -> dict[Any, Any] | None:
+    def mapping_at(self, path: PathKey, raw: Any, what: str, keys: Iterable[str] | None = None
+                   ) -> dict[Any, Any] | None:
+        """``raw`` when it is a mapping (given ``keys``, any other key it has is reported), else None."""
         if isinstance(raw, dict):
+            if keys is not None:
+                self.unknown_keys(path, keys)
             return raw
         self.problem(path, f"{what} must be a mapping (key: value lines), not {_yaml_kind(raw)}")
         return None
+
+    def mapping_under(self, path: PathKey, parent: dict[Any, Any], key: str, what: str) -> dict[Any, Any] | None:
+        """``parent[key]`` as a mapping; None when it is absent or null (nothing to check) or not a mapping."""
+        raw = parent.get(key)
+        return None if raw is None else self.mapping_at((*path, key), raw, what)
 
     def list_at(self, path: PathKey, raw: Any, what: str) -> list[Any] | None:
         if isinstance(raw, list):
@@ -473,10 +489,9 @@ class _Builder:
         if doc is None:
             self.problem((), "the mapping file is empty")
             return None
-        top = self.mapping_at((), doc, "the mapping file")
+        top = self.mapping_at((), doc, "the mapping file", TOP_KEYS)
         if top is None:
             return None
-        self.unknown_keys((), TOP_KEYS)
         version = top.get("version")
         if "version" not in top:
             self.problem((), f"'version' is missing (use: version: {SUPPORTED_VERSIONS[-1]})")
@@ -505,36 +520,29 @@ class _Builder:
         fp: dict[str, _Typed] = {}
         if raw is None:
             return fs, fp
-        mapping = self.mapping_at(("defaults",), raw, "defaults")
+        mapping = self.mapping_at(("defaults",), raw, "defaults", DEFAULTS_KEYS)
         if mapping is None:
             return fs, fp
-        self.unknown_keys(("defaults",), DEFAULTS_KEYS)
-        fs_raw = mapping.get("freshsuccess")
-        if fs_raw is not None:
+        fs_map = self.mapping_under(("defaults",), mapping, "freshsuccess", "defaults.freshsuccess")
+        if fs_map is not None:
             path: PathKey = ("defaults", "freshsuccess")
-            fs_map = self.mapping_at(path, fs_raw, "defaults.freshsuccess")
-            if fs_map is not None:
-                self.unknown_keys(path, FRESHSUCCESS_BASE_FIELDS)
-                for key, item in fs_map.items():
-                    if key in FRESHSUCCESS_BASE_FIELDS:
-                        typed = self.value((*path, key), item, in_default=False)
-                        if typed is None:
-                            self.broken_defaults.add(key)
-                        else:
-                            self.check_slot((*path, key), key, typed, FRESHSUCCESS_SLOTS[key],
-                                            required_text=key in FRESHSUCCESS_REQUIRED_TEXT)
-                            fs[key] = typed
-        fp_raw = mapping.get("freshpaint")
-        if fp_raw is not None:
-            path = ("defaults", "freshpaint")
-            fp_map = self.mapping_at(path, fp_raw, "defaults.freshpaint")
-            if fp_map is not None:
-                for key, item in fp_map.items():
-                    typed = self.property((*path, key), key, item)
+            self.unknown_keys(path, FRESHSUCCESS_BASE_FIELDS)
+            for key, item in fs_map.items():
+                if key in FRESHSUCCESS_BASE_FIELDS:
+                    typed = self.value((*path, key), item, in_default=False)
                     if typed is None:
-                        self.broken_defaults.add(str(key))
+                        self.broken_defaults.add(key)
                     else:
-                        fp[str(key)] = typed
+                        self.check_slot((*path, key), key, typed, FRESHSUCCESS_SLOTS[key],
+                                        required_text=key in FRESHSUCCESS_REQUIRED_TEXT)
+                        fs[key] = typed
+        fp_map = self.mapping_under(("defaults",), mapping, "freshpaint", "defaults.freshpaint")
+        for key, item in (fp_map or {}).items():
+            typed = self.property(("defaults", "freshpaint", key), key, item)
+            if typed is None:
+                self.broken_defaults.add(str(key))
+            else:
+                fp[str(key)] = typed
         return fs, fp
 
     # -- rules ------------------------------------------------------------------------------------------
@@ -560,35 +568,32 @@ class _Builder:
 
         when = self.predicate((*path, "when"), mapping.get("when")) if "when" in mapping else Always()
 
-        fs_outputs: list[FreshsuccessOutput] = []
-        fp_outputs: list[FreshpaintOutput] = []
-        if "freshsuccess" in mapping:
-            items = self.list_at((*path, "freshsuccess"), mapping["freshsuccess"], "freshsuccess")
-            for i, item in enumerate(items or []):
-                fs_out = self.freshsuccess_output((*path, "freshsuccess", i), i, item, fs_defaults)
-                if fs_out is not None:
-                    fs_outputs.append(fs_out)
-        if "freshpaint" in mapping:
-            items = self.list_at((*path, "freshpaint"), mapping["freshpaint"], "freshpaint")
-            for i, item in enumerate(items or []):
-                fp_out = self.freshpaint_output((*path, "freshpaint", i), i, item, fp_defaults)
-                if fp_out is not None:
-                    fp_outputs.append(fp_out)
+        fs_outputs = self.outputs(path, mapping, "freshsuccess", fs_defaults, self.freshsuccess_output)
+        fp_outputs = self.outputs(path, mapping, "freshpaint", fp_defaults, self.freshpaint_output)
         if not mapping.get("freshsuccess") and not mapping.get("freshpaint"):
             self.problem(path, "the rule has no outputs: give it 'freshsuccess:' and/or 'freshpaint:' items")
         if when is None or not isinstance(name, str):
             return None
-        return Rule(name=name, when=when, freshsuccess=tuple(fs_outputs), freshpaint=tuple(fp_outputs),
+        return Rule(name=name, when=when, freshsuccess=fs_outputs, freshpaint=fp_outputs,
                     line=self.loc.line_of(path))
+
+    def outputs(self, path: PathKey, mapping: dict[Any, Any], key: str, defaults: dict[str, _Typed],
+                build: Callable[[PathKey, int, Any, dict[str, _Typed]], _O | None]) -> tuple[_O, ...]:
+        """The rule's outputs listed under ``key`` (a destination), each made by ``build``; those that could
+        not be made are left out (their problems are reported)."""
+        if key not in mapping:
+            return ()
+        items = self.list_at((*path, key), mapping[key], key)
+        made = (build((*path, key, i), i, item, defaults) for i, item in enumerate(items or []))
+        return tuple(output for output in made if output is not None)
 
     # -- outputs ----------------------------------------------------------------------------------------
 
     def freshsuccess_output(self, path: PathKey, index: int, raw: Any,
                             defaults: dict[str, _Typed]) -> FreshsuccessOutput | None:
-        mapping = self.mapping_at(path, raw, "a freshsuccess output")
+        mapping = self.mapping_at(path, raw, "a freshsuccess output", FRESHSUCCESS_OUTPUT_KEYS)
         if mapping is None:
             return None
-        self.unknown_keys(path, FRESHSUCCESS_OUTPUT_KEYS)
         action = mapping.get("action")
         spec = FRESHSUCCESS_ACTIONS.get(action) if isinstance(action, str) else None
         if spec is None:
@@ -603,45 +608,38 @@ class _Builder:
         allowed = (*FRESHSUCCESS_BASE_FIELDS, *spec.required, *spec.optional)
         merged: dict[str, _Typed] = dict(defaults)
         broken = set(self.broken_defaults)
-        fields_raw = mapping.get("fields")
-        if fields_raw is not None:
+        fields_map = self.mapping_under(path, mapping, "fields", "fields")
+        if fields_map is not None:
             fields_path = (*path, "fields")
-            fields_map = self.mapping_at(fields_path, fields_raw, "fields")
-            if fields_map is not None:
-                for unknown in find_unknown_keys(self.loc, fields_path, allowed):
-                    extra = "" if unknown.suggestion else f" (action {action!r} takes: {', '.join(allowed)})"
-                    self.problem(unknown.path, f"{unknown.message}{extra}")
-                for key, item in fields_map.items():
-                    if key not in allowed:
-                        continue
-                    typed = self.value((*fields_path, key), item, in_default=False)
-                    if typed is None:
-                        broken.add(key)
-                        continue
-                    self.check_slot((*fields_path, key), key, typed, FRESHSUCCESS_SLOTS[key],
-                                    required_text=key in FRESHSUCCESS_REQUIRED_TEXT)
-                    merged[key] = typed
-        for key in (*FRESHSUCCESS_BASE_FIELDS, *spec.required):
-            typed_value = merged.get(key)
-            if typed_value is None and key in broken:
-                continue  # already reported where the broken value stands
-            if typed_value is None or not typed_value.type.kinds:
-                if key in FRESHSUCCESS_BASE_FIELDS:
-                    self.problem(path, f"action {action!r} requires {key!r}, but neither this output's fields "
-                                       "nor defaults.freshsuccess map it to a value")
-                else:
-                    self.problem(path, f"action {action!r} requires {key!r}, but this output's fields do not "
-                                       "map it to a value")
+            for unknown in find_unknown_keys(self.loc, fields_path, allowed):
+                extra = "" if unknown.suggestion else f" (action {action!r} takes: {', '.join(allowed)})"
+                self.problem(unknown.path, f"{unknown.message}{extra}")
+            for key, item in fields_map.items():
+                if key not in allowed:
+                    continue
+                typed = self.value((*fields_path, key), item, in_default=False)
+                if typed is None:
+                    broken.add(key)
+                    continue
+                self.check_slot((*fields_path, key), key, typed, FRESHSUCCESS_SLOTS[key],
+                                required_text=key in FRESHSUCCESS_REQUIRED_TEXT)
+                merged[key] = typed
+        for key in _unmapped((*FRESHSUCCESS_BASE_FIELDS, *spec.required), merged, broken):
+            if key in FRESHSUCCESS_BASE_FIELDS:
+                self.problem(path, f"action {action!r} requires {key!r}, but neither this output's fields "
+                                   "nor defaults.freshsuccess map it to a value")
+            else:
+                self.problem(path, f"action {action!r} requires {key!r}, but this output's fields do not "
+                                   "map it to a value")
         order = [k for k in allowed if k in merged]
         return FreshsuccessOutput(action=action, fields=tuple((k, merged[k].value) for k in order),
                                   index=index, line=self.loc.line_of(path))
 
     def freshpaint_output(self, path: PathKey, index: int, raw: Any,
                           defaults: dict[str, _Typed]) -> FreshpaintOutput | None:
-        mapping = self.mapping_at(path, raw, "a freshpaint output")
+        mapping = self.mapping_at(path, raw, "a freshpaint output", FRESHPAINT_OUTPUT_KEYS)
         if mapping is None:
             return None
-        self.unknown_keys(path, FRESHPAINT_OUTPUT_KEYS)
         identify = mapping.get("identify", False)
         if not isinstance(identify, bool):
             self.problem((*path, "identify"), "identify must be true or false")
@@ -662,24 +660,17 @@ class _Builder:
 
         merged: dict[str, _Typed] = dict(defaults)
         broken = set(self.broken_defaults)
-        props_raw = mapping.get("properties")
-        if props_raw is not None:
-            props_path = (*path, "properties")
-            props = self.mapping_at(props_path, props_raw, "properties")
-            for key, item in (props or {}).items():
-                typed = self.property((*props_path, key), key, item)
-                if typed is None:
-                    broken.add(str(key))
-                    merged.pop(str(key), None)
-                else:
-                    merged[str(key)] = typed
-        for key in FRESHPAINT_REQUIRED_PROPERTIES:
-            typed_value = merged.get(key)
-            if typed_value is None and key in broken:
-                continue
-            if typed_value is None or not typed_value.type.kinds:
-                self.problem(path, f"Freshpaint requires property {key!r}, but neither this output's "
-                                   "properties nor defaults.freshpaint map it to a value")
+        props = self.mapping_under(path, mapping, "properties", "properties")
+        for key, item in (props or {}).items():
+            typed = self.property((*path, "properties", key), key, item)
+            if typed is None:
+                broken.add(str(key))
+                merged.pop(str(key), None)
+            else:
+                merged[str(key)] = typed
+        for key in _unmapped(FRESHPAINT_REQUIRED_PROPERTIES, merged, broken):
+            self.problem(path, f"Freshpaint requires property {key!r}, but neither this output's "
+                               "properties nor defaults.freshpaint map it to a value")
 
         pass_ref = self.pass_properties((*path, "pass_properties"), mapping.get("pass_properties", False))
 
@@ -780,7 +771,7 @@ class _Builder:
             elif accepts == frozenset({"int"}) and wrong == {"float"}:
                 hint = "; add 'convert: epoch_ms' (or 'convert: int')"
             elif "bytes" in wrong:
-                thing, fix = _json_fix(SchemaType(kinds, False, "", logical=typed.type.logical))
+                thing, fix = _json_fix(typed.type)
                 hint = f"; JSON cannot carry {thing}'s bytes: add {fix}" if thing == "a decimal" else \
                     f"; JSON cannot carry bytes: add {fix}"
             self.problem(path, f"{slot!r} takes {_describe_kinds(accepts)}, but {typed.type.describe} "
@@ -873,7 +864,7 @@ class _Builder:
                     if default else describe
                 hint = ""
                 if "bytes" in wrong and "bytes" not in accepted:
-                    hint = f"; for bytes use {_json_fix(SchemaType(wrong, False, '', logical=etype.logical))[1]}"
+                    hint = f"; for bytes use {_json_fix(etype)[1]}"
                 self.problem((*path, "convert"), f"convert {convert.value!r} cannot apply to {whose}, "
                                                  f"which gives {_describe_kinds(wrong)}{hint}")
                 return None
@@ -903,7 +894,7 @@ class _Builder:
                 convert = None
         value = Value(expr=expr, default=default.value if default else None, convert=convert, line=line,
                       decimal_scale=decimal_scale if convert is not None else None)
-        return _Typed(value, ExprType(kinds, nullable, describe, logical))
+        return _Typed(value, ExprType(kinds, nullable, describe, logical=logical))
 
     def expr(self, path: PathKey, kind: str, raw: dict[str, Any]) -> tuple[Expr, ExprType] | None:
         body = raw[kind]
@@ -920,8 +911,8 @@ class _Builder:
                 self.problem((*path, "field"), f"field '{name}' ({resolved.avro}) {why}")
                 return None
             nullable = self.path_nullable(ref_path)
-            etype = ExprType(resolved.kinds, nullable, f"field '{name}' ({resolved.avro})", resolved.logical,
-                             resolved.scale)
+            etype = ExprType(resolved.kinds, nullable, f"field '{name}' ({resolved.avro})",
+                             logical=resolved.logical, scale=resolved.scale)
             return field_ref(ref_path, resolved), etype
         if kind == "const":
             why = _not_json(body)
@@ -1170,6 +1161,19 @@ class _Builder:
         if op in (Op.IN, Op.NOT_IN):
             return Compare(ref, op, tuple(candidates), line)
         return Compare(ref, op, operand, line)
+
+
+def _unmapped(required: Iterable[str], merged: Mapping[str, _Typed], broken: set[str]) -> list[str]:
+    """The ``required`` keys that no value (or only an always-null one) provides. A key whose value was
+    broken is left out: its problem was already reported where the value stands."""
+    missing = []
+    for key in required:
+        typed = merged.get(key)
+        if typed is None and key in broken:
+            continue
+        if typed is None or not typed.type.kinds:
+            missing.append(key)
+    return missing
 
 
 def _merge_may_hold_floats(merge: Value) -> bool:

@@ -1,4 +1,5 @@
-"""Shared machinery of the destination emulators: recorded state, fault injection and the control API.
+"""Shared machinery of the destination emulators: recorded state, fault injection and the control API (and
+the ready file that every emulator process, the schema registry's included, writes once it listens).
 
 Each emulator keeps its state behind one ``threading.Lock`` because its handlers run on an event loop in
 another thread while tests read the state from their own thread. Handlers take the lock once per request
@@ -8,6 +9,8 @@ another thread while tests read the state from their own thread. Handlers take t
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import threading
 import time
 import zlib
@@ -15,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, TypedDict, TypeVar
 
 import orjson
 import structlog
@@ -244,10 +247,31 @@ def json_response(status: int, payload: Any, headers: Mapping[str, str] | None =
     return web.Response(status=status, body=orjson.dumps(payload), content_type=JSON_CT, headers=headers)
 
 
+def write_ready_file(path: Path, info: dict[str, Any]) -> None:
+    """Write ``info`` as JSON to ``path`` atomically, so a poller waiting for the process never reads half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------------------------- the emulator
 
 
 MAX_LATENCY_SAMPLES = 200_000
+
+_T = TypeVar("_T")
+
+
+class EmulatorOptions(TypedDict, total=False):
+    """What every destination emulator takes besides its keys; :class:`BaseEmulator` gives the defaults."""
+
+    record_dir: Path | None
+    """Append accepted events to ``<record_dir>/<name>.jsonl``."""
+    max_recorded_requests: int | None
+    """Bound on ``requests()`` (bodies included); None keeps every one."""
+    max_kept_events: int | None
+    """Bound on ``events()`` and ``dropped()``; None keeps every one (the counters are always exact)."""
 
 
 class BaseEmulator:
@@ -274,17 +298,23 @@ class BaseEmulator:
         self.faults = FaultPlan()
         self._recorder = JsonlRecorder(record_dir / f"{self.name}.jsonl") if record_dir is not None else None
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(stats={self.stats()})"
+
     # ---- accessors (any thread)
+
+    def _copy(self, kept: deque[_T]) -> list[_T]:
+        """A copy of ``kept`` taken under the lock, so a handler's update is seen whole or not at all."""
+        with self._lock:
+            return list(kept)
 
     def requests(self) -> list[RecordedRequest]:
         """The last ``max_recorded_requests`` requests to the destination API (control calls excluded)."""
-        with self._lock:
-            return list(self._requests)
+        return self._copy(self._requests)
 
     def events(self) -> list[dict[str, Any]]:
         """Accepted events in arrival order (the last ``max_kept_events`` when that limit is set)."""
-        with self._lock:
-            return list(self._events)
+        return self._copy(self._events)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -309,13 +339,11 @@ class BaseEmulator:
 
     def violations(self) -> list[str]:
         """Protocol deviations seen, one readable line each (paths never contain keys)."""
-        with self._lock:
-            return list(self._violations)
+        return self._copy(self._violations)
 
     def dropped(self) -> list[tuple[Any, str]]:
         """Events that were not accepted, each with a short stable reason code."""
-        with self._lock:
-            return list(self._dropped)
+        return self._copy(self._dropped)
 
     def inject(self, fault: Fault) -> None:
         self.faults.inject(fault)

@@ -8,16 +8,15 @@ got wrong. ``$insert_id`` de-duplication is exact: a repeat answers 200 and is c
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import orjson
 from aiohttp import web
 
 from consumer.testing.emulators.common import (
-    DEFAULT_MAX_RECORDED_REQUESTS,
     JSON_CT,
     BaseEmulator,
+    EmulatorOptions,
     decode_body,
     json_response,
     media_type,
@@ -62,17 +61,11 @@ class FreshpaintEmulator(BaseEmulator):
         at = properties.get("time") if isinstance(properties, dict) else None
         return float(at) if isinstance(at, int | float) else None
 
-    def __init__(self, *, token: str, record_dir: Path | None = None, bad_token_status: int = 401,
-                 max_recorded_requests: int | None = DEFAULT_MAX_RECORDED_REQUESTS,
-                 max_kept_events: int | None = None) -> None:
-        super().__init__(record_dir=record_dir, max_recorded_requests=max_recorded_requests,
-                         max_kept_events=max_kept_events)
+    def __init__(self, *, token: str, bad_token_status: int = 401, **options: Unpack[EmulatorOptions]) -> None:
+        super().__init__(**options)
         self._token = token
         self._bad_token_status = bad_token_status
         self._seen_insert_ids: set[str] = set()
-
-    def __repr__(self) -> str:
-        return f"FreshpaintEmulator(stats={self.stats()})"
 
     def _reset_extra(self) -> None:
         self._seen_insert_ids.clear()

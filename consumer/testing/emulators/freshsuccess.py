@@ -9,16 +9,15 @@ tests can prove the sender validated and framed its batches correctly.
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import orjson
 from aiohttp import web
 
 from consumer.testing.emulators.common import (
-    DEFAULT_MAX_RECORDED_REQUESTS,
     JSON_CT,
     BaseEmulator,
+    EmulatorOptions,
     decode_body,
     media_type,
 )
@@ -96,17 +95,11 @@ class FreshsuccessEmulator(BaseEmulator):
         created = event.get("createdAt")
         return created / 1000 if isinstance(created, int | float) else None
 
-    def __init__(self, *, auth_key: str, api_key: str, record_dir: Path | None = None,
-                 max_recorded_requests: int | None = DEFAULT_MAX_RECORDED_REQUESTS,
-                 max_kept_events: int | None = None) -> None:
-        super().__init__(record_dir=record_dir, max_recorded_requests=max_recorded_requests,
-                         max_kept_events=max_kept_events)
+    def __init__(self, *, auth_key: str, api_key: str, **options: Unpack[EmulatorOptions]) -> None:
+        super().__init__(**options)
         self._auth_key = auth_key
         self._api_key = api_key
         self._event_path = f"/v1/{auth_key}/{api_key}"
-
-    def __repr__(self) -> str:
-        return f"FreshsuccessEmulator(stats={self.stats()})"
 
     def event_path(self) -> str:
         """The path the sender must post to (contains both keys: do not log it)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import ssl
@@ -18,7 +17,7 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -26,7 +25,13 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from consumer.testing.emulators.common import DEFAULT_MAX_RECORDED_REQUESTS, MAX_BODY_BYTES, BaseEmulator
+from consumer.testing.emulators.common import (
+    DEFAULT_MAX_RECORDED_REQUESTS,
+    MAX_BODY_BYTES,
+    BaseEmulator,
+    EmulatorOptions,
+    write_ready_file,
+)
 from consumer.testing.emulators.freshpaint import FreshpaintEmulator
 from consumer.testing.emulators.freshsuccess import FreshsuccessEmulator
 
@@ -36,6 +41,13 @@ SHUTDOWN_GRACE_S: Final = 1.0
 ENV_AUTH_KEY: Final = "FRESHSUCCESS_AUTH_KEY"
 ENV_API_KEY: Final = "FRESHSUCCESS_API_KEY"
 ENV_TOKEN: Final = "FRESHPAINT_TOKEN"
+
+
+def _destination_emulators(*, auth_key: str, api_key: str, token: str, freshpaint_bad_token_status: int,
+                           **options: Unpack[EmulatorOptions]) -> tuple[FreshsuccessEmulator, FreshpaintEmulator]:
+    """Both destination emulators with the same options, as the in-process pair and the CLI both serve them."""
+    return (FreshsuccessEmulator(auth_key=auth_key, api_key=api_key, **options),
+            FreshpaintEmulator(token=token, bad_token_status=freshpaint_bad_token_status, **options))
 
 
 def server_tls_context(certfile: Path, keyfile: Path | None = None) -> ssl.SSLContext:
@@ -112,13 +124,9 @@ class Emulators:
         self._host = host
         self._ssl_context = server_tls_context(ssl_certfile, ssl_keyfile) if ssl_certfile is not None else None
         self._ports = (freshsuccess_port, freshpaint_port)
-        self.freshsuccess = FreshsuccessEmulator(auth_key=auth_key, api_key=api_key, record_dir=record_dir,
-                                                 max_recorded_requests=max_recorded_requests,
-                                                 max_kept_events=max_kept_events)
-        self.freshpaint = FreshpaintEmulator(token=token, record_dir=record_dir,
-                                             bad_token_status=freshpaint_bad_token_status,
-                                             max_recorded_requests=max_recorded_requests,
-                                             max_kept_events=max_kept_events)
+        self.freshsuccess, self.freshpaint = _destination_emulators(
+            auth_key=auth_key, api_key=api_key, token=token, freshpaint_bad_token_status=freshpaint_bad_token_status,
+            record_dir=record_dir, max_recorded_requests=max_recorded_requests, max_kept_events=max_kept_events)
         self.freshsuccess_url = ""
         self.freshpaint_url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -227,23 +235,12 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _write_ready_file(path: Path, info: dict[str, Any]) -> None:
-    """Write atomically so a poller never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 async def _serve(args: argparse.Namespace, auth_key: str, api_key: str, token: str,
                  context: ssl.SSLContext | None = None) -> None:
-    freshsuccess = FreshsuccessEmulator(auth_key=auth_key, api_key=api_key, record_dir=args.record_dir,
-                                        max_recorded_requests=args.max_recorded_requests,
-                                        max_kept_events=args.max_kept_events)
-    freshpaint = FreshpaintEmulator(token=token, record_dir=args.record_dir,
-                                    bad_token_status=args.freshpaint_bad_token_status,
-                                    max_recorded_requests=args.max_recorded_requests,
-                                    max_kept_events=args.max_kept_events)
+    freshsuccess, freshpaint = _destination_emulators(
+        auth_key=auth_key, api_key=api_key, token=token, freshpaint_bad_token_status=args.freshpaint_bad_token_status,
+        record_dir=args.record_dir, max_recorded_requests=args.max_recorded_requests,
+        max_kept_events=args.max_kept_events)
     servers = EmulatorServers(args.host, [(freshsuccess, args.freshsuccess_port),
                                           (freshpaint, args.freshpaint_port)], ssl_context=context)
     stop = asyncio.Event()
@@ -253,8 +250,8 @@ async def _serve(args: argparse.Namespace, auth_key: str, api_key: str, token: s
     fs_url, fp_url = await servers.start()
     try:
         if args.ready_file is not None:
-            _write_ready_file(args.ready_file, {"freshsuccess_url": fs_url, "freshpaint_url": fp_url,
-                                                "pid": os.getpid()})
+            write_ready_file(args.ready_file, {"freshsuccess_url": fs_url, "freshpaint_url": fp_url,
+                                               "pid": os.getpid()})
         print(f"emulators ready: freshsuccess {fs_url} (events at /v1/<authKey>/<apiKey>), "
               f"freshpaint {fp_url}/track, control API under /_emulator/", flush=True)
         await stop.wait()

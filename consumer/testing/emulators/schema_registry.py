@@ -41,6 +41,8 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from fastavro import parse_schema
 
+from consumer.testing.emulators.common import write_ready_file
+
 log = structlog.get_logger(__name__)
 
 CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"
@@ -380,14 +382,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_ready_file(path: Path, info: dict[str, Any]) -> None:
-    """Write atomically so a poller never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the emulator as a process; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -424,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         if args.ready_file is not None:
-            _write_ready_file(args.ready_file, {"schema_registry_url": emulator.url, "pid": os.getpid()})
+            write_ready_file(args.ready_file, {"schema_registry_url": emulator.url, "pid": os.getpid()})
         print(f"schema registry emulator ready at {emulator.url}", flush=True)
         stop.wait()
     finally:
