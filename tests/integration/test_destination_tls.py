@@ -251,7 +251,7 @@ def test_service_without_the_ca_retries_and_commits_nothing_then_delivers_with_i
     refused = stack.settings(topic, dlq, group=group, freshsuccess={**urls["freshsuccess"], "ping_at_start": False},
                              freshpaint=urls["freshpaint"])
     with RunningService(refused) as running:
-        wait_for(lambda: all(running.lane(name).destination.sink.state == "retrying"
+        wait_for(lambda: all(running.lane(name).sink.state == "retrying"
                              for name in ("freshsuccess", "freshpaint")),
                  timeout_s=60, what="both lanes to retry the refused TLS connections")
         wait_for(lambda: running.service.metrics.exposition().count(b'usage_consumer_retries_total{') >= 2,

@@ -321,7 +321,7 @@ def test_bad_credentials_pause_the_destination_without_dead_letters_until_fixed(
     group = settings.group_for("freshpaint")
     stack.emulators.freshpaint.inject(Fault(status=401, duration_s=600))
     with RunningService(settings) as running:
-        sink = running.lane("freshpaint").destination.sink
+        sink = running.lane("freshpaint").sink
         wait_for(lambda: sink.state == "bad_credentials", timeout_s=30, what="the sink to report bad credentials")
         wait_for(lambda: stack.emulators.freshpaint.stats()["faults_injected"] >= 2, timeout_s=30,
                  what="a retry with the same credentials")

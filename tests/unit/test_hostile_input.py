@@ -50,6 +50,7 @@ from consumer.pipeline.lane import Lane, LaneSettings
 from consumer.pipeline.offsets import TopicPartitionKey, Work
 from consumer.pipeline.ports import SourceCallbacks
 from consumer.pipeline.verdict import Judge
+from consumer.testing.fakes import kafka_message
 from consumer.testing.stepping import ManualClock, SteppedDelivery, step_until
 
 TOPIC = "hostile"
@@ -121,38 +122,16 @@ def new_decoder(schemas: dict[int, dict[str, Any]] | None = None) -> Decoder:
     return make_decoder("confluent", reader_schema=PARSED, registry=StubRegistry(schemas or {SCHEMA_ID: READER}))
 
 
-@dataclass
-class Message:
-    _offset: int
-    _value: bytes | None
-
-    def topic(self) -> str:
-        return TOPIC
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def key(self) -> None:
-        return None
-
-    def headers(self) -> None:
-        return None
-
-    def error(self) -> None:
-        return None
+def Message(offset: int, value: bytes | None) -> Any:
+    """A real ``confluent_kafka.Message``: partition 0 of ``TOPIC``, no key, no headers."""
+    return kafka_message(TOPIC, 0, offset, value)
 
 
 @dataclass
 class ListSource:
     """One partition holding ``pending``; honours pause like librdkafka (paused: nothing is returned)."""
 
-    pending: list[Message]
+    pending: list[Any]
     callbacks: SourceCallbacks
     stored: dict[TopicPartitionKey, int] = field(default_factory=dict)
     paused: bool = False

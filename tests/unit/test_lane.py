@@ -24,6 +24,7 @@ from consumer.pipeline.lane import Lane, LaneSettings
 from consumer.pipeline.offsets import TopicPartitionKey, Work
 from consumer.pipeline.ports import SourceCallbacks
 from consumer.pipeline.verdict import Judge
+from consumer.testing.fakes import kafka_message
 from consumer.testing.stepping import ManualClock, SteppedDelivery, step_until
 
 TOPIC = "usage"
@@ -32,32 +33,9 @@ TICK_S = 0.01
 """Simulated time between two steps when a test lets time run: the lanes' ``max_wait_s`` unless overridden."""
 
 
-@dataclass
-class FakeMessage:
-    _partition: int
-    _offset: int
-    _value: bytes
-
-    def topic(self) -> str:
-        return TOPIC
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return []
-
-    def error(self) -> None:
-        return None
+def FakeMessage(partition: int, offset: int, value: bytes) -> Any:
+    """A real ``confluent_kafka.Message`` on ``TOPIC`` with key ``b"k"``."""
+    return kafka_message(TOPIC, partition, offset, value, key=b"k")
 
 
 @dataclass
@@ -70,7 +48,7 @@ class FakeSource:
     is gone before ``on_lost`` runs. Closing revokes what is still assigned, as librdkafka's ``close`` does.
     """
 
-    pending: list[FakeMessage]
+    pending: list[Any]
     callbacks: SourceCallbacks
     paused: set[TopicPartitionKey] = field(default_factory=set)
     commits: list[dict[TopicPartitionKey, int]] = field(default_factory=list)
@@ -249,7 +227,7 @@ def judge(decoder: Any, map_fn: Any = map_one, *, ndjson: bool = True) -> Judge:
     return Judge(decoder=decoder, map_fn=map_fn, max_event_bytes=1_048_576, ndjson=ndjson)
 
 
-def make_lane(messages: list[FakeMessage], destination: Any, dead: FakeDeadLetters, decoder: Decoder,
+def make_lane(messages: list[Any], destination: Any, dead: FakeDeadLetters, decoder: Decoder,
               delivery: SteppedDelivery, map_fn: Any = map_one, **overrides: Any) -> tuple[Lane, FakeSource]:
     sources: list[FakeSource] = []
 
@@ -266,7 +244,7 @@ def make_lane(messages: list[FakeMessage], destination: Any, dead: FakeDeadLette
     return lane, sources[0]
 
 
-def messages(count: int, partitions: int = 2) -> list[FakeMessage]:
+def messages(count: int, partitions: int = 2) -> list[Any]:
     """Event ``n`` is message ``n``: partition ``n % partitions``, offset ``n // partitions``."""
     return [FakeMessage(i % partitions, i // partitions, str(i).encode()) for i in range(count)]
 
@@ -359,8 +337,8 @@ def test_bad_events_are_parked_and_never_block_their_partition(delivery: Stepped
     destination = RecordingDestination()
     dead = FakeDeadLetters()
     batch = messages(20, partitions=1)
-    batch[4]._value = b"bad"
-    batch[13]._value = b"-1"
+    batch[4].set_value(b"bad")
+    batch[13].set_value(b"-1")
     lane, source = make_lane(batch, destination, dead, Decoder(), delivery)
     drain(lane, source, delivery, {P0: 20}, "commit past the bad events")
     assert sorted(dead.parked) == [(4, "undecodable"), (13, "mapping_failed")]
@@ -381,7 +359,7 @@ def test_an_unwritable_dead_letter_topic_stops_the_lane_before_committing_past_t
     delivery: SteppedDelivery,
 ) -> None:
     batch = messages(20, partitions=1)
-    batch[7]._value = b"bad"
+    batch[7].set_value(b"bad")
     lane, source = make_lane(batch, RecordingDestination(), BrokenDeadLetters(), Decoder(), delivery)
     step_until(lane.step, delivery, lambda: lane.fatal is not None, max_steps=50, tick_s=TICK_S,
                what="the lane to stop")
@@ -427,7 +405,7 @@ class ExplodingDeadLetters(FakeDeadLetters):
 
 def test_after_an_internal_error_the_lane_stops_and_commits_nothing_more(delivery: SteppedDelivery) -> None:
     batch = messages(10, partitions=1)
-    batch[6]._value = b"bad"  # offsets 0-5 are finished (skipped) when parking offset 6 blows up
+    batch[6].set_value(b"bad")  # offsets 0-5 are finished (skipped) when parking offset 6 blows up
     lane, source = make_lane(batch, RecordingDestination(), ExplodingDeadLetters(), Decoder(), delivery,
                              map_fn=lambda record, topic, partition, offset: [])
     with pytest.raises(BufferError):
