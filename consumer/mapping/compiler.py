@@ -704,7 +704,7 @@ class _Compiler:
     def dispatch_field(self) -> str | None:
         counts: dict[str, int] = {}
         for rule in self.model.rules:
-            for name in {c.path[0] for c in _dispatch_terms(rule.when)}:
+            for name in dict.fromkeys(c.path[0] for c in _dispatch_terms(rule.when)):  # file order, not hash order
                 counts[name] = counts.get(name, 0) + 1
         if not counts:
             return None

@@ -605,3 +605,20 @@ def test_bytes_deep_inside_recursive_and_union_types_are_found_once() -> None:
     # Without the bytes the recursive type is fine (and checking it terminates).
     schema["fields"][-1]["type"][1]["fields"].pop()
     compile_text(text, schema)
+
+
+def test_the_dispatch_field_is_the_first_written_on_a_tie_whatever_the_hash_seed() -> None:
+    """The compiled code must not depend on PYTHONHASHSEED: on a tie, the field written first is looked up.
+
+    A pair of fields that this process's string hashing would put in the other order is picked, so the check
+    fails whenever the choice follows set order instead of the file's order.
+    """
+    candidates = ("product", "module", "feature", "event_type", "session_id", "device_id")
+    first, second = next((a, b) for a in candidates for b in candidates if a != b and list({a, b}) == [b, a])
+    source = compile_text(HEADER + f"""
+  - name: r
+    when: {{{first}: x, {second}: y}}
+    freshpaint:
+      - event: e
+""").python_source
+    assert f"_map_freshpaint_table.get(r.get({first!r})" in source
