@@ -21,7 +21,7 @@ import fastavro
 from fastavro.validation import validate
 
 from consumer.config import Settings
-from consumer.decoding.decoder import make_decoder
+from consumer.decoding.decoder import FRAMING_HEADERS, make_decoder
 from consumer.decoding.encoding import encode_raw
 from consumer.decoding.schemas import ParsedSchema, parse
 from consumer.errors import ConfigError
@@ -30,8 +30,6 @@ from consumer.pipeline.offsets import TopicPartitionKey
 from consumer.pipeline.verdict import RecordDecoder
 
 AVRO_CONTAINER_MAGIC = b"Obj\x01"
-FRAMING_HEADER_BYTES = {"confluent": 5, "single-object": 10, "raw": 0}
-"""Bytes each framing adds in front of the Avro body (for the ``max_event_bytes`` check of file samples)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,9 @@ def _load_one(path: str, reader: ParsedSchema, *, framing: str, topic: str, part
             data = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read sample file: {exc.strerror or exc}", file=path) from None
-    header_bytes = FRAMING_HEADER_BYTES.get(framing, 0)
+    # what the framing adds in front of the Avro body, for the max_event_bytes check of file samples
+    header = FRAMING_HEADERS.get(framing)  # type: ignore[call-overload]
+    header_bytes = header.size if header is not None else 0
     name = "<stdin>" if path == "-" else path
     if data.startswith(AVRO_CONTAINER_MAGIC):
         yield from _container(io.BytesIO(data), name, reader, header_bytes, topic, partition, first_offset)
