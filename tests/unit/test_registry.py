@@ -4,10 +4,6 @@ emulator behaves like the Confluent registry for the REST subset the project use
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +15,6 @@ from consumer.decoding.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClie
 from consumer.decoding.schemas import default_schema_dir, load_schema
 from consumer.errors import FatalError, TransientError, UnknownSchema
 from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator, main
-from tests.helpers import wait_for
 
 CURRENT = load_schema(default_schema_dir() / "usage_event.avsc")
 V1 = load_schema(default_schema_dir() / "usage_event.v1.avsc")
@@ -293,31 +288,6 @@ def test_emulator_stop_closes_keep_alive_connections() -> None:
 
 
 # ------------------------------------------------------------------------------------------- emulator CLI
-
-
-def test_emulator_cli_serves_preloaded_schemas_until_sigterm(tmp_path: Path) -> None:
-    ready = tmp_path / "ready.json"
-    schema_path = default_schema_dir() / "usage_event.avsc"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "consumer.testing.emulators.schema_registry", "--port", "0", "--ready-file", str(ready),
-         "--register", f"usage-events-value={schema_path}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        wait_for(ready.exists, timeout_s=30.0, what="the emulator's ready file")
-        info = json.loads(ready.read_text())
-        assert info["pid"] == proc.pid
-        latest = httpx.get(f"{info['schema_registry_url']}/subjects/usage-events-value/versions/latest").json()
-        assert json.loads(latest["schema"]) == CURRENT
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30.0) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30.0)
-    out, _ = proc.communicate()
-    assert "registered usage-events-value as schema id 1" in out
 
 
 def test_emulator_cli_rejects_a_bad_register_option(capsys: pytest.CaptureFixture[str]) -> None:
