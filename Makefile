@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.deps-stamp
 PYTEST_FLAGS ?= -q
+TEST_WORKERS ?= 2
 
 .PHONY: help setup kafka-jars lint typecheck unit integration faults chart-tools chart-test image-test lock test \
 	demo bench clean
@@ -35,10 +36,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)
+	$(BIN)/pytest tests/unit -n $(TEST_WORKERS) $(PYTEST_FLAGS)
 
 integration: setup
-	$(BIN)/pytest tests/integration $(PYTEST_FLAGS)
+	$(BIN)/pytest tests/integration -n $(TEST_WORKERS) $(PYTEST_FLAGS)
 
 faults: setup
 	$(BIN)/pytest tests/faults $(PYTEST_FLAGS)
