@@ -207,9 +207,11 @@ def _check(config: Path | None) -> int:
     configure_logging(level="warning")
     settings = load_settings(config)
     prepared = prepare(settings)
-    lanes = [name for name in settings.destinations() if name in prepared.mapping.functions]
-    print(f"ok: {settings.source}: mapping {prepared.mapping_file} compiles against the reader schema "
-          f"({len(prepared.mapping.rule_names)} rules; destinations with rules: {', '.join(lanes) or 'none'})")
+    for stream in prepared.streams:
+        lanes = [name for name in settings.destinations() if name in stream.mapping.functions]
+        which = f"stream {stream.name!r} ({', '.join(stream.topics)}): " if settings.streams else ""
+        print(f"ok: {settings.source}: {which}mapping {stream.mapping_file} compiles against the reader schema "
+              f"({len(stream.mapping.rule_names)} rules; destinations with rules: {', '.join(lanes) or 'none'})")
     return 0
 
 

@@ -168,7 +168,24 @@ class LoggingConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class StreamConfig(_Section):
+    """One stream: topics that carry one kind of record, its reader schema and its mapping.
+
+    Without ``streams:`` the configuration is one stream named ``default`` made of ``kafka.topics``,
+    ``decoding.reader_schema`` and ``mapping.file`` (see :meth:`Settings.stream_list`).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    topics: tuple[Annotated[str, Field(min_length=1)], ...] = Field(min_length=1)
+    reader_schema: Path | None = None
+    """The ``.avsc`` file of this stream's reader schema (default: the packaged ``UsageEvent`` schema)."""
+    mapping: Path | None = None
+    """This stream's mapping file (default: the packaged mapping, written for ``UsageEvent``)."""
+
+
 class Settings(_Section):
+    streams: tuple[StreamConfig, ...] = ()
+    """Several topics with their own schemas and mappings; empty: one stream from kafka.topics and friends."""
     kafka: KafkaConfig = KafkaConfig()
     decoding: DecodingConfig = DecodingConfig()
     mapping: MappingConfig = MappingConfig()
@@ -190,6 +207,42 @@ class Settings(_Section):
         if not (self.freshsuccess.enabled or self.freshpaint.enabled):
             raise ValueError("at least one of freshsuccess.enabled and freshpaint.enabled must be true")
         return self
+
+    @model_validator(mode="after")
+    def _streams_are_distinct(self) -> Settings:
+        """Stream names are unique, a topic belongs to one stream, and ``streams:`` replaces the single-stream
+        keys instead of being combined with them (which would leave it unclear what those mean)."""
+        if not self.streams:
+            return self
+        names = [stream.name for stream in self.streams]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"streams: the name(s) {', '.join(repeated)} are used more than once")
+        owner: dict[str, str] = {}
+        for stream in self.streams:
+            for topic in stream.topics:
+                if topic in owner:
+                    raise ValueError(f"streams: topic {topic!r} is in both stream {owner[topic]!r} and stream "
+                                     f"{stream.name!r}; a topic belongs to one stream")
+                owner[topic] = stream.name
+        replaced = [f"{section}.{key}" for section, key in (("kafka", "topics"), ("decoding", "reader_schema"),
+                                                           ("mapping", "file"))
+                    if key in getattr(self, section).model_fields_set]
+        if replaced:
+            raise ValueError(f"streams: replaces {', '.join(replaced)}; give each stream its topics, reader_schema "
+                             "and mapping instead")
+        return self
+
+    def stream_list(self) -> tuple[StreamConfig, ...]:
+        """The streams to consume: ``streams:``, or the single stream ``default`` of the single-stream keys."""
+        if self.streams:
+            return self.streams
+        return (StreamConfig(name="default", topics=self.kafka.topics, reader_schema=self.decoding.reader_schema,
+                             mapping=self.mapping.file),)
+
+    def topics(self) -> tuple[str, ...]:
+        """Every topic of every stream, in configuration order."""
+        return tuple(topic for stream in self.stream_list() for topic in stream.topics)
 
     def secret(self, secret: Secret) -> SecretStr | None:
         holder = getattr(self, secret.section) if secret.section else self
@@ -318,7 +371,7 @@ def settings_from(located: Located, environ: Mapping[str, str]) -> Settings:
 def relative_to(settings: Settings, base: Path) -> Settings:
     """``settings`` with every relative path (schemas, mapping, CA bundles, TLS files) taken from ``base``, the
     config file's directory, so that a config means the same files whatever directory it is run from."""
-    sections: dict[str, BaseModel] = {}
+    sections: dict[str, Any] = {}
     for name in type(settings).model_fields:
         section = getattr(settings, name)
         if not isinstance(section, BaseModel):
@@ -326,6 +379,11 @@ def relative_to(settings: Settings, base: Path) -> Settings:
         updates = {key: base / value for key, value in section if isinstance(value, Path) and not value.is_absolute()}
         if updates:
             sections[name] = section.model_copy(update=updates)
+    streams = tuple(stream.model_copy(update={key: base / value for key, value in stream
+                                              if isinstance(value, Path) and not value.is_absolute()})
+                    for stream in settings.streams)
+    if streams != settings.streams:
+        sections["streams"] = streams
     return settings.model_copy(update=sections) if sections else settings
 
 

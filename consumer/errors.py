@@ -45,9 +45,9 @@ class ConfigError(UsageConsumerError):
 class MappingInvalid(ConfigError):
     """The mapping did not compile; ``problems`` lists every one, each already naming file, line and rule."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], *, title: str = "invalid mapping") -> None:
         self.problems = list(problems)
-        Exception.__init__(self, "invalid mapping:\n" + "\n".join(f"  - {p}" for p in self.problems))
+        Exception.__init__(self, f"{title}:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
 class EventError(UsageConsumerError):
@@ -78,6 +78,10 @@ class MappingFailed(EventError, reason="mapping_failed"):
 
 class MissingRequiredField(EventError, reason="missing_required_field"):
     """An output lacks a field its destination requires."""
+
+
+class NoStream(EventError, reason="no_stream"):
+    """The record's topic belongs to no configured stream (``streams[].topics``)."""
 
 
 class OversizedEvent(EventError, reason="oversized"):

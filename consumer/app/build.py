@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from consumer.app.startup import check_registry, tls_context
+from consumer.app.startup import Prepared, check_registry, tls_context
 from consumer.config import Settings
 from consumer.decoding.decoder import decoder_for
 from consumer.mapping.compiler import MapFn
 from consumer.pipeline.lane import LaneSettings
-from consumer.pipeline.verdict import Judge, RecordDecoder
+from consumer.pipeline.verdict import Decides, Judge, RecordDecoder, StreamJudges
 from consumer.sinks.freshpaint import FreshpaintSink
 from consumer.sinks.freshsuccess import FreshsuccessSink, datacenter_url
 from consumer.sinks.preview import MASK
@@ -83,3 +83,20 @@ def judge_for(settings: Settings, name: str, decoder: RecordDecoder, map_fn: Map
     """The verdict on each event for destination ``name`` (the lane's, the dry run's and the replay's)."""
     return Judge(decoder=decoder, map_fn=map_fn, max_event_bytes=settings.decoding.max_event_bytes,
                  ndjson=SINKS[name].ndjson)
+
+
+def no_outputs(record: dict[str, Any], topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
+    """The mapping of a stream that has no rules for a destination: its records are skipped there (counted)."""
+    return []
+
+
+def judges_for(settings: Settings, name: str, prepared: Prepared,
+               decoder_for_schema: Callable[[Settings, dict[str, Any]], RecordDecoder]) -> Decides:
+    """The verdict of destination ``name``'s lane: the one stream's :class:`Judge`, or one per stream picked by
+    the record's topic (:class:`StreamJudges`), each decoding with its stream's reader schema."""
+    judges = [(stream, judge_for(settings, name, decoder_for_schema(settings, stream.reader_schema),
+                                 stream.mapping.functions.get(name, no_outputs)))
+              for stream in prepared.streams]
+    if len(judges) == 1:
+        return judges[0][1]
+    return StreamJudges({topic: judge for stream, judge in judges for topic in stream.topics})

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from consumer.app.build import Sink, build_decoder, build_sink, judge_for, lane_settings
+from consumer.app.build import Sink, build_decoder, build_sink, judges_for, lane_settings
 from consumer.app.startup import (
     Prepared,
     check_kafka,
@@ -26,7 +26,6 @@ from consumer.config import Settings
 from consumer.errors import ConfigError
 from consumer.kafka.deadletter import DeadLetter, DeadLetterProducer
 from consumer.kafka.source import KafkaSource, consumer_config
-from consumer.mapping.compiler import MapFn
 from consumer.observability.health import HealthServer
 from consumer.observability.metrics import Metrics
 from consumer.pipeline.delivery import DeliveryLoop
@@ -76,18 +75,18 @@ class Service:
         check_kafka(settings)
         self.delivery.start()
         base = settings.kafka_client_config()
+        mapping_files = ", ".join(str(stream.mapping_file) for stream in prepared.streams)
         for name in self.destinations:
-            map_fn: MapFn | None = prepared.mapping.functions.get(name)
-            if map_fn is None:
-                log.warning("destination_has_no_rules", destination=name, mapping=str(prepared.mapping_file))
+            if not any(name in stream.mapping.functions for stream in prepared.streams):
+                log.warning("destination_has_no_rules", destination=name, mapping=mapping_files)
                 continue
             sink = build_sink(settings, name, on_retry=self.metrics.on_retry(name))
             self._sinks.append(sink)
             if isinstance(sink, FreshsuccessSink) and settings.freshsuccess.ping_at_start:
                 ping_freshsuccess(sink, self.delivery)
-            self.lanes.append(self._lane(name, sink, map_fn, prepared, base))
+            self.lanes.append(self._lane(name, sink, prepared, base))
         if not self.lanes:
-            raise ConfigError("no destination has any mapping rule: nothing to do", file=str(prepared.mapping_file))
+            raise ConfigError("no destination has any mapping rule: nothing to do", file=mapping_files)
         self.started = True
 
     def live(self) -> tuple[bool, str]:
@@ -107,17 +106,16 @@ class Service:
             return False, "; ".join(failed)
         return True, ", ".join(f"{lane.name} {len(lane.tracker.owned())} partitions" for lane in self.lanes)
 
-    def _lane(self, name: str, sink: Sink, map_fn: MapFn, prepared: Prepared,
-              base: dict[str, Any]) -> Lane:
+    def _lane(self, name: str, sink: Sink, prepared: Prepared, base: dict[str, Any]) -> Lane:
         settings = self.settings
         group = settings.group_for(name)
         config = consumer_config(base, settings.kafka, group_id=group)
-        topics = settings.kafka.topics
+        topics = settings.topics()
 
         def source_factory(callbacks: SourceCallbacks) -> KafkaSource:
             return KafkaSource(config, topics, callbacks, destination=name)
 
-        judge = judge_for(settings, name, build_decoder(settings, prepared.reader_schema), map_fn)
+        judge = judges_for(settings, name, prepared, build_decoder)
         dead_letters = DeadLetterProducer(settings.kafka.dead_letter_topic, base, on_parked=self.on_parked)
         try:
             lane = Lane(sink=sink, source_factory=source_factory, judge=judge,

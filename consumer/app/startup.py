@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from consumer.config import Settings, default_mapping_file
 from consumer.decoding.registry import SchemaRegistryClient
 from consumer.decoding.schemas import default_reader_schema_path, load_schema
-from consumer.errors import ConfigError, FatalError, TransientError
+from consumer.errors import ConfigError, FatalError, MappingInvalid, TransientError
 from consumer.kafka.failures import unreachable
 from consumer.mapping import CompiledMapping, load_mapping
 from consumer.observability.health import HealthServer
@@ -33,21 +33,66 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """What start-up checks produce: the schema and the compiled mapping."""
+class PreparedStream:
+    """One stream after the start-up checks: its topics, its reader schema and its compiled mapping."""
 
+    name: str
+    topics: tuple[str, ...]
     reader_schema: dict[str, Any]
     mapping: CompiledMapping
     mapping_file: Path
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What start-up checks produce: every stream's schema and compiled mapping."""
+
+    streams: tuple[PreparedStream, ...]
+
+    def only(self, what: str) -> PreparedStream:
+        """The one stream, for the parts that do not read several streams yet (``what`` names the part)."""
+        if len(self.streams) != 1:
+            raise ConfigError(f"{what} reads one stream; this configuration has {len(self.streams)} "
+                              f"({', '.join(s.name for s in self.streams)})", key="streams")
+        return self.streams[0]
+
+    @property
+    def reader_schema(self) -> dict[str, Any]:
+        return self.only("this command").reader_schema
+
+    @property
+    def mapping(self) -> CompiledMapping:
+        return self.only("this command").mapping
+
+    @property
+    def mapping_file(self) -> Path:
+        return self.only("this command").mapping_file
+
+
 def prepare(settings: Settings) -> Prepared:
-    """Load the reader schema and compile the mapping against it (``usage-consumer check`` stops here)."""
-    schema_path = settings.decoding.reader_schema or default_reader_schema_path()
-    reader_schema = load_schema(schema_path)
-    mapping_file = settings.mapping.file or default_mapping_file()
-    mapping = load_mapping(mapping_file, reader_schema)
-    return Prepared(reader_schema, mapping, mapping_file)
+    """Load each stream's reader schema and compile its mapping against it (``usage-consumer check`` stops
+    here). With ``streams:`` every problem of every stream is listed, each starting ``stream 'NAME': ``."""
+    named = bool(settings.streams)
+    prepared: list[PreparedStream] = []
+    problems: list[str] = []
+    for stream in settings.stream_list():
+        try:
+            reader_schema = load_schema(stream.reader_schema or default_reader_schema_path())
+            mapping_file = stream.mapping or default_mapping_file()
+            mapping = load_mapping(mapping_file, reader_schema)
+        except MappingInvalid as exc:
+            if not named:
+                raise
+            problems += [f"stream {stream.name!r}: {problem}" for problem in exc.problems]
+        except ConfigError as exc:
+            if not named:
+                raise
+            problems.append(f"stream {stream.name!r}: {exc}")
+        else:
+            prepared.append(PreparedStream(stream.name, stream.topics, reader_schema, mapping, mapping_file))
+    if problems:
+        raise MappingInvalid(problems, title="invalid streams")
+    return Prepared(tuple(prepared))
 
 
 def check_kafka(settings: Settings, timeout_s: float | None = None) -> None:
@@ -66,11 +111,11 @@ def check_kafka(settings: Settings, timeout_s: float | None = None) -> None:
     except Exception as exc:
         admin.poll(0)  # serves error_cb
         raise unreachable(settings, seen, exc, timeout_s) from None
-    missing = [t for t in (*settings.kafka.topics, settings.kafka.dead_letter_topic) if t not in metadata.topics]
+    missing = [t for t in (*settings.topics(), settings.kafka.dead_letter_topic) if t not in metadata.topics]
     if missing:
+        where = "streams[].topics" if settings.streams else "kafka.topics"
         raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on {settings.kafka.bootstrap_servers}; "
-                          "create them or fix kafka.topics / kafka.dead_letter_topic", key="kafka.topics",
-                          file=settings.source)
+                          f"create them or fix {where} / kafka.dead_letter_topic", key=where, file=settings.source)
 
 
 def check_registry(registry: SchemaRegistryClient, attempts: int = 3) -> None:

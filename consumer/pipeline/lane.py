@@ -37,7 +37,7 @@ from consumer.pipeline.committer import CommitResult, Committer
 from consumer.pipeline.delivery import Delivery
 from consumer.pipeline.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
 from consumer.pipeline.ports import MessageSource, SourceCallbacks
-from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Judge, RecordDecoder, close_decoder
+from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Decides
 
 __all__ = ["DeadLetters", "Lane", "LaneSettings", "LaneStats", "Sink", "SourceFactory"]
 
@@ -132,7 +132,7 @@ class LaneStats:
 class Lane:
     """Consumes for one destination and commits only what that destination has taken."""
 
-    def __init__(self, *, sink: Sink, source_factory: SourceFactory, judge: Judge,
+    def __init__(self, *, sink: Sink, source_factory: SourceFactory, judge: Decides,
                  dead_letters: DeadLetters, delivery: Delivery, settings: LaneSettings = LaneSettings(),
                  clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
         self.name = sink.name
@@ -330,10 +330,6 @@ class Lane:
     # ------------------------------------------------------------------------- delivery side
 
     @property
-    def decoder(self) -> RecordDecoder:
-        return self.judge.decoder
-
-    @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 
@@ -508,7 +504,7 @@ class Lane:
             future.cancel()
         self.dead_letters.close(5.0)
         self.source.close()
-        close_decoder(self.decoder)
+        self.judge.close()
         self._log_progress(final=True)
 
     def close(self) -> None:
@@ -518,7 +514,7 @@ class Lane:
         self._closing = True
         self.dead_letters.close(0.0)
         self.source.close()
-        close_decoder(self.decoder)
+        self.judge.close()
 
     def _log_progress(self, *, final: bool = False) -> None:
         stats = self.stats

@@ -18,11 +18,20 @@ event holds can raise out of it: any failure after the record was read is a dead
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, Literal, Protocol
 
 import orjson
 
-from consumer.errors import DecodeError, EventError, FatalError, MappingFailed, OversizedEvent, TransientError
+from consumer.errors import (
+    DecodeError,
+    EventError,
+    FatalError,
+    MappingFailed,
+    NoStream,
+    OversizedEvent,
+    TransientError,
+)
 from consumer.mapping.compiler import MapFn
 
 Kind = Literal["send", "skip", "park", "wait", "stop"]
@@ -37,7 +46,7 @@ _APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
 class RecordDecoder(Protocol):
-    """What the verdict needs of a decoder (:class:`consumer.decoding.decoder.RecordDecoder` and test doubles):
+    """What the verdict needs of a decoder (:class:`consumer.decoding.decoder.Decoder` and test doubles):
     the bytes of one record to the record as a dict."""
 
     def decode(self, value: bytes | None) -> dict[str, Any]: ...
@@ -76,8 +85,18 @@ class Decision:
         return f"Decision({self.kind}, {detail})"
 
 
+class Decides(Protocol):
+    """What a lane asks of its verdict: :class:`Judge` for one stream, :class:`StreamJudges` for several."""
+
+    def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
+               size_bytes: int | None = None) -> Decision: ...
+
+    def close(self) -> None: ...
+
+
 class Judge:
-    """Decides events for one destination: its mapping function, and whether its requests carry NDJSON."""
+    """Decides events of one stream for one destination: its decoder (the stream's reader schema), its mapping
+    function, and whether its requests carry NDJSON."""
 
     def __init__(self, *, decoder: RecordDecoder, map_fn: MapFn, max_event_bytes: int, ndjson: bool) -> None:
         self.decoder = decoder
@@ -120,6 +139,30 @@ class Judge:
             return Decision(STOP, error=exc)
         except Exception as exc:  # one event's value must never stop its partition
             return Decision(PARK, error=_unexpected(stage, exc), record=record)
+
+    def close(self) -> None:
+        """Close the decoder's connections (the schema registry's)."""
+        close_decoder(self.decoder)
+
+
+class StreamJudges:
+    """Each topic's :class:`Judge`, for a lane that reads several streams: the record's topic picks its stream
+    (one dict lookup per event); a topic of no stream is parked ``no_stream``."""
+
+    def __init__(self, by_topic: Mapping[str, Judge]) -> None:
+        self.by_topic = dict(by_topic)
+
+    def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
+               size_bytes: int | None = None) -> Decision:
+        judge = self.by_topic.get(topic)
+        if judge is None:
+            return Decision(PARK, error=NoStream(f"topic {topic!r} belongs to no stream; add it to a stream's "
+                                                 "topics (streams[].topics)"))
+        return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
+
+    def close(self) -> None:
+        for judge in {id(judge): judge for judge in self.by_topic.values()}.values():
+            judge.close()
 
 
 def _unexpected(stage: str, exc: Exception) -> EventError:

@@ -157,9 +157,10 @@ class DevStack:
     # ------------------------------------------------------------------------------- settings
 
     def config_file(self, topic: str, dead_letter_topic: str, *, group: str | None = None,
-                    **sections: dict[str, Any]) -> Path:
-        """A config file pointing at this stack; ``sections`` override config sections (e.g. batching={...})."""
-        config: dict[str, dict[str, Any]] = {
+                    **sections: Any) -> Path:
+        """A config file pointing at this stack; ``sections`` override config sections (e.g. batching={...}).
+        With ``streams=[...]`` the topics are the streams' (``topic`` is then ignored)."""
+        config: dict[str, Any] = {
             "kafka": {"bootstrap_servers": self.bootstrap, "topics": [topic], "dead_letter_topic": dead_letter_topic,
                       "group_id": group or f"uc-{uuid.uuid4().hex[:8]}", "consume_timeout_s": 0.05},
             "decoding": {"framing": "confluent", "schema_registry_url": self.registry.url},
@@ -170,13 +171,17 @@ class DevStack:
             "health": {"host": "127.0.0.1", "port": 0},
         }
         for section, values in sections.items():
-            config.setdefault(section, {}).update(values)
+            if section == "streams":
+                config["streams"] = values
+                del config["kafka"]["topics"]
+            else:
+                config.setdefault(section, {}).update(values)
         path = Path(self._config_dir()) / f"config-{uuid.uuid4().hex[:8]}.yaml"
         path.write_text(json.dumps(config, indent=2))  # JSON is YAML
         return path
 
     def settings(self, topic: str, dead_letter_topic: str, *, group: str | None = None,
-                 **sections: dict[str, Any]) -> Settings:
+                 **sections: Any) -> Settings:
         """Settings pointing at this stack, as ``usage-consumer run --config`` would load them."""
         path = self.config_file(topic, dead_letter_topic, group=group, **sections)
         return load_settings(path, environ=self.secrets_env())

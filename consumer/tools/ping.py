@@ -73,12 +73,13 @@ def check_kafka(settings: Settings, timeout_s: float) -> CheckResult:
         return CheckResult("kafka", target, False, cause or (
             f"no answer within {timeout_s:g}s ({kafka_error_text(exc)}); check kafka.bootstrap_servers, the "
             "network and the security settings"))
-    wanted = (*settings.kafka.topics, settings.kafka.dead_letter_topic)
+    wanted = (*settings.topics(), settings.kafka.dead_letter_topic)
     missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
     brokers = len(metadata.brokers)
     if missing:
         return CheckResult("kafka", target, False, f"{brokers} broker(s) answered, but topic(s) "
-                           f"{', '.join(missing)} do not exist; create them or fix kafka.topics / "
+                           f"{', '.join(missing)} do not exist; create them or fix "
+                           f"{'streams[].topics' if settings.streams else 'kafka.topics'} / "
                            "kafka.dead_letter_topic")
     topics = ", ".join(f"{t} ({len(metadata.topics[t].partitions)} partitions)" for t in wanted)
     return CheckResult("kafka", target, True, f"{brokers} broker(s); topics {topics}")

@@ -149,9 +149,9 @@ def service_texts(service: Service) -> list[str]:
              *(describe(getattr(settings, section)) for section in type(settings).model_fields),
              describe(service), describe(service.delivery), describe(service.metrics)]
     for lane in service.lanes:
-        texts += [describe(lane), describe(lane.sink), describe(getattr(lane.sink, "sink", None)),
-                  describe(lane.decoder),
-                  describe(getattr(lane.decoder, "_registry", None)), describe(lane.source),
+        decoder = getattr(lane.judge, "decoder", None)
+        texts += [describe(lane), describe(lane.sink), describe(lane.judge), describe(decoder),
+                  describe(getattr(decoder, "_registry", None)), describe(lane.source),
                   describe(lane.dead_letters), describe(lane.batcher), describe(lane.tracker), describe(lane.stats),
                   str(lane.fatal)]
     return texts

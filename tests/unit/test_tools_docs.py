@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -21,6 +22,8 @@ def setting_keys(model: type[BaseModel] = Settings, prefix: str = "") -> list[st
         if field.exclude:
             continue
         annotation = field.annotation
+        if get_origin(annotation) is tuple:  # a list of sections (streams): document the item's keys
+            annotation = get_args(annotation)[0]
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             keys.extend(setting_keys(annotation, f"{name}."))
         else:

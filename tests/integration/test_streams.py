@@ -1,0 +1,67 @@
+"""Several streams in one consumer: each topic decoded with its own stream's reader schema and mapped by its
+own stream's mapping, on the real broker with the registry and destination emulators.
+
+The second stream's record looks nothing like ``UsageEvent``: a nested record, an enum and a map.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from consumer.decoding.encoding import encode_confluent
+from consumer.decoding.schemas import parse
+from consumer.testing.devstack import DevStack, RunningService
+from consumer.testing.eventgen import realistic_events
+from tests.helpers import wait_for
+from tests.unit.test_streams import PAGE_VIEW, WEB_MAPPING, write
+
+
+def page_views(count: int) -> list[dict[str, Any]]:
+    return [{"id": str(uuid.uuid4()), "at": 1_767_000_000_000 + i, "visitor": f"v{i % 7}",
+             "page": {"path": f"/p/{i}", "referrer": None}, "device": ("DESKTOP", "MOBILE", "TABLET")[i % 3],
+             "labels": {"campaign": f"c{i % 2}"}} for i in range(count)]
+
+
+def test_two_streams_each_decoded_and_mapped_by_their_own_schema_and_mapping(stack: DevStack,
+                                                                             tmp_path: Path) -> None:
+    usage_topic, dlq = stack.topics(partitions=2, prefix="streams-usage")
+    web_topic = stack.create_topic(f"streams-web-{uuid.uuid4().hex[:8]}", 2)
+    usage_id = stack.register(usage_topic)
+    web_id = stack.registry.register(f"{web_topic}-value", PAGE_VIEW)
+    usage_events = list(realistic_events(40, seed=31))
+    views = page_views(30)
+    stack.produce_events(usage_topic, usage_id, usage_events)
+    parsed = parse(PAGE_VIEW)
+    stack.produce(web_topic, ((v["visitor"].encode(), encode_confluent(web_id, v, parsed)) for v in views))
+    schema_file = write(tmp_path, "page_view.avsc", json.dumps(PAGE_VIEW))
+    mapping_file = write(tmp_path, "web.yaml", WEB_MAPPING)
+    settings = stack.settings(usage_topic, dlq, streams=[
+        {"name": "usage", "topics": [usage_topic]},
+        {"name": "web", "topics": [web_topic], "reader_schema": str(schema_file), "mapping": str(mapping_file)},
+    ])
+    expected_views = {v["id"]: v for v in views}
+    with RunningService(settings):
+        def web_delivered() -> bool:
+            return expected_views.keys() <= {e["properties"].get("view_id")
+                                             for e in stack.emulators.freshpaint.events()}
+
+        wait_for(web_delivered, timeout_s=60, what="every page view at Freshpaint")
+        wait_for(lambda: stack.committed(settings.group_for("freshpaint"), web_topic) == stack.end_offsets(web_topic)
+                 and stack.committed(settings.group_for("freshsuccess"), usage_topic)
+                 == stack.end_offsets(usage_topic), timeout_s=60, what="both lanes committed to the end")
+    received = stack.emulators.freshpaint.events()
+    by_view = {e["properties"]["view_id"]: e for e in received if "view_id" in e["properties"]}
+    for view_id, view in expected_views.items():
+        properties = by_view[view_id]["properties"]
+        assert (by_view[view_id]["event"], properties["distinct_id"], properties["path"], properties["device"],
+                properties["campaign"]) == ("Page Viewed", view["visitor"], view["page"]["path"], view["device"],
+                                            view["labels"]["campaign"])
+    # the usage stream went through the packaged mapping: every event kind it maps reached Freshsuccess
+    actions = {a["action"] for a in stack.emulators.freshsuccess.events()}
+    assert {"feature", "moduleEnd", "sessionSync"} <= actions
+    # nothing of the web stream went to Freshsuccess (its mapping has no Freshsuccess rules), nothing parked
+    assert all("view_id" not in a for a in stack.emulators.freshsuccess.events())
+    assert stack.read_all(dlq, timeout_s=2) == []

@@ -1,0 +1,177 @@
+"""Streams in the configuration: parsed and checked at start-up, and each record judged by its topic's stream."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumer.app.startup import prepare
+from consumer.cli import main
+from consumer.config import load_settings
+from consumer.errors import ConfigError, MappingInvalid
+from consumer.pipeline.verdict import PARK, SEND, Judge, StreamJudges
+
+PAGE_VIEW: dict[str, Any] = {
+    "type": "record", "name": "PageView", "namespace": "com.example.web",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "visitor", "type": "string"},
+        {"name": "page", "type": {"type": "record", "name": "Page", "fields": [
+            {"name": "path", "type": "string"},
+            {"name": "referrer", "type": ["null", "string"], "default": None}]}},
+        {"name": "device", "type": {"type": "enum", "name": "Device", "symbols": ["DESKTOP", "MOBILE", "TABLET"]}},
+        {"name": "labels", "type": {"type": "map", "values": "string"}, "default": {}},
+    ],
+}
+
+WEB_MAPPING = """\
+version: 1
+defaults:
+  freshpaint:
+    distinct_id: {field: visitor}
+    time: {field: at, convert: epoch_ms_to_s}
+    $insert_id: {insert_id: true}
+rules:
+  - name: page-viewed
+    freshpaint:
+      - event: Page Viewed
+        properties:
+          view_id: {field: id}
+          path: {field: page.path}
+          device: {field: device}
+          campaign: {field: labels.campaign}
+"""
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def config(tmp_path: Path, document: dict[str, Any]) -> Path:
+    return write(tmp_path, "config.yaml", json.dumps(document, indent=2))
+
+
+def two_streams(tmp_path: Path, web_mapping: str = WEB_MAPPING) -> Path:
+    write(tmp_path, "page_view.avsc", json.dumps(PAGE_VIEW))
+    write(tmp_path, "web.yaml", web_mapping)
+    return config(tmp_path, {"streams": [
+        {"name": "usage", "topics": ["usage-events"]},
+        {"name": "web", "topics": ["web-events", "web-events-eu"], "reader_schema": "page_view.avsc",
+         "mapping": "web.yaml"},
+    ]})
+
+
+def test_without_streams_the_configuration_is_one_stream_of_the_single_stream_keys(tmp_path: Path) -> None:
+    settings = load_settings(config(tmp_path, {"kafka": {"topics": ["a", "b"]}, "mapping": {"file": "m.yaml"}}),
+                             environ={})
+    [stream] = settings.stream_list()
+    assert (stream.name, stream.topics, stream.mapping) == ("default", ("a", "b"), tmp_path / "m.yaml")
+    assert settings.topics() == ("a", "b")
+
+
+def test_streams_are_read_with_paths_relative_to_the_config_file(tmp_path: Path) -> None:
+    settings = load_settings(two_streams(tmp_path), environ={})
+    assert [s.name for s in settings.stream_list()] == ["usage", "web"]
+    assert settings.topics() == ("usage-events", "web-events", "web-events-eu")
+    assert settings.stream_list()[1].reader_schema == tmp_path / "page_view.avsc"
+
+
+@pytest.mark.parametrize(("document", "says"), [
+    ({"kafka": {"topics": ["a"]}, "streams": [{"name": "s", "topics": ["b"]}]}, "streams: replaces kafka.topics"),
+    ({"mapping": {"file": "m.yaml"}, "streams": [{"name": "s", "topics": ["b"]}]}, "replaces mapping.file"),
+    ({"streams": [{"name": "s", "topics": ["a"]}, {"name": "s", "topics": ["b"]}]}, "used more than once"),
+    ({"streams": [{"name": "s", "topics": ["a"]}, {"name": "t", "topics": ["a"]}]},
+     "topic 'a' is in both stream 's' and stream 't'"),
+    ({"streams": [{"name": "s", "topics": []}]}, "streams.0.topics"),
+    ({"streams": [{"name": "s", "topics": ["a"], "schema": "x.avsc"}]}, "schema"),
+    ({"streams": [{"name": "no spaces", "topics": ["a"]}]}, "streams.0.name"),
+])
+def test_a_bad_streams_section_stops_start_up_saying_what_is_wrong(tmp_path: Path, document: dict[str, Any],
+                                                                   says: str) -> None:
+    path = config(tmp_path, document)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert str(path) in str(caught.value)
+    assert says in str(caught.value)
+
+
+def test_each_stream_is_compiled_against_its_own_schema(tmp_path: Path) -> None:
+    prepared = prepare(load_settings(two_streams(tmp_path), environ={}))
+    usage, web = prepared.streams
+    assert (usage.reader_schema["name"], web.reader_schema["name"]) == ("UsageEvent", "PageView")
+    assert set(usage.mapping.functions) == {"freshsuccess", "freshpaint"}
+    assert set(web.mapping.functions) == {"freshpaint"}
+    with pytest.raises(ConfigError, match=re.escape("reads one stream; this configuration has 2 (usage, web)")):
+        prepared.mapping  # noqa: B018  (the tools that read one stream refuse two, rather than pick one)
+
+
+def test_a_rule_reading_a_field_only_another_streams_schema_has_fails_check_naming_stream_file_and_line(
+        tmp_path: Path) -> None:
+    schema_file = write(tmp_path, "page_view.avsc", json.dumps(PAGE_VIEW))
+    mapping_file = write(tmp_path, "web.yaml", WEB_MAPPING.replace("{field: page.path}", "{field: feature}"))
+    config = write(tmp_path, "config.yaml", json.dumps({"streams": [
+        {"name": "usage", "topics": ["usage-events"]},
+        {"name": "web", "topics": ["web-events"], "reader_schema": schema_file.name, "mapping": mapping_file.name},
+    ]}))
+    with pytest.raises(MappingInvalid) as caught:
+        prepare(load_settings(config, environ={}))
+    [problem] = caught.value.problems
+    line = WEB_MAPPING.splitlines().index("          path: {field: page.path}") + 1
+    assert problem.startswith(f"stream 'web': {mapping_file}:{line}: rule 'page-viewed'"), problem
+    assert "feature" in problem
+
+
+def test_a_missing_schema_file_of_a_stream_is_named_with_the_stream(tmp_path: Path) -> None:
+    path = config(tmp_path, {"streams": [{"name": "web", "topics": ["w"], "reader_schema": "nope.avsc"}]})
+    with pytest.raises(MappingInvalid) as caught:
+        prepare(load_settings(path, environ={}))
+    [problem] = caught.value.problems
+    assert problem.startswith("stream 'web': ")
+    assert "nope.avsc" in problem
+
+
+def test_check_lists_each_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(two_streams(tmp_path))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[2] for line in lines] == ["stream 'usage' (usage-events)",
+                                                        "stream 'web' (web-events, web-events-eu)"]
+    assert "destinations with rules: freshpaint)" in lines[1]
+
+
+class Named:
+    """A decoder that says which stream's schema decoded the record."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = 0
+
+    def decode(self, value: bytes | None) -> dict[str, Any]:
+        return {"stream": self.name}
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_each_record_is_judged_by_its_topics_stream_and_a_topic_of_no_stream_is_parked() -> None:
+    usage, web = Named("usage"), Named("web")
+
+    def echo(record: dict[str, Any], topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
+        return [{"stream": record["stream"], "topic": topic}]
+
+    web_judge = Judge(decoder=web, map_fn=echo, max_event_bytes=1000, ndjson=False)
+    judges = StreamJudges({"u": Judge(decoder=usage, map_fn=echo, max_event_bytes=1000, ndjson=False),
+                           "w1": web_judge, "w2": web_judge})
+    assert [judges.decide(b"x", topic, 0, 0).outputs for topic in ("u", "w1", "w2")] == [
+        [{"stream": "usage", "topic": "u"}], [{"stream": "web", "topic": "w1"}], [{"stream": "web", "topic": "w2"}]]
+    assert judges.decide(b"x", "u", 0, 0).kind == SEND
+    stray = judges.decide(b"x", "other", 0, 0)
+    assert (stray.kind, stray.reason) == (PARK, "no_stream")
+    judges.close()
+    assert (usage.closed, web.closed) == (1, 1)  # a judge shared by two topics is closed once
