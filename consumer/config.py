@@ -13,6 +13,7 @@ start-up with a :class:`~consumer.errors.ConfigError` naming the file, the line 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,8 @@ class KafkaConfig(_Section):
     client_properties: dict[str, str] = Field(default_factory=dict)
     """Extra librdkafka settings (non-secret), e.g. ``fetch.max.bytes``."""
     startup_timeout_s: float = Field(15.0, gt=0, le=600)
+    metadata_refresh_interval_s: Seconds = 30.0
+    """How often the consumers look for new topics matching a stream's topic pattern (and for new partitions)."""
     """How long start-up (and ``usage-consumer ping``, ``map``, ``dlq``) waits for the broker's first answer."""
 
 
@@ -168,6 +171,11 @@ class LoggingConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+def is_topic_pattern(topic: str) -> bool:
+    """``^...`` is a regular expression of topic names (librdkafka's convention for subscriptions)."""
+    return topic.startswith("^")
+
+
 class StreamConfig(_Section):
     """One stream: topics that carry one kind of record, its reader schema and its mapping.
 
@@ -177,6 +185,8 @@ class StreamConfig(_Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     topics: tuple[Annotated[str, Field(min_length=1)], ...] = Field(min_length=1)
+    """Topic names, or regular expressions starting with ``^`` (librdkafka's convention): topics created later
+    that match join the subscription within ``kafka.metadata_refresh_interval_s``."""
     reader_schema: Path | None = None
     """The ``.avsc`` file of this stream's reader schema (default: the packaged ``UsageEvent`` schema)."""
     mapping: Path | None = None
@@ -233,6 +243,24 @@ class Settings(_Section):
                              "and mapping instead")
         return self
 
+    @model_validator(mode="after")
+    def _patterns_compile_and_spare_our_own_topics(self) -> Settings:
+        """A topic pattern must be a valid regular expression and must not match the topics this service writes
+        (it would read its own dead letters)."""
+        ours = [t for t in (self.kafka.dead_letter_topic, self.kafka.replay_ledger_topic) if t]
+        for stream in self.streams:
+            for pattern in (topic for topic in stream.topics if is_topic_pattern(topic)):
+                try:
+                    compiled = re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"streams: stream {stream.name!r}: topic pattern {pattern!r} is not a regular "
+                                     f"expression ({exc})") from None
+                caught = [topic for topic in ours if compiled.search(topic)]
+                if caught:
+                    raise ValueError(f"streams: stream {stream.name!r}: topic pattern {pattern!r} also matches "
+                                     f"{', '.join(caught)}, which this service writes; narrow the pattern")
+        return self
+
     def stream_list(self) -> tuple[StreamConfig, ...]:
         """The streams to consume: ``streams:``, or the single stream ``default`` of the single-stream keys."""
         if self.streams:
@@ -241,8 +269,13 @@ class Settings(_Section):
                              mapping=self.mapping.file),)
 
     def topics(self) -> tuple[str, ...]:
-        """Every topic of every stream, in configuration order."""
+        """Every topic and topic pattern of every stream, in configuration order (what the lanes subscribe to)."""
         return tuple(topic for stream in self.stream_list() for topic in stream.topics)
+
+    def named_topics(self) -> tuple[str, ...]:
+        """The topics named outright (not patterns): these must exist at start-up."""
+        return tuple(topic for topic in self.topics() if not is_topic_pattern(topic))
+
 
     def secret(self, secret: Secret) -> SecretStr | None:
         holder = getattr(self, secret.section) if secret.section else self

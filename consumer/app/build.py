@@ -6,11 +6,12 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from consumer.app.startup import Prepared, check_registry, tls_context
-from consumer.config import Settings
+from consumer.config import Settings, is_topic_pattern
 from consumer.decoding.decoder import decoder_for
 from consumer.mapping.compiler import MapFn
 from consumer.pipeline.lane import LaneSettings
@@ -99,4 +100,7 @@ def judges_for(settings: Settings, name: str, prepared: Prepared,
               for stream in prepared.streams]
     if len(judges) == 1:
         return judges[0][1]
-    return StreamJudges({topic: judge for stream, judge in judges for topic in stream.topics})
+    return StreamJudges({topic: judge for stream, judge in judges for topic in stream.topics
+                         if not is_topic_pattern(topic)},
+                        [(re.compile(topic), judge) for stream, judge in judges for topic in stream.topics
+                         if is_topic_pattern(topic)])

@@ -111,7 +111,7 @@ def check_kafka(settings: Settings, timeout_s: float | None = None) -> None:
     except Exception as exc:
         admin.poll(0)  # serves error_cb
         raise unreachable(settings, seen, exc, timeout_s) from None
-    missing = [t for t in (*settings.topics(), settings.kafka.dead_letter_topic) if t not in metadata.topics]
+    missing = [t for t in (*settings.named_topics(), settings.kafka.dead_letter_topic) if t not in metadata.topics]
     if missing:
         where = "streams[].topics" if settings.streams else "kafka.topics"
         raise ConfigError(f"topic(s) {', '.join(missing)} do not exist on {settings.kafka.bootstrap_servers}; "

@@ -38,6 +38,7 @@ def consumer_config(base: dict[str, Any], kafka: KafkaConfig, *, group_id: str) 
         "max.poll.interval.ms": kafka.max_poll_interval_ms,
         "enable.partition.eof": False,
         "queued.max.messages.kbytes": kafka.prefetch_max_kbytes,
+        "topic.metadata.refresh.interval.ms": int(kafka.metadata_refresh_interval_s * 1000),
     }
     if kafka.group_protocol == "consumer":
         config["group.protocol"] = "consumer"

@@ -18,7 +18,8 @@ event holds can raise out of it: any failure after the record was read is a dead
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 
 import orjson
@@ -147,21 +148,33 @@ class Judge:
 
 class StreamJudges:
     """Each topic's :class:`Judge`, for a lane that reads several streams: the record's topic picks its stream
-    (one dict lookup per event); a topic of no stream is parked ``no_stream``."""
+    (one dict lookup per event). A topic first seen matches the streams' topic patterns in configuration order
+    (names listed outright come first), and the answer is kept; a topic of no stream is parked ``no_stream``."""
 
-    def __init__(self, by_topic: Mapping[str, Judge]) -> None:
+    def __init__(self, by_topic: Mapping[str, Judge], patterns: Sequence[tuple[re.Pattern[str], Judge]] = ()) -> None:
         self.by_topic = dict(by_topic)
+        self.patterns = list(patterns)
+        self._judges = [*by_topic.values(), *(judge for _, judge in patterns)]
 
     def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
                size_bytes: int | None = None) -> Decision:
         judge = self.by_topic.get(topic)
         if judge is None:
-            return Decision(PARK, error=NoStream(f"topic {topic!r} belongs to no stream; add it to a stream's "
-                                                 "topics (streams[].topics)"))
+            judge = self._matching(topic)
+            if judge is None:
+                return Decision(PARK, error=NoStream(f"topic {topic!r} belongs to no stream; add it to a stream's "
+                                                     "topics (streams[].topics)"))
         return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
 
+    def _matching(self, topic: str) -> Judge | None:
+        for pattern, judge in self.patterns:
+            if pattern.search(topic):
+                self.by_topic[topic] = judge
+                return judge
+        return None
+
     def close(self) -> None:
-        for judge in {id(judge): judge for judge in self.by_topic.values()}.values():
+        for judge in {id(judge): judge for judge in self._judges}.values():
             judge.close()
 
 

@@ -73,7 +73,7 @@ def check_kafka(settings: Settings, timeout_s: float) -> CheckResult:
         return CheckResult("kafka", target, False, cause or (
             f"no answer within {timeout_s:g}s ({kafka_error_text(exc)}); check kafka.bootstrap_servers, the "
             "network and the security settings"))
-    wanted = (*settings.topics(), settings.kafka.dead_letter_topic)
+    wanted = (*settings.named_topics(), settings.kafka.dead_letter_topic)
     missing = [t for t in wanted if t not in metadata.topics or metadata.topics[t].error is not None]
     brokers = len(metadata.brokers)
     if missing:

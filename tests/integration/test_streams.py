@@ -65,3 +65,32 @@ def test_two_streams_each_decoded_and_mapped_by_their_own_schema_and_mapping(sta
     # nothing of the web stream went to Freshsuccess (its mapping has no Freshsuccess rules), nothing parked
     assert all("view_id" not in a for a in stack.emulators.freshsuccess.events())
     assert stack.read_all(dlq, timeout_s=2) == []
+
+
+def test_a_topic_created_after_start_up_that_matches_a_streams_pattern_is_consumed_without_a_restart(
+        stack: DevStack, tmp_path: Path) -> None:
+    usage_topic, dlq = stack.topics(partitions=1, prefix="streams-usage")
+    prefix = f"streams-late-{uuid.uuid4().hex[:8]}"
+    schema_file = write(tmp_path, "page_view.avsc", json.dumps(PAGE_VIEW))
+    mapping_file = write(tmp_path, "web.yaml", WEB_MAPPING)
+    settings = stack.settings(usage_topic, dlq, kafka={"metadata_refresh_interval_s": 1.0},
+                              freshsuccess={"enabled": False}, streams=[
+        {"name": "usage", "topics": [usage_topic]},
+        {"name": "web", "topics": [f"^{prefix}-.*"], "reader_schema": str(schema_file), "mapping": str(mapping_file)},
+    ])
+    views = page_views(12)
+    with RunningService(settings) as running:
+        wait_for(lambda: len(running.lane("freshpaint").tracker.owned()) == 1, timeout_s=60,
+                 what="the lane to own the usage topic's partition")
+        late = stack.create_topic(f"{prefix}-eu", 2)  # after start-up: only the pattern can bring it in
+        web_id = stack.registry.register(f"{late}-value", PAGE_VIEW)
+        parsed = parse(PAGE_VIEW)
+        stack.produce(late, ((v["visitor"].encode(), encode_confluent(web_id, v, parsed)) for v in views))
+
+        def delivered() -> bool:
+            return {v["id"] for v in views} <= {e["properties"].get("view_id")
+                                                for e in stack.emulators.freshpaint.events()}
+
+        wait_for(delivered, timeout_s=90, what="the new topic's page views at Freshpaint")
+        wait_for(lambda: stack.committed(settings.group_for("freshpaint"), late) == stack.end_offsets(late),
+                 timeout_s=60, what="the new topic committed to its end")

@@ -175,3 +175,40 @@ def test_each_record_is_judged_by_its_topics_stream_and_a_topic_of_no_stream_is_
     assert (stray.kind, stray.reason) == (PARK, "no_stream")
     judges.close()
     assert (usage.closed, web.closed) == (1, 1)  # a judge shared by two topics is closed once
+
+
+def test_a_topic_pattern_routes_topics_first_seen_later_names_first_then_patterns_in_order() -> None:
+    usage, web, rest = Named("usage"), Named("web"), Named("rest")
+
+    def echo(record: dict[str, Any], topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
+        return [{"stream": record["stream"]}]
+
+    def judge(decoder: Named) -> Judge:
+        return Judge(decoder=decoder, map_fn=echo, max_event_bytes=1000, ndjson=False)
+
+    judges = StreamJudges({"web.special": judge(usage)},
+                          [(re.compile(r"^web\."), judge(web)), (re.compile(r"^(web|app)\."), judge(rest))])
+    streams = {topic: judges.decide(b"x", topic, 0, 0).outputs[0]["stream"]
+               for topic in ("web.special", "web.new", "app.new")}
+    assert streams == {"web.special": "usage", "web.new": "web", "app.new": "rest"}
+    assert judges.decide(b"x", "billing", 0, 0).reason == "no_stream"
+    judges.close()
+    assert (usage.closed, web.closed, rest.closed) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(("topic", "says"), [
+    ("^web[", "is not a regular expression"),
+    ("^usage", "also matches usage-events.dlq, which this service writes"),
+])
+def test_a_topic_pattern_that_does_not_compile_or_catches_our_own_topics_is_refused(tmp_path: Path, topic: str,
+                                                                                      says: str) -> None:
+    path = config(tmp_path, {"streams": [{"name": "s", "topics": [topic]}]})
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_settings(path, environ={})
+
+
+def test_only_named_topics_must_exist_at_start_up(tmp_path: Path) -> None:
+    settings = load_settings(config(tmp_path, {"streams": [{"name": "s", "topics": ["a", r"^web\..*"]}]}),
+                             environ={})
+    assert settings.topics() == ("a", r"^web\..*")
+    assert settings.named_topics() == ("a",)
