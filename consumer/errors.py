@@ -80,6 +80,10 @@ class MissingRequiredField(EventError, reason="missing_required_field"):
     """An output lacks a field its destination requires."""
 
 
+class SchemaMismatch(EventError, reason="schema_mismatch"):
+    """The record's writer schema does not resolve to its stream's reader schema (both are named)."""
+
+
 class NoStream(EventError, reason="no_stream"):
     """The record's topic belongs to no configured stream (``streams[].topics``)."""
 

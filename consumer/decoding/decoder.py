@@ -12,7 +12,8 @@ reader are the same), one ``fastavro.schemaless_reader`` call and a trailing-byt
 are Avro base types (``timestamp-millis`` -> ``int`` epoch milliseconds), see :mod:`consumer.decoding.schemas`.
 
 Errors: :class:`DecodeError` (bad framing, truncated, trailing bytes, undecodable, no value),
-:class:`UnknownSchema` (id or fingerprint nobody knows), and from the registry :class:`TransientError`
+:class:`UnknownSchema` (id or fingerprint nobody knows), :class:`SchemaMismatch` (a writer schema that does not
+resolve to the reader schema, both named), and from the registry :class:`TransientError`
 (retry; never dead-letter) or :class:`FatalError`. Nothing else escapes ``decode``.
 """
 
@@ -37,7 +38,7 @@ from consumer.decoding.encoding import (
 )
 from consumer.decoding.registry import SchemaRegistryClient
 from consumer.decoding.schemas import ParsedSchema, SchemaStore, default_schema_dir, is_recursive, load_schema, parse
-from consumer.errors import ConfigError, DecodeError, UnknownSchema
+from consumer.errors import ConfigError, DecodeError, EventError, SchemaMismatch, UnknownSchema
 
 __all__ = [
     "FRAMINGS",
@@ -93,12 +94,13 @@ _read_avro: Callable[..., Any] = schemaless_reader
 class _Plan:
     """How to read bodies written with one writer schema: parsed schemas and a label for errors."""
 
-    __slots__ = ("label", "reader", "writer")
+    __slots__ = ("label", "reader", "reader_name", "writer")
 
     def __init__(self, writer: ParsedSchema, reader: ParsedSchema, label: str) -> None:
         self.writer = writer.reader  # the logical-type-free parse of the *writer* schema
         # Same Parsing Canonical Form = same binary layout and names: resolution would change nothing.
         self.reader = None if writer.canonical_form == reader.canonical_form else reader.reader
+        self.reader_name = reader.name
         self.label = label
 
 
@@ -272,12 +274,13 @@ def _read_body(plan: _Plan, body: bytes) -> dict[str, Any]:
     return record
 
 
-def _body_error(plan: _Plan, exc: Exception) -> DecodeError:
+def _body_error(plan: _Plan, exc: Exception) -> EventError:
     detail = str(exc)[:_MAX_DETAIL_CHARS]
+    if isinstance(exc, SchemaResolutionError):
+        why = f": {detail}" if "{" not in detail else ""  # fastavro's "X is not Y" prints whole schemas
+        return SchemaMismatch(f"{plan.label}: does not resolve to the reader schema {plan.reader_name}{why}")
     if isinstance(exc, EOFError):
         what = "body is truncated (or a length in it is wrong)" + (f": {detail}" if detail else "")
-    elif isinstance(exc, SchemaResolutionError):
-        what = f"writer schema cannot be resolved against the reader schema: {detail}"
     elif isinstance(exc, UnicodeDecodeError):
         what = "body holds a string that is not valid UTF-8"
     else:

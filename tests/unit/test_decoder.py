@@ -216,12 +216,28 @@ def test_single_object_knows_the_reader_schema_even_when_the_store_does_not() ->
         decoder.decode(encode_single_object(V1_EVENT, V1))
 
 
-def test_a_writer_schema_that_cannot_be_resolved_is_a_decode_error(emulator: SchemaRegistryEmulator,
-                                                                    decoders: dict[str, Decoder]) -> None:
-    other = parse({"type": "record", "name": "Other", "fields": [{"name": "x", "type": "long"}]})
+def test_a_writer_schema_that_cannot_be_resolved_is_a_schema_mismatch_naming_both(
+        emulator: SchemaRegistryEmulator, decoders: dict[str, Decoder]) -> None:
+    other = parse({"type": "record", "name": "Other", "namespace": "com.example",
+                   "fields": [{"name": "x", "type": "long"}]})
     other_id = emulator.register("other-value", other.source)
-    with pytest.raises(DecodeError, match=f"schema id {other_id} .*cannot be resolved"):
+    with pytest.raises(EventError) as caught:
         decoders["confluent"].decode(encode_confluent(other_id, {"x": 1}, other))
+    assert caught.value.reason == "schema_mismatch"
+    assert f"schema id {other_id} (com.example.Other)" in str(caught.value)
+    assert f"reader schema {CURRENT.name}" in str(caught.value)
+
+
+def test_an_incompatible_field_type_is_a_schema_mismatch(emulator: SchemaRegistryEmulator,
+                                                         decoders: dict[str, Decoder]) -> None:
+    changed = CURRENT.source | {"fields": [f | {"type": ["null", "string"]} if f["name"] == "duration_ms" else f
+                                           for f in CURRENT.source["fields"]]}
+    writer = parse(changed)
+    writer_id = emulator.register("changed-value", changed)
+    record = {**EVENT, "duration_ms": "fifteen seconds"}
+    with pytest.raises(EventError) as caught:
+        decoders["confluent"].decode(encode_confluent(writer_id, record, writer))
+    assert caught.value.reason == "schema_mismatch"
 
 
 # ------------------------------------------------------------------------------------------- bad values
