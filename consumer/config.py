@@ -191,6 +191,11 @@ class StreamConfig(_Section):
     """The ``.avsc`` file of this stream's reader schema (default: the packaged ``UsageEvent`` schema)."""
     mapping: Path | None = None
     """This stream's mapping file (default: the packaged mapping, written for ``UsageEvent``)."""
+    record_names: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    """Writer schema full names this stream takes (empty: every record of its topics). Streams that share a
+    topic each list theirs: the record's writer schema picks the stream (``RecordNameStrategy`` topics)."""
+    other_records: Literal["dead_letter", "skip"] = "dead_letter"
+    """A record on this stream's topics whose type no stream lists: dead-lettered ``no_stream``, or skipped."""
 
 
 class Settings(_Section):
@@ -228,13 +233,23 @@ class Settings(_Section):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"streams: the name(s) {', '.join(repeated)} are used more than once")
-        owner: dict[str, str] = {}
+        sharing: dict[str, list[StreamConfig]] = {}
         for stream in self.streams:
             for topic in stream.topics:
-                if topic in owner:
-                    raise ValueError(f"streams: topic {topic!r} is in both stream {owner[topic]!r} and stream "
-                                     f"{stream.name!r}; a topic belongs to one stream")
-                owner[topic] = stream.name
+                sharing.setdefault(topic, []).append(stream)
+        for topic, streams in sharing.items():
+            if len(streams) < 2:
+                continue
+            first, second = streams[0], streams[1]
+            if not all(stream.record_names for stream in streams):
+                raise ValueError(f"streams: topic {topic!r} is in both stream {first.name!r} and stream "
+                                 f"{second.name!r}; a topic belongs to one stream, unless each stream on it lists "
+                                 "its record_names")
+            names = [name for stream in streams for name in stream.record_names]
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise ValueError(f"streams: record type(s) {', '.join(twice)} on topic {topic!r} are listed by more "
+                                 "than one stream")
         replaced = [f"{section}.{key}" for section, key in (("kafka", "topics"), ("decoding", "reader_schema"),
                                                            ("mapping", "file"))
                     if key in getattr(self, section).model_fields_set]
@@ -269,8 +284,9 @@ class Settings(_Section):
                              mapping=self.mapping.file),)
 
     def topics(self) -> tuple[str, ...]:
-        """Every topic and topic pattern of every stream, in configuration order (what the lanes subscribe to)."""
-        return tuple(topic for stream in self.stream_list() for topic in stream.topics)
+        """Every topic and topic pattern of every stream, once each, in configuration order (what the lanes
+        subscribe to; librdkafka refuses a subscription that names a topic twice)."""
+        return tuple(dict.fromkeys(topic for stream in self.stream_list() for topic in stream.topics))
 
     def named_topics(self) -> tuple[str, ...]:
         """The topics named outright (not patterns): these must exist at start-up."""

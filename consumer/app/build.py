@@ -12,10 +12,10 @@ from typing import Any
 
 from consumer.app.startup import Prepared, check_registry, tls_context
 from consumer.config import Settings, is_topic_pattern
-from consumer.decoding.decoder import decoder_for
+from consumer.decoding.decoder import Decoder, decoder_for
 from consumer.mapping.compiler import MapFn
 from consumer.pipeline.lane import LaneSettings
-from consumer.pipeline.verdict import Decides, Judge, RecordDecoder, StreamJudges
+from consumer.pipeline.verdict import Decides, Judge, RecordDecoder, RecordTypeJudges, StreamJudges
 from consumer.sinks.freshpaint import FreshpaintSink
 from consumer.sinks.freshsuccess import FreshsuccessSink, datacenter_url
 from consumer.sinks.preview import MASK
@@ -29,7 +29,7 @@ SINKS: dict[str, type[FreshsuccessSink] | type[FreshpaintSink]] = {
 Sink = FreshsuccessSink | FreshpaintSink
 
 
-def build_decoder(settings: Settings, reader_schema: dict[str, Any]) -> RecordDecoder:
+def build_decoder(settings: Settings, reader_schema: dict[str, Any]) -> Decoder:
     """A lane's decoder; a registry that does not answer at start-up stops it (later outages are retried)."""
     return decoder_for(settings, reader_schema, check_registry=check_registry)
 
@@ -92,15 +92,28 @@ def no_outputs(record: dict[str, Any], topic: str, partition: int, offset: int) 
 
 
 def judges_for(settings: Settings, name: str, prepared: Prepared,
-               decoder_for_schema: Callable[[Settings, dict[str, Any]], RecordDecoder]) -> Decides:
+               decoder_for_schema: Callable[[Settings, dict[str, Any]], Decoder]) -> Decides:
     """The verdict of destination ``name``'s lane: the one stream's :class:`Judge`, or one per stream picked by
-    the record's topic (:class:`StreamJudges`), each decoding with its stream's reader schema."""
-    judges = [(stream, judge_for(settings, name, decoder_for_schema(settings, stream.reader_schema),
-                                 stream.mapping.functions.get(name, no_outputs)))
-              for stream in prepared.streams]
-    if len(judges) == 1:
-        return judges[0][1]
-    return StreamJudges({topic: judge for stream, judge in judges for topic in stream.topics
-                         if not is_topic_pattern(topic)},
-                        [(re.compile(topic), judge) for stream, judge in judges for topic in stream.topics
-                         if is_topic_pattern(topic)])
+    the record's topic (:class:`StreamJudges`) and, on a topic several streams share, by the writer schema's
+    record name (:class:`RecordTypeJudges`). Each decodes with its stream's reader schema."""
+    configs = {stream.name: stream for stream in settings.stream_list()}
+    decoders = {stream.name: decoder_for_schema(settings, stream.reader_schema) for stream in prepared.streams}
+    judges = {stream.name: judge_for(settings, name, decoders[stream.name],
+                                     stream.mapping.functions.get(name, no_outputs))
+              for stream in prepared.streams}
+    on_topic: dict[str, list[str]] = {}
+    for stream in prepared.streams:
+        for topic in stream.topics:
+            on_topic.setdefault(topic, []).append(stream.name)
+
+    def for_topic(streams: list[str]) -> Decides:
+        if not any(configs[s].record_names for s in streams):
+            return judges[streams[0]]
+        by_name = {record: judges[s] for s in streams for record in configs[s].record_names}
+        skip = any(configs[s].other_records == "skip" for s in streams)
+        return RecordTypeJudges(decoders[streams[0]].writer_name, by_name, skip_others=skip)
+
+    if len(judges) == 1 and not any(c.record_names for c in configs.values()):
+        return next(iter(judges.values()))
+    return StreamJudges({topic: for_topic(s) for topic, s in on_topic.items() if not is_topic_pattern(topic)},
+                        [(re.compile(topic), for_topic(s)) for topic, s in on_topic.items() if is_topic_pattern(topic)])

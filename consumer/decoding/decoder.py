@@ -94,13 +94,14 @@ _read_avro: Callable[..., Any] = schemaless_reader
 class _Plan:
     """How to read bodies written with one writer schema: parsed schemas and a label for errors."""
 
-    __slots__ = ("label", "reader", "reader_name", "writer")
+    __slots__ = ("label", "reader", "reader_name", "writer", "writer_name")
 
     def __init__(self, writer: ParsedSchema, reader: ParsedSchema, label: str) -> None:
         self.writer = writer.reader  # the logical-type-free parse of the *writer* schema
         # Same Parsing Canonical Form = same binary layout and names: resolution would change nothing.
         self.reader = None if writer.canonical_form == reader.canonical_form else reader.reader
         self.reader_name = reader.name
+        self.writer_name = writer.name
         self.label = label
 
 
@@ -115,6 +116,11 @@ class Decoder(ABC):
     @abstractmethod
     def decode(self, value: bytes | None) -> dict[str, Any]:
         """The event as a dict shaped by the reader schema; raises only the errors in the module doc."""
+
+    @abstractmethod
+    def writer_name(self, value: bytes | None) -> str:
+        """The full name of the record's writer schema, read from its header alone (a topic carrying several
+        record types picks the stream by it); raises like :meth:`decode` for a header it cannot read."""
 
     def close(self) -> None:  # noqa: B027 - most framings hold nothing open
         """Release what the decoder holds open (the registry's connections)."""
@@ -144,6 +150,12 @@ class _HeaderDecoder(Decoder):
         if plan is None:
             plan = self._new_plan(value)
         return _read_body(plan, value[size:])
+
+    def writer_name(self, value: bytes | None) -> str:
+        if value is None:
+            raise DecodeError(_NO_VALUE)
+        plan = self._plans.get(value[:self._header_bytes])
+        return (plan or self._new_plan(value)).writer_name
 
     def _new_plan(self, value: bytes) -> _Plan:
         header = self._header
@@ -215,6 +227,9 @@ class RawDecoder(Decoder):
         if value is None:
             raise DecodeError(_NO_VALUE)
         return _read_body(self._plan, value)
+
+    def writer_name(self, value: bytes | None) -> str:
+        return self._plan.writer_name
 
 
 def make_decoder(

@@ -19,7 +19,7 @@ event holds can raise out of it: any failure after the record was read is a dead
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 
 import orjson
@@ -151,7 +151,8 @@ class StreamJudges:
     (one dict lookup per event). A topic first seen matches the streams' topic patterns in configuration order
     (names listed outright come first), and the answer is kept; a topic of no stream is parked ``no_stream``."""
 
-    def __init__(self, by_topic: Mapping[str, Judge], patterns: Sequence[tuple[re.Pattern[str], Judge]] = ()) -> None:
+    def __init__(self, by_topic: Mapping[str, Decides],
+                 patterns: Sequence[tuple[re.Pattern[str], Decides]] = ()) -> None:
         self.by_topic = dict(by_topic)
         self.patterns = list(patterns)
         self._judges = [*by_topic.values(), *(judge for _, judge in patterns)]
@@ -166,7 +167,7 @@ class StreamJudges:
                                                      "topics (streams[].topics)"))
         return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
 
-    def _matching(self, topic: str) -> Judge | None:
+    def _matching(self, topic: str) -> Decides | None:
         for pattern, judge in self.patterns:
             if pattern.search(topic):
                 self.by_topic[topic] = judge
@@ -175,6 +176,42 @@ class StreamJudges:
 
     def close(self) -> None:
         for judge in {id(judge): judge for judge in self._judges}.values():
+            judge.close()
+
+
+class RecordTypeJudges:
+    """The judges of the streams that share a topic, picked by the record's writer schema full name (topics
+    written with Confluent's ``RecordNameStrategy`` carry several record types). A record of a type that no
+    stream takes is parked ``no_stream``, or skipped where a stream says ``other_records: skip``."""
+
+    def __init__(self, writer_name: Callable[[bytes | None], str], by_name: Mapping[str, Judge], *,
+                 skip_others: bool) -> None:
+        self.writer_name = writer_name
+        self.by_name = dict(by_name)
+        self.skip_others = skip_others
+
+    def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
+               size_bytes: int | None = None) -> Decision:
+        try:
+            name = self.writer_name(value)
+        except EventError as exc:
+            return Decision(PARK, error=exc)
+        except TransientError as exc:
+            return Decision(WAIT, error=exc)
+        except FatalError as exc:
+            return Decision(STOP, error=exc)
+        except Exception as exc:  # one event's header must never stop its partition
+            return Decision(PARK, error=_unexpected("decoding", exc))
+        judge = self.by_name.get(name)
+        if judge is not None:
+            return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
+        if self.skip_others:
+            return Decision(SKIP)
+        return Decision(PARK, error=NoStream(f"record type {name} on topic {topic!r} belongs to no stream; list it "
+                                             "in a stream's record_names (or set other_records: skip)"))
+
+    def close(self) -> None:
+        for judge in {id(judge): judge for judge in self.by_name.values()}.values():
             judge.close()
 
 

@@ -11,12 +11,22 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from consumer.decoding.encoding import encode_confluent
 from consumer.decoding.schemas import parse
 from consumer.testing.devstack import DevStack, RunningService
 from consumer.testing.eventgen import realistic_events
 from tests.helpers import wait_for
 from tests.unit.test_streams import PAGE_VIEW, WEB_MAPPING, write
+
+
+@pytest.fixture(autouse=True)
+def fresh_emulators(stack: DevStack) -> None:
+    """Each test reads only what it sent (the emulators are shared by the module's tests)."""
+    for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
+        emulator.clear_faults()
+        emulator.reset()
 
 
 def page_views(count: int) -> list[dict[str, Any]]:
@@ -94,3 +104,89 @@ def test_a_topic_created_after_start_up_that_matches_a_streams_pattern_is_consum
         wait_for(delivered, timeout_s=90, what="the new topic's page views at Freshpaint")
         wait_for(lambda: stack.committed(settings.group_for("freshpaint"), late) == stack.end_offsets(late),
                  timeout_s=60, what="the new topic committed to its end")
+
+
+PURCHASE: dict[str, Any] = {
+    "type": "record", "name": "Purchase", "namespace": "com.example.web",
+    "fields": [
+        {"name": "order", "type": "string"},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "visitor", "type": "string"},
+        {"name": "cents", "type": "long"},
+    ],
+}
+
+PURCHASE_MAPPING = """\
+version: 1
+defaults:
+  freshpaint:
+    distinct_id: {field: visitor}
+    time: {field: at, convert: epoch_ms_to_s}
+    $insert_id: {insert_id: true}
+rules:
+  - name: purchased
+    freshpaint:
+      - event: Purchased
+        properties:
+          order: {field: order}
+          cents: {field: cents}
+"""
+
+
+def test_a_topic_carrying_two_record_types_maps_each_by_its_own_stream(stack: DevStack, tmp_path: Path) -> None:
+    shop, dlq = stack.topics(partitions=2, prefix="streams-shop")
+    view_id = stack.registry.register(f"{shop}-com.example.web.PageView", PAGE_VIEW)
+    purchase_id = stack.registry.register(f"{shop}-com.example.web.Purchase", PURCHASE)
+    refund = {**PURCHASE, "name": "Refund"}
+    refund_id = stack.registry.register(f"{shop}-com.example.web.Refund", refund)
+    views = page_views(10)
+    purchases: list[dict[str, Any]] = [{"order": f"o-{uuid.uuid4().hex[:6]}", "at": 1_767_000_000_000 + i,
+                                        "visitor": f"v{i}", "cents": 100 * i} for i in range(8)]
+    refunds: list[dict[str, Any]] = [{"order": "r-1", "at": 1_767_000_000_000, "visitor": "v1", "cents": 5}]
+    view_schema, purchase_schema, refund_schema = parse(PAGE_VIEW), parse(PURCHASE), parse(refund)
+    stack.produce(shop, [*((v["visitor"].encode(), encode_confluent(view_id, v, view_schema)) for v in views),
+                         *((p["visitor"].encode(), encode_confluent(purchase_id, p, purchase_schema))
+                           for p in purchases),
+                         *((r["visitor"].encode(), encode_confluent(refund_id, r, refund_schema)) for r in refunds)])
+    write(tmp_path, "page_view.avsc", json.dumps(PAGE_VIEW))
+    write(tmp_path, "purchase.avsc", json.dumps(PURCHASE))
+    settings = stack.settings(shop, dlq, freshsuccess={"enabled": False}, streams=[
+        {"name": "views", "topics": [shop], "record_names": ["com.example.web.PageView"],
+         "reader_schema": str(tmp_path / "page_view.avsc"), "mapping": str(write(tmp_path, "web.yaml", WEB_MAPPING))},
+        {"name": "purchases", "topics": [shop], "record_names": ["com.example.web.Purchase"],
+         "reader_schema": str(tmp_path / "purchase.avsc"),
+         "mapping": str(write(tmp_path, "purchases.yaml", PURCHASE_MAPPING))},
+    ])
+    with RunningService(settings):
+        wait_for(lambda: stack.committed(settings.group_for("freshpaint"), shop) == stack.end_offsets(shop),
+                 timeout_s=60, what="the shared topic committed to its end")
+    events = stack.emulators.freshpaint.events()
+    assert sorted(e["properties"]["view_id"] for e in events if e["event"] == "Page Viewed") == \
+        sorted(v["id"] for v in views)
+    assert sorted((e["properties"]["order"], e["properties"]["cents"]) for e in events if e["event"] == "Purchased") \
+        == sorted((p["order"], p["cents"]) for p in purchases)
+    [letter] = stack.read_all(dlq, timeout_s=10)
+    headers = dict(letter.headers())
+    assert headers["dlq.reason"] == b"no_stream"
+    assert b"com.example.web.Refund" in headers["dlq.error_message"]
+
+
+def test_an_incompatible_writer_schema_is_dead_lettered_schema_mismatch_naming_both(stack: DevStack) -> None:
+    topic, dlq = stack.topics(partitions=1, prefix="streams-mismatch")
+    usage_id = stack.register(topic)
+    incompatible = {**stack.schema, "fields": [f | {"type": ["null", "string"]} if f["name"] == "duration_ms" else f
+                                               for f in stack.schema["fields"]]}
+    bad_id = stack.registry.register(f"{topic}-value", incompatible)
+    good = list(realistic_events(5, seed=41))
+    bad = {**good[0], "event_id": str(uuid.uuid4()), "duration_ms": "long"}
+    stack.produce_events(topic, usage_id, good)
+    stack.produce(topic, [(b"k", encode_confluent(bad_id, bad, parse(incompatible)))])
+    settings = stack.settings(topic, dlq, freshsuccess={"enabled": False})
+    with RunningService(settings):
+        wait_for(lambda: stack.committed(settings.group_for("freshpaint"), topic) == stack.end_offsets(topic),
+                 timeout_s=60, what="the topic committed past the incompatible record")
+    [letter] = stack.read_all(dlq, timeout_s=10)
+    headers = dict(letter.headers())
+    assert headers["dlq.reason"] == b"schema_mismatch"
+    assert f"schema id {bad_id}".encode() in headers["dlq.error_message"]
+    assert b"reader schema io.usageconsumer.events.UsageEvent" in headers["dlq.error_message"]

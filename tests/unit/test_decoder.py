@@ -450,3 +450,15 @@ def test_corrupted_valid_events_only_ever_raise_event_errors(data: st.DataObject
     cut = data.draw(st.integers(0, len(value)), label="cut")
     with contextlib.suppress(DecodeError, UnknownSchema):
         decoders[framing].decode(bytes(value[:cut]))
+
+
+def test_the_writer_schemas_name_is_read_from_the_header_alone(emulator: SchemaRegistryEmulator,
+                                                              decoders: dict[str, Decoder]) -> None:
+    other = parse({"type": "record", "name": "Purchase", "namespace": "com.example",
+                   "fields": [{"name": "x", "type": "long"}]})
+    other_id = emulator.register("shop-com.example.Purchase", other.source)
+    value = encode_confluent(other_id, {"x": 1}, other)
+    assert decoders["confluent"].writer_name(value) == "com.example.Purchase"
+    assert decoders["confluent"].writer_name(value[:5] + b"\xff") == "com.example.Purchase"  # the body is not read
+    with pytest.raises(DecodeError):
+        decoders["confluent"].writer_name(b"\x07")

@@ -12,8 +12,8 @@ import pytest
 from consumer.app.startup import prepare
 from consumer.cli import main
 from consumer.config import load_settings
-from consumer.errors import ConfigError, MappingInvalid
-from consumer.pipeline.verdict import PARK, SEND, Judge, StreamJudges
+from consumer.errors import ConfigError, DecodeError, MappingInvalid, TransientError
+from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Judge, RecordTypeJudges, StreamJudges
 
 PAGE_VIEW: dict[str, Any] = {
     "type": "record", "name": "PageView", "namespace": "com.example.web",
@@ -212,3 +212,54 @@ def test_only_named_topics_must_exist_at_start_up(tmp_path: Path) -> None:
                              environ={})
     assert settings.topics() == ("a", r"^web\..*")
     assert settings.named_topics() == ("a",)
+
+
+def test_streams_may_share_a_topic_when_each_lists_its_record_types(tmp_path: Path) -> None:
+    settings = load_settings(config(tmp_path, {"streams": [
+        {"name": "views", "topics": ["shop"], "record_names": ["com.example.PageView"]},
+        {"name": "buys", "topics": ["shop"], "record_names": ["com.example.Purchase"], "other_records": "skip"},
+    ]}), environ={})
+    assert [s.record_names for s in settings.stream_list()] == [("com.example.PageView",), ("com.example.Purchase",)]
+    assert settings.named_topics() == ("shop",)  # subscribed once: librdkafka refuses a topic named twice
+
+
+@pytest.mark.parametrize(("streams", "says"), [
+    ([{"name": "a", "topics": ["shop"], "record_names": ["X"]}, {"name": "b", "topics": ["shop"]}],
+     "unless each stream on it lists its record_names"),
+    ([{"name": "a", "topics": ["shop"], "record_names": ["X"]}, {"name": "b", "topics": ["shop"],
+                                                                "record_names": ["X", "Y"]}],
+     "record type(s) X on topic 'shop' are listed by more than one stream"),
+])
+def test_a_shared_topic_without_distinct_record_types_is_refused(tmp_path: Path, streams: list[dict[str, Any]],
+                                                                 says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_settings(config(tmp_path, {"streams": streams}), environ={})
+
+
+def test_on_a_shared_topic_the_writer_schemas_record_name_picks_the_stream() -> None:
+    views, buys = Named("views"), Named("buys")
+    names = {b"v": "com.example.PageView", b"p": "com.example.Purchase", b"r": "com.example.Refund"}
+
+    def writer_name(value: bytes | None) -> str:
+        if value == b"down":
+            raise TransientError("registry down")
+        if value == b"junk":
+            raise DecodeError("bad header")
+        assert value is not None
+        return names[value]
+
+    def echo(record: dict[str, Any], topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
+        return [{"stream": record["stream"]}]
+
+    by_name = {"com.example.PageView": Judge(decoder=views, map_fn=echo, max_event_bytes=1000, ndjson=False),
+               "com.example.Purchase": Judge(decoder=buys, map_fn=echo, max_event_bytes=1000, ndjson=False)}
+    strict = RecordTypeJudges(writer_name, by_name, skip_others=False)
+    assert [strict.decide(v, "shop", 0, 0).outputs for v in (b"v", b"p")] == [[{"stream": "views"}],
+                                                                               [{"stream": "buys"}]]
+    refund = strict.decide(b"r", "shop", 0, 0)
+    assert (refund.kind, refund.reason) == (PARK, "no_stream")
+    assert "com.example.Refund" in str(refund.error)
+    assert strict.decide(b"down", "shop", 0, 0).kind == WAIT  # a registry outage waits, never dead-letters
+    assert strict.decide(b"junk", "shop", 0, 0).reason == "undecodable"
+    lenient = RecordTypeJudges(writer_name, by_name, skip_others=True)
+    assert lenient.decide(b"r", "shop", 0, 0).kind == SKIP
