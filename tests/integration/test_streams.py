@@ -190,3 +190,30 @@ def test_an_incompatible_writer_schema_is_dead_lettered_schema_mismatch_naming_b
     assert headers["dlq.reason"] == b"schema_mismatch"
     assert f"schema id {bad_id}".encode() in headers["dlq.error_message"]
     assert b"reader schema io.usageconsumer.events.UsageEvent" in headers["dlq.error_message"]
+
+
+def test_a_compatible_new_writer_schema_registered_mid_stream_loses_nothing(stack: DevStack, tmp_path: Path) -> None:
+    topic, dlq = stack.topics(partitions=2, prefix="streams-evolve")
+    subject = f"{topic}-value"
+    v1_id = stack.registry.register(subject, PAGE_VIEW)
+    v2 = {**PAGE_VIEW, "fields": [*PAGE_VIEW["fields"], {"name": "title", "type": ["null", "string"], "default": None}]}
+    first, second = page_views(20), page_views(20)
+    stack.produce(topic, ((v["visitor"].encode(), encode_confluent(v1_id, v, parse(PAGE_VIEW))) for v in first))
+    settings = stack.settings(topic, dlq, freshsuccess={"enabled": False}, streams=[
+        {"name": "web", "topics": [topic], "reader_schema": str(write(tmp_path, "pv.avsc", json.dumps(PAGE_VIEW))),
+         "mapping": str(write(tmp_path, "web.yaml", WEB_MAPPING))}])
+    wanted = {v["id"] for v in first + second}
+
+    def seen() -> set[str]:
+        return {e["properties"].get("view_id") for e in stack.emulators.freshpaint.events()} & wanted
+
+    with RunningService(settings):
+        wait_for(lambda: len(seen()) == len(first), timeout_s=60, what="the v1 page views delivered")
+        v2_id = stack.registry.register(subject, v2)  # the producer moves to v2 while the consumer runs
+        assert v2_id != v1_id
+        stack.produce(topic, ((v["visitor"].encode(), encode_confluent(v2_id, {**v, "title": "t"}, parse(v2)))
+                              for v in second))
+        wait_for(lambda: seen() == wanted, timeout_s=60, what="the v2 page views delivered too")
+        wait_for(lambda: stack.committed(settings.group_for("freshpaint"), topic) == stack.end_offsets(topic),
+                 timeout_s=60, what="committed to the end")
+    assert stack.read_all(dlq, timeout_s=2) == []
