@@ -18,7 +18,7 @@ from consumer.decoding.schemas import parse
 from consumer.testing.devstack import DevStack, RunningService
 from consumer.testing.eventgen import realistic_events
 from tests.helpers import wait_for
-from tests.unit.test_streams import PAGE_VIEW, WEB_MAPPING, write
+from tests.unit.test_streams import PAGE_VIEW, VISITOR_HEADER, WEB_MAPPING, write
 
 
 @pytest.fixture(autouse=True)
@@ -116,14 +116,7 @@ PURCHASE: dict[str, Any] = {
     ],
 }
 
-PURCHASE_MAPPING = """\
-version: 1
-defaults:
-  freshpaint:
-    distinct_id: {field: visitor}
-    time: {field: at, convert: epoch_ms_to_s}
-    $insert_id: {insert_id: true}
-rules:
+PURCHASE_MAPPING = VISITOR_HEADER + """\
   - name: purchased
     freshpaint:
       - event: Purchased

@@ -29,7 +29,7 @@ PAGE_VIEW: dict[str, Any] = {
     ],
 }
 
-WEB_MAPPING = """\
+VISITOR_HEADER = """\
 version: 1
 defaults:
   freshpaint:
@@ -37,6 +37,10 @@ defaults:
     time: {field: at, convert: epoch_ms_to_s}
     $insert_id: {insert_id: true}
 rules:
+"""
+"""The head of a mapping for the web records: the visitor is the Freshpaint user."""
+
+WEB_MAPPING = VISITOR_HEADER + """\
   - name: page-viewed
     freshpaint:
       - event: Page Viewed
