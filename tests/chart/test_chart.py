@@ -161,8 +161,11 @@ def test_config_keys_in_the_values_schema_match_the_consumer_settings():
     sections = schema["properties"]["config"]["properties"]
     secrets = {"auth_key", "api_key", "token"}  # environment only: the schema must refuse them
     owned_by_chart = {"mapping"}  # mapping.file is set by the chart
+    # streams: each stream's schema and mapping must reach the pod as files and KEDA must watch every topic;
+    # until the chart does that (issue 13), its values refuse streams rather than half-support them
+    not_in_chart_yet = {"streams"}
     model_sections = {name for name, field in Settings.model_fields.items() if not field.exclude} - {"source"}
-    assert set(sections) == model_sections - owned_by_chart
+    assert set(sections) == model_sections - owned_by_chart - not_in_chart_yet
     for name in sections:
         section_model = Settings.model_fields[name].annotation
         assert isinstance(section_model, type)
