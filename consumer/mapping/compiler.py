@@ -34,6 +34,7 @@ from consumer.mapping.model import (
     FRESHSUCCESS_BASE_FIELDS,
     FRESHSUCCESS_REQUIRED_TEXT,
     IDENTIFY_EVENT,
+    TOPIC_FIELD,
     AllOf,
     Always,
     AnyOf,
@@ -162,6 +163,8 @@ class CompiledMapping:
     source: str = ""
     python_source: str = field(default="", repr=False, compare=False)
     _programs: tuple[_RuleProgram, ...] = field(default=(), repr=False, compare=False)
+    reads_topic: bool = False
+    """Some rule reads ``$topic``; ``explain`` and ``rules_matching`` then need the topic too."""
 
     @property
     def functions(self) -> dict[str, MapFn]:
@@ -169,9 +172,13 @@ class CompiledMapping:
         found = {Destination.FRESHSUCCESS.value: self.freshsuccess, Destination.FRESHPAINT.value: self.freshpaint}
         return {name: fn for name, fn in found.items() if fn is not None}
 
-    def rules_matching(self, record: dict[str, Any]) -> list[str]:
-        """The rules whose ``when:`` selects the record, in file order."""
+    def rules_matching(self, record: dict[str, Any], *, topic: str | None = None) -> list[str]:
+        """The rules whose ``when:`` selects the record (read from ``topic``), in file order."""
+        record = self._with_topic(record, topic)
         return [program.name for program in self._programs if program.matches(record)]
+
+    def _with_topic(self, record: dict[str, Any], topic: str | None) -> dict[str, Any]:
+        return {**record, TOPIC_FIELD: topic} if self.reads_topic else record
 
     def explain(self, record: dict[str, Any], topic: str, partition: int, offset: int,
                 destination: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
@@ -181,6 +188,7 @@ class CompiledMapping:
         Produces exactly what the ``freshsuccess``/``freshpaint`` functions produce, in the same order,
         and raises the same errors.
         """
+        record = self._with_topic(record, topic)
         outputs: list[tuple[str, str, dict[str, Any]]] = []
         fs_out: list[dict[str, Any]] = []
         fp_out: list[dict[str, Any]] = []
@@ -747,6 +755,8 @@ class _Compiler:
             else:
                 rule_fns = f"_{name}_table.get(r.get({_literal(key_field)}), _{name}_other)"
             self.emit(0, f"def {name}(r, topic, partition, offset):")
+            if self.model.reads_topic:  # the record is the decoder's fresh dict: one store, only when read
+                self.emit(1, f"r[{_literal(TOPIC_FIELD)}] = topic")
             self.emit(1, "out = []")
             self.emit(1, f"for f in {rule_fns}:")
             self.emit(2, "f(r, topic, partition, offset, out)")
@@ -785,4 +795,5 @@ class _Compiler:
             source=self.model.source,
             python_source=python_source,
             _programs=tuple(programs),
+            reads_topic=self.model.reads_topic,
         )

@@ -212,6 +212,13 @@ class MappingModel:
     version: int
     rules: tuple[Rule, ...]
     source: str
+    reads_topic: bool = False
+    """Some rule reads :data:`TOPIC_FIELD`: the map functions put the record's topic there first."""
+
+
+TOPIC_FIELD = "$topic"
+"""The field path that reads the topic a record came from (Avro names cannot start with ``$``, so it never
+shadows a field of the schema)."""
 
 
 # ---------------------------------------------------------------------------------------------------------

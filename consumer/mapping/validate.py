@@ -39,6 +39,7 @@ from consumer.mapping.model import (
     OBJECT,
     ORDERING_OPS,
     STRING,
+    TOPIC_FIELD,
     AllOf,
     Always,
     AnyOf,
@@ -419,7 +420,9 @@ def build_model(located: Located, reader_schema: Any, *, source: str) -> tuple[M
         return None, [f"{source}: the reader schema cannot be used: {exc}"]
     if schema.fields is None:
         return None, [f"{source}: the reader schema is not a record"]
-    builder = _Builder(located, schema, source)
+    assert schema.fields is not None
+    topic = SchemaType(frozenset({"string"}), False, "string (the record's topic)")
+    builder = _Builder(located, replace(schema, fields={**schema.fields, TOPIC_FIELD: topic}), source)
     model = builder.build()
     if builder.problems:
         return None, builder.problems
@@ -434,6 +437,7 @@ class _Builder:
         self._problems: list[tuple[int, str]] = []
         self.rule_names: dict[int, str] = {}
         self.broken_defaults: set[str] = set()  # reported once where they stand, not again per output
+        self.reads_topic = False
 
     # -- reporting --------------------------------------------------------------------------------------
 
@@ -513,7 +517,8 @@ class _Builder:
                 if rule is not None:
                     rules.append(rule)
         version_int = version if isinstance(version, int) else 0
-        return MappingModel(version=version_int, rules=tuple(rules), source=self.source)
+        return MappingModel(version=version_int, rules=tuple(rules), source=self.source,
+                            reads_topic=self.reads_topic)
 
     def defaults(self, raw: Any) -> tuple[dict[str, _Typed], dict[str, _Typed]]:
         fs: dict[str, _Typed] = {}
@@ -1015,6 +1020,8 @@ class _Builder:
         return segments
 
     def resolve(self, path: PathKey, ref: FieldPath) -> SchemaType | None:
+        if ref[0] == TOPIC_FIELD:
+            self.reads_topic = True
         current = self.schema
         for i, segment in enumerate(ref):
             if current.fields is not None:

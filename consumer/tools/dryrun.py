@@ -122,7 +122,7 @@ class DryRun:
             if record is not None and not plan.rules and plan.event_type is None:
                 plan.event_type = _text(record.get("event_type"))
                 plan.event_id = _text(record.get("event_id"))
-                plan.rules = self.mapping.rules_matching(record)
+                plan.rules = self.mapping.rules_matching(record, topic=sample.topic)
             plan.destinations[name] = self._destination(name, decision, sample)
         return plan
 

@@ -622,3 +622,56 @@ def test_the_dispatch_field_is_the_first_written_on_a_tie_whatever_the_hash_seed
       - event: e
 """).python_source
     assert f"_map_freshpaint_table.get(r.get({first!r})" in source
+
+
+TOPIC_RULES = HEADER + """
+  - name: web
+    when: {$topic: [web.eu, web.us]}
+    freshpaint:
+      - event: Web Event
+        properties:
+          source_topic: {field: $topic}
+  - name: mobile
+    when: {field: $topic, eq: mobile.all}
+    freshpaint:
+      - event: Mobile Event
+"""
+
+
+def test_rules_read_and_select_on_the_records_topic() -> None:
+    """``$topic`` is the topic the record was read from: a rule can select on it and a value can read it."""
+    mapping = compile_text(TOPIC_RULES)
+    assert mapping.freshpaint is not None
+    record = event()
+    outputs = {topic: [(o["event"], o["properties"].get("source_topic")) for o in
+                       mapping.freshpaint(dict(record), topic, PARTITION, OFFSET)]
+               for topic in ("web.eu", "web.us", "mobile.all", "billing")}
+    assert outputs == {"web.eu": [("Web Event", "web.eu")], "web.us": [("Web Event", "web.us")],
+                       "mobile.all": [("Mobile Event", None)], "billing": []}
+    assert [rule for rule, _, _ in mapping.explain(dict(record), "web.eu", PARTITION, OFFSET)] == ["web"]
+    assert mapping.rules_matching(dict(record), topic="mobile.all") == ["mobile"]
+
+
+def test_a_mapping_that_does_not_read_the_topic_leaves_the_record_as_decoded() -> None:
+    record = event()
+    mapping = compile_text(HEADER + """
+  - name: all
+    freshpaint:
+      - event: Anything
+""")
+    assert mapping.freshpaint is not None
+    mapping.freshpaint(record, TOPIC, PARTITION, OFFSET)
+    assert "$topic" not in record
+
+
+def test_the_topic_is_text_with_nothing_inside() -> None:
+    problems = problems_of(HEADER + """
+  - name: bad
+    when: {$topic: 7}
+    freshpaint:
+      - event: E
+        properties:
+          x: {field: $topic.name}
+""")
+    assert any("$topic" in p and "nothing inside" in p for p in problems), problems
+    assert len(problems) == 2, problems
