@@ -60,6 +60,16 @@ def close_decoder(decoder: RecordDecoder | None) -> None:
         close()
 
 
+class _Closed:
+    """The decoder of a closed :class:`Judge`: deciding after close is a bug, and says so."""
+
+    def decode(self, value: bytes | None) -> dict[str, Any]:
+        raise RuntimeError("this judge was closed")
+
+
+_CLOSED: RecordDecoder = _Closed()
+
+
 class Decision:
     """What to do with one event. ``outputs`` and ``body`` are set for ``send``, ``error`` otherwise
     (``park``: an :class:`EventError` whose ``reason`` goes to the dead-letter headers)."""
@@ -142,8 +152,10 @@ class Judge:
             return Decision(PARK, error=_unexpected(stage, exc), record=record)
 
     def close(self) -> None:
-        """Close the decoder's connections (the schema registry's)."""
-        close_decoder(self.decoder)
+        """Close the decoder's connections (the schema registry's); once, however many routes share this judge."""
+        decoder, self.decoder = self.decoder, _CLOSED
+        if decoder is not _CLOSED:
+            close_decoder(decoder)
 
 
 class StreamJudges:

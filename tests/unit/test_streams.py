@@ -267,3 +267,12 @@ def test_on_a_shared_topic_the_writer_schemas_record_name_picks_the_stream() -> 
     assert strict.decide(b"junk", "shop", 0, 0).reason == "undecodable"
     lenient = RecordTypeJudges(writer_name, by_name, skip_others=True)
     assert lenient.decide(b"r", "shop", 0, 0).kind == SKIP
+
+
+def test_a_judge_shared_by_several_routes_closes_its_decoder_once() -> None:
+    decoder = Named("web")
+    judge = Judge(decoder=decoder, map_fn=lambda *_: [], max_event_bytes=1000, ndjson=False)
+    judges = StreamJudges({"a": judge, "b": RecordTypeJudges(lambda _: "X", {"X": judge}, skip_others=False)})
+    judges.close()
+    judge.close()
+    assert decoder.closed == 1
