@@ -8,13 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consumer.config import Settings
-from consumer.decoding.decoder import decoder_for
+from consumer.decoding.decoder import Decoder, decoder_for
 from consumer.decoding.registry import SchemaRegistryClient
 from consumer.errors import ConfigError, FatalError, TransientError
-from consumer.pipeline.verdict import RecordDecoder
 
 
-def tool_decoder(settings: Settings, reader_schema: dict[str, Any], *, check: bool = True) -> RecordDecoder:
+def tool_decoder(settings: Settings, reader_schema: dict[str, Any], *, check: bool = True) -> Decoder:
     """The decoder the consumer would use; for ``confluent`` the registry is asked once, without retries."""
     return decoder_for(settings, reader_schema, check_registry=_check_once if check else None)
 

@@ -41,7 +41,7 @@ import orjson
 import structlog
 from confluent_kafka import KafkaError, Producer
 
-from consumer.app.build import Sink, build_sink, judge_for
+from consumer.app.build import Sink, build_sink, judges_for
 from consumer.app.startup import Prepared, prepare
 from consumer.config import Settings
 from consumer.errors import (
@@ -56,7 +56,7 @@ from consumer.kafka.reader import Reader, Record
 from consumer.pipeline.batcher import Batcher
 from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.offsets import Work
-from consumer.pipeline.verdict import PARK, SEND, STOP, WAIT, Decision, Judge, RecordDecoder, close_decoder
+from consumer.pipeline.verdict import PARK, SEND, STOP, WAIT, Decides, Decision, RecordDecoder, close_decoder
 from consumer.tools.common import format_time_ms, parse_time_ms, tool_decoder
 from consumer.tools.dryrun import DryRun
 from consumer.tools.ledger import Ledger
@@ -445,7 +445,7 @@ def run_replay(settings: Settings, selection: Selection, *, to_destinations: boo
     group_id = group or f"{settings.kafka.group_id}.dlq-replay"
     topic = settings.kafka.dead_letter_topic
     prepared = prepare(settings)
-    running = [d for d in settings.destinations() if d in prepared.mapping.functions]
+    running = [d for d in settings.destinations() if any(d in s.mapping.functions for s in prepared.streams)]
     mode = "to destinations" if to_destinations else "to source topics"
     report = ReplayReport(group_id, topic, mode, dry_run)
     ledger = Ledger(settings, group=group_id, create=not dry_run)
@@ -740,14 +740,14 @@ class _DestinationReplay:
 
     def __init__(self, settings: Settings, prepared: Prepared, timeout_s: float, bar: Progress) -> None:
         self.settings = settings
-        self.mapping = prepared.mapping
+        self.prepared = prepared
         self.timeout_s = timeout_s
         self.bar = bar
-        self.decoder = tool_decoder(settings, prepared.reader_schema)
         self.max_run = settings.batching.max_events
         self.delivery = DeliveryLoop(name="replay-delivery").start()
         self.sinks: dict[str, Sink] = {}
-        self.judges: dict[str, Judge] = {}
+        self.judges: dict[str, Decides] = {}
+        """Per destination, the lane's own verdict: each letter decoded and mapped by its source topic's stream."""
         self.parker = DeadLetterProducer(settings.kafka.dead_letter_topic,
                                          {"log_level": 0, **settings.kafka_client_config()})
 
@@ -774,7 +774,8 @@ class _DestinationReplay:
                     log.warning("destination_close_failed", destination=sink.name, error=str(exc))
             self.delivery.stop()
             self.parker.close(5.0)
-            close_decoder(self.decoder)
+            for judge in self.judges.values():
+                judge.close()
 
     def _max_run(self, run: list[Item]) -> int:
         """Freshsuccess: one request carries the run (up to ``batching.max_events``). Freshpaint: one request per
@@ -783,9 +784,9 @@ class _DestinationReplay:
             return min(self.max_run, self.settings.freshpaint.max_in_flight_requests)
         return self.max_run
 
-    def _judge(self, name: str) -> Judge:
+    def _judge(self, name: str) -> Decides:
         if name not in self.judges:
-            self.judges[name] = judge_for(self.settings, name, self.decoder, self.mapping.functions[name])
+            self.judges[name] = judges_for(self.settings, name, self.prepared, tool_decoder)
         return self.judges[name]
 
     def _sink(self, name: str) -> Sink:

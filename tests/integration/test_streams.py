@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 
+from consumer.cli import main
+from consumer.config import load_settings
 from consumer.decoding.encoding import encode_confluent
 from consumer.decoding.schemas import parse
 from consumer.testing.devstack import DevStack, RunningService
+from consumer.testing.emulators.common import Fault
 from consumer.testing.eventgen import realistic_events
 from tests.helpers import wait_for
 from tests.unit.test_streams import PAGE_VIEW, VISITOR_HEADER, WEB_MAPPING, write
@@ -210,3 +213,28 @@ def test_a_compatible_new_writer_schema_registered_mid_stream_loses_nothing(stac
         wait_for(lambda: stack.committed(settings.group_for("freshpaint"), topic) == stack.end_offsets(topic),
                  timeout_s=60, what="committed to the end")
     assert stack.read_all(dlq, timeout_s=2) == []
+
+
+def test_dead_letters_of_a_stream_are_replayed_through_their_own_streams_schema_and_mapping(
+        stack: DevStack, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in stack.secrets_env().items():
+        monkeypatch.setenv(variable, value)
+    usage_topic, dlq = stack.topics(partitions=1, prefix="streams-replay")
+    web_topic = stack.create_topic(f"streams-replay-web-{uuid.uuid4().hex[:8]}", 1)
+    web_id = stack.registry.register(f"{web_topic}-value", PAGE_VIEW)
+    views = page_views(3)
+    stack.produce(web_topic, ((v["visitor"].encode(), encode_confluent(web_id, v, parse(PAGE_VIEW))) for v in views))
+    path = stack.config_file(usage_topic, dlq, freshsuccess={"enabled": False}, streams=[
+        {"name": "usage", "topics": [usage_topic]},
+        {"name": "web", "topics": [web_topic], "reader_schema": str(write(tmp_path, "pv.avsc", json.dumps(PAGE_VIEW))),
+         "mapping": str(write(tmp_path, "web.yaml", WEB_MAPPING))}])
+    settings = load_settings(path, environ=stack.secrets_env())
+    stack.emulators.freshpaint.inject(Fault(status=422, count=3))  # Freshpaint refuses the three page views
+    with RunningService(settings):
+        wait_for(lambda: len(stack.read_all(dlq, timeout_s=2)) == 3, timeout_s=60, what="three rejected views parked")
+    assert stack.emulators.freshpaint.events() == []
+    stack.emulators.freshpaint.clear_faults()
+    code = main(["dlq", "replay", "--config", str(path), "--to-destinations", "--reason", "rejected"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(e["properties"]["view_id"] for e in stack.emulators.freshpaint.events()) == \
+        sorted(v["id"] for v in views)
