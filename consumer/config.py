@@ -233,11 +233,7 @@ class Settings(_Section):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"streams: the name(s) {', '.join(repeated)} are used more than once")
-        sharing: dict[str, list[StreamConfig]] = {}
-        for stream in self.streams:
-            for topic in stream.topics:
-                sharing.setdefault(topic, []).append(stream)
-        for topic, streams in sharing.items():
+        for topic, streams in self.streams_by_topic().items():
             if len(streams) < 2:
                 continue
             first, second = streams[0], streams[1]
@@ -283,10 +279,19 @@ class Settings(_Section):
         return (StreamConfig(name="default", topics=self.kafka.topics, reader_schema=self.decoding.reader_schema,
                              mapping=self.mapping.file),)
 
+    def streams_by_topic(self) -> dict[str, list[StreamConfig]]:
+        """Each topic (or topic pattern), in configuration order, with the streams that read it: one, or several
+        that each take their own ``record_names``."""
+        by_topic: dict[str, list[StreamConfig]] = {}
+        for stream in self.stream_list():
+            for topic in stream.topics:
+                by_topic.setdefault(topic, []).append(stream)
+        return by_topic
+
     def topics(self) -> tuple[str, ...]:
         """Every topic and topic pattern of every stream, once each, in configuration order (what the lanes
         subscribe to; librdkafka refuses a subscription that names a topic twice)."""
-        return tuple(dict.fromkeys(topic for stream in self.stream_list() for topic in stream.topics))
+        return tuple(self.streams_by_topic())
 
     def named_topics(self) -> tuple[str, ...]:
         """The topics named outright (not patterns): these must exist at start-up."""

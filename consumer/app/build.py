@@ -10,9 +10,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from consumer.app.startup import Prepared, check_registry, tls_context
-from consumer.config import Settings, is_topic_pattern
-from consumer.decoding.decoder import Decoder, decoder_for
+from consumer.app.startup import Prepared, tls_context
+from consumer.config import Settings, StreamConfig, is_topic_pattern
+from consumer.decoding.decoder import checked_registry, decoder_for
+from consumer.decoding.registry import SchemaRegistryClient
 from consumer.mapping.compiler import MapFn
 from consumer.pipeline.lane import LaneSettings
 from consumer.pipeline.verdict import Decides, Judge, RecordDecoder, RecordTypeJudges, StreamJudges
@@ -27,11 +28,6 @@ SINKS: dict[str, type[FreshsuccessSink] | type[FreshpaintSink]] = {
 """Each destination's sink, by the name the configuration and the mapping use."""
 
 Sink = FreshsuccessSink | FreshpaintSink
-
-
-def build_decoder(settings: Settings, reader_schema: dict[str, Any]) -> Decoder:
-    """A lane's decoder; a registry that does not answer at start-up stops it (later outages are retried)."""
-    return decoder_for(settings, reader_schema, check_registry=check_registry)
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -92,28 +88,27 @@ def no_outputs(record: dict[str, Any], topic: str, partition: int, offset: int) 
 
 
 def judges_for(settings: Settings, name: str, prepared: Prepared,
-               decoder_for_schema: Callable[[Settings, dict[str, Any]], Decoder]) -> Decides:
+               check_registry: Callable[[SchemaRegistryClient], None] | None) -> Decides:
     """The verdict of destination ``name``'s lane: the one stream's :class:`Judge`, or one per stream picked by
     the record's topic (:class:`StreamJudges`) and, on a topic several streams share, by the writer schema's
-    record name (:class:`RecordTypeJudges`). Each decodes with its stream's reader schema."""
-    configs = {stream.name: stream for stream in settings.stream_list()}
-    decoders = {stream.name: decoder_for_schema(settings, stream.reader_schema) for stream in prepared.streams}
+    record name (:class:`RecordTypeJudges`). Each decodes with its stream's reader schema; all share one
+    registry client, checked once by ``check_registry``."""
+    registry = checked_registry(settings, check_registry)
+    decoders = {stream.name: decoder_for(settings, stream.reader_schema, registry=registry)
+                for stream in prepared.streams}
     judges = {stream.name: judge_for(settings, name, decoders[stream.name],
                                      stream.mapping.functions.get(name, no_outputs))
               for stream in prepared.streams}
-    on_topic: dict[str, list[str]] = {}
-    for stream in prepared.streams:
-        for topic in stream.topics:
-            on_topic.setdefault(topic, []).append(stream.name)
 
-    def for_topic(streams: list[str]) -> Decides:
-        if not any(configs[s].record_names for s in streams):
-            return judges[streams[0]]
-        by_name = {record: judges[s] for s in streams for record in configs[s].record_names}
-        skip = any(configs[s].other_records == "skip" for s in streams)
-        return RecordTypeJudges(decoders[streams[0]].writer_name, by_name, skip_others=skip)
+    def for_topic(streams: list[StreamConfig]) -> Decides:
+        if not any(stream.record_names for stream in streams):
+            return judges[streams[0].name]
+        by_name = {record: judges[stream.name] for stream in streams for record in stream.record_names}
+        skip = any(stream.other_records == "skip" for stream in streams)
+        return RecordTypeJudges(decoders[streams[0].name].writer_name, by_name, skip_others=skip)
 
-    if len(judges) == 1 and not any(c.record_names for c in configs.values()):
-        return next(iter(judges.values()))
-    return StreamJudges({topic: for_topic(s) for topic, s in on_topic.items() if not is_topic_pattern(topic)},
-                        [(re.compile(topic), for_topic(s)) for topic, s in on_topic.items() if is_topic_pattern(topic)])
+    by_topic = settings.streams_by_topic()
+    if len(judges) == 1 and not prepared.streams[0].config.record_names:
+        return judges[prepared.streams[0].name]
+    return StreamJudges({topic: for_topic(s) for topic, s in by_topic.items() if not is_topic_pattern(topic)},
+                        [(re.compile(topic), for_topic(s)) for topic, s in by_topic.items() if is_topic_pattern(topic)])

@@ -14,10 +14,11 @@ from typing import Any
 
 import structlog
 
-from consumer.app.build import Sink, build_decoder, build_sink, judges_for, lane_settings
+from consumer.app.build import Sink, build_sink, judges_for, lane_settings
 from consumer.app.startup import (
     Prepared,
     check_kafka,
+    check_registry,
     ping_freshsuccess,
     prepare,
     start_health_server,
@@ -77,7 +78,7 @@ class Service:
         base = settings.kafka_client_config()
         mapping_files = ", ".join(str(stream.mapping_file) for stream in prepared.streams)
         for name in self.destinations:
-            if not any(name in stream.mapping.functions for stream in prepared.streams):
+            if not prepared.has_rules_for(name):
                 log.warning("destination_has_no_rules", destination=name, mapping=mapping_files)
                 continue
             sink = build_sink(settings, name, on_retry=self.metrics.on_retry(name))
@@ -115,7 +116,7 @@ class Service:
         def source_factory(callbacks: SourceCallbacks) -> KafkaSource:
             return KafkaSource(config, topics, callbacks, destination=name)
 
-        judge = judges_for(settings, name, prepared, build_decoder)
+        judge = judges_for(settings, name, prepared, check_registry)
         dead_letters = DeadLetterProducer(settings.kafka.dead_letter_topic, base, on_parked=self.on_parked)
         try:
             lane = Lane(sink=sink, source_factory=source_factory, judge=judge,

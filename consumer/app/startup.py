@@ -19,7 +19,7 @@ import structlog
 from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient
 
-from consumer.config import Settings, default_mapping_file
+from consumer.config import Settings, StreamConfig, default_mapping_file
 from consumer.decoding.registry import SchemaRegistryClient
 from consumer.decoding.schemas import default_reader_schema_path, load_schema
 from consumer.errors import ConfigError, FatalError, MappingInvalid, TransientError
@@ -34,13 +34,20 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class PreparedStream:
-    """One stream after the start-up checks: its topics, its reader schema and its compiled mapping."""
+    """One stream after the start-up checks: its configuration, its reader schema and its compiled mapping."""
 
-    name: str
-    topics: tuple[str, ...]
+    config: StreamConfig
     reader_schema: dict[str, Any]
     mapping: CompiledMapping
     mapping_file: Path
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return self.config.topics
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,10 @@ class Prepared:
     """What start-up checks produce: every stream's schema and compiled mapping."""
 
     streams: tuple[PreparedStream, ...]
+
+    def has_rules_for(self, destination: str) -> bool:
+        """Some stream's mapping has outputs for ``destination`` (else its lane has nothing to do)."""
+        return any(destination in stream.mapping.functions for stream in self.streams)
 
     def only(self, what: str) -> PreparedStream:
         """The one stream, for the parts that do not read several streams yet (``what`` names the part)."""
@@ -89,7 +100,7 @@ def prepare(settings: Settings) -> Prepared:
                 raise
             problems.append(f"stream {stream.name!r}: {exc}")
         else:
-            prepared.append(PreparedStream(stream.name, stream.topics, reader_schema, mapping, mapping_file))
+            prepared.append(PreparedStream(stream, reader_schema, mapping, mapping_file))
     if problems:
         raise MappingInvalid(problems, title="invalid streams")
     return Prepared(tuple(prepared))

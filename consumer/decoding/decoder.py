@@ -323,20 +323,31 @@ def registry_client(settings: Settings) -> SchemaRegistryClient:
         raise ConfigError(str(exc), key="decoding.schema_registry_url", file=settings.source) from None
 
 
+def checked_registry(settings: Settings, check: Callable[[SchemaRegistryClient], None] | None = None,
+                     ) -> SchemaRegistryClient | None:
+    """The registry client the framing needs (None unless ``confluent``), after ``check`` ran on it."""
+    if settings.decoding.framing != "confluent":
+        return None
+    registry = registry_client(settings)
+    if check is not None:
+        try:
+            check(registry)
+        except BaseException:
+            registry.close()
+            raise
+    return registry
+
+
 def decoder_for(settings: Settings, reader_schema: dict[str, Any] | ParsedSchema, *,
-                check_registry: Callable[[SchemaRegistryClient], None] | None = None) -> Decoder:
+                check_registry: Callable[[SchemaRegistryClient], None] | None = None,
+                registry: SchemaRegistryClient | None = None) -> Decoder:
     """The decoder the configuration describes (framing, registry, schema directory, writer schema), built in
-    this one place for the lanes and the tools; ``check_registry`` runs on a new registry client first."""
+    this one place for the lanes and the tools. ``registry``: a client already checked, shared by the decoders
+    of several streams (one connection pool, each writer schema fetched once); else a new one is made and
+    ``check_registry`` runs on it first."""
     decoding = settings.decoding
-    registry = None
-    if decoding.framing == "confluent":
-        registry = registry_client(settings)
-        if check_registry is not None:
-            try:
-                check_registry(registry)
-            except BaseException:
-                registry.close()
-                raise
+    if registry is None:
+        registry = checked_registry(settings, check_registry)
     store = SchemaStore.from_directory(decoding.schema_dir or default_schema_dir()) \
         if decoding.framing == "single-object" else None
     writer = load_schema(decoding.writer_schema) if decoding.writer_schema else None

@@ -64,6 +64,14 @@ class Batcher:
     """The open batch reached ``max_events`` or ``max_bytes`` (an attribute: read once per event)."""
     _open: Batch | None = field(default=None, init=False, repr=False)
 
+    @classmethod
+    def unbounded(cls, destination: str, *, ndjson: bool) -> Batcher:
+        """A batcher that never closes a batch by itself: the tools (dry run, replay) add exactly what one
+        request run carries, then :meth:`take` it."""
+        never = 1 << 62
+        return cls(destination, max_events=never, max_bytes=never, max_wait_s=float("inf"), clock=lambda: 0.0,
+                   ndjson=ndjson)
+
     def _new(self) -> Batch:
         batch = Batch(self.destination, Work(), self.clock())
         batch.work.description = f"{self.destination} batch {batch.batch_id}"

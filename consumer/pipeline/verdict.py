@@ -142,14 +142,8 @@ class Judge:
                 for output in outputs:
                     _dumps(output)  # the sink serializes it again with the token; refuse it here instead
             return Decision(SEND, outputs, body, record=record)
-        except EventError as exc:
-            return Decision(PARK, error=exc, record=record)
-        except TransientError as exc:
-            return Decision(WAIT, error=exc)
-        except FatalError as exc:
-            return Decision(STOP, error=exc)
         except Exception as exc:  # one event's value must never stop its partition
-            return Decision(PARK, error=_unexpected(stage, exc), record=record)
+            return _failed(exc, stage, record)
 
     def close(self) -> None:
         """Close the decoder's connections (the schema registry's); once, however many routes share this judge."""
@@ -187,7 +181,7 @@ class StreamJudges:
         return None
 
     def close(self) -> None:
-        for judge in {id(judge): judge for judge in self._judges}.values():
+        for judge in self._judges:  # a judge on several routes closes once (Judge.close)
             judge.close()
 
 
@@ -206,14 +200,8 @@ class RecordTypeJudges:
                size_bytes: int | None = None) -> Decision:
         try:
             name = self.writer_name(value)
-        except EventError as exc:
-            return Decision(PARK, error=exc)
-        except TransientError as exc:
-            return Decision(WAIT, error=exc)
-        except FatalError as exc:
-            return Decision(STOP, error=exc)
         except Exception as exc:  # one event's header must never stop its partition
-            return Decision(PARK, error=_unexpected("decoding", exc))
+            return _failed(exc, "decoding")
         judge = self.by_name.get(name)
         if judge is not None:
             return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
@@ -223,8 +211,20 @@ class RecordTypeJudges:
                                              "in a stream's record_names (or set other_records: skip)"))
 
     def close(self) -> None:
-        for judge in {id(judge): judge for judge in self.by_name.values()}.values():
+        for judge in self.by_name.values():
             judge.close()
+
+
+def _failed(exc: Exception, stage: str, record: dict[str, Any] | None = None) -> Decision:
+    """The decision on an event whose ``stage`` raised: park it (a bad event, or an unexpected error, which
+    is the event's too), wait (the registry is down) or stop (the registry is not a registry)."""
+    if isinstance(exc, EventError):
+        return Decision(PARK, error=exc, record=record)
+    if isinstance(exc, TransientError):
+        return Decision(WAIT, error=exc)
+    if isinstance(exc, FatalError):
+        return Decision(STOP, error=exc)
+    return Decision(PARK, error=_unexpected(stage, exc), record=record)
 
 
 def _unexpected(stage: str, exc: Exception) -> EventError:

@@ -15,10 +15,11 @@ from consumer.errors import ConfigError, FatalError, TransientError
 
 def tool_decoder(settings: Settings, reader_schema: dict[str, Any], *, check: bool = True) -> Decoder:
     """The decoder the consumer would use; for ``confluent`` the registry is asked once, without retries."""
-    return decoder_for(settings, reader_schema, check_registry=_check_once if check else None)
+    return decoder_for(settings, reader_schema, check_registry=check_once if check else None)
 
 
-def _check_once(registry: SchemaRegistryClient) -> None:
+def check_once(registry: SchemaRegistryClient) -> None:
+    """The tools' registry check: one question, no retries (an operator is waiting for the answer)."""
     try:
         registry.check()
     except TransientError as exc:

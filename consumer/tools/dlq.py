@@ -57,7 +57,7 @@ from consumer.pipeline.batcher import Batcher
 from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.offsets import Work
 from consumer.pipeline.verdict import PARK, SEND, STOP, WAIT, Decides, Decision, RecordDecoder, close_decoder
-from consumer.tools.common import format_time_ms, parse_time_ms, tool_decoder
+from consumer.tools.common import check_once, format_time_ms, parse_time_ms, tool_decoder
 from consumer.tools.dryrun import DryRun
 from consumer.tools.ledger import Ledger
 from consumer.tools.progress import Progress
@@ -445,7 +445,7 @@ def run_replay(settings: Settings, selection: Selection, *, to_destinations: boo
     group_id = group or f"{settings.kafka.group_id}.dlq-replay"
     topic = settings.kafka.dead_letter_topic
     prepared = prepare(settings)
-    running = [d for d in settings.destinations() if any(d in s.mapping.functions for s in prepared.streams)]
+    running = [d for d in settings.destinations() if prepared.has_rules_for(d)]
     mode = "to destinations" if to_destinations else "to source topics"
     report = ReplayReport(group_id, topic, mode, dry_run)
     ledger = Ledger(settings, group=group_id, create=not dry_run)
@@ -786,7 +786,7 @@ class _DestinationReplay:
 
     def _judge(self, name: str) -> Decides:
         if name not in self.judges:
-            self.judges[name] = judges_for(self.settings, name, self.prepared, tool_decoder)
+            self.judges[name] = judges_for(self.settings, name, self.prepared, check_once)
         return self.judges[name]
 
     def _sink(self, name: str) -> Sink:
@@ -816,9 +816,7 @@ class _DestinationReplay:
         if stop is not None:  # deliver nothing of this run: the next replay starts at its first item
             raise FatalError(stop)
         sink = self._sink(name)
-        unbounded = 1 << 62  # a run is one batch: _max_run already bounds it
-        batcher = Batcher(name, max_events=unbounded, max_bytes=unbounded, max_wait_s=0.0, clock=time.monotonic,
-                          ndjson=sink.ndjson)
+        batcher = Batcher.unbounded(name, ndjson=sink.ndjson)  # a run is one batch: _max_run bounds it
         sent: list[Item] = []  # the item behind each output, in batch order
         for item, decision in mapped:
             if decision.kind == SEND:

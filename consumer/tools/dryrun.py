@@ -165,14 +165,14 @@ class DryRun:
                   sample: Sample) -> list[PlannedRequest]:
         """What the sink would send for this one event, each request labelled with the rules behind it."""
         sink = self._sinks[name]
-        batcher = Batcher(name, max_events=len(outputs), max_bytes=1 << 62, max_wait_s=0.0, clock=lambda: 0.0,
-                          ndjson=sink.ndjson)
+        batcher = Batcher.unbounded(name, ndjson=sink.ndjson)
         batcher.add(decision, None, (sample.topic, sample.partition), sample.offset)
         batch = batcher.take()
         assert batch is not None
         previews = sink.preview(batch)
         rules = [rule for rule, _ in outputs]
-        labels = [tuple(dict.fromkeys(rules))] if len(previews) == 1 and len(rules) > 1 else [(r,) for r in rules]
+        # NDJSON: one request carries every output; otherwise one request per output
+        labels = [tuple(dict.fromkeys(rules))] if sink.ndjson else [(rule,) for rule in rules]
         return [PlannedRequest(p.method, p.url, p.headers, p.body, label)
                 for p, label in zip(previews, labels, strict=True)]
 

@@ -9,30 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from consumer.testing.faultkit import DESTINATIONS, Scenario, group_members
-from consumer.testing.waiting import wait_until
+from consumer.testing.faultkit import DESTINATIONS
 
 RATE_PER_S = 400
 PARTITIONS = 6
-
-
-def wait_members(scenario: Scenario, admin: Any, names: set[str]) -> dict[str, dict[str, list[int]]]:
-    """Both groups stable with exactly ``names`` as members, each owning a partition, all partitions owned."""
-    seen: dict[str, dict[str, list[int]]] = {}
-
-    def settled() -> bool:
-        for destination, group in scenario.groups.items():
-            state, members = group_members(admin, group)
-            seen[destination] = members
-            owned = sorted(p for partitions in members.values() for p in partitions)
-            if state != "STABLE" or set(members) != names or owned != list(range(PARTITIONS)) \
-                    or not all(members.values()):
-                return False
-        return True
-
-    wait_until(settled, timeout_s=90, interval_s=0.25, what=f"both groups to settle on members {sorted(names)}",
-               diagnose=lambda: f"last seen {seen}\n{scenario.diagnose()}")
-    return seen
 
 
 def test_members_joining_and_leaving_under_load_lose_nothing(
@@ -40,7 +20,7 @@ def test_members_joining_and_leaving_under_load_lose_nothing(
     scenario = make_scenario("group", partitions=PARTITIONS)
     producer = scenario.start_producer(rate_per_s=RATE_PER_S, seed=seed)
     members = {name: scenario.start_consumer(name) for name in ("member-a", "member-b")}
-    steps = [wait_members(scenario, kafka_admin, {"member-a", "member-b"})]
+    steps = [scenario.wait_members(kafka_admin, {"member-a", "member-b"}, partitions=PARTITIONS)]
     scenario.wait_progress(300, timeout_s=90)
     exits = {}
 
@@ -57,7 +37,7 @@ def test_members_joining_and_leaving_under_load_lose_nothing(
             join(name)
         else:
             leave(name)
-        steps.append(wait_members(scenario, kafka_admin, set(members)))
+        steps.append(scenario.wait_members(kafka_admin, set(members), partitions=PARTITIONS))
         scenario.wait_progress(300, timeout_s=90)
         print(f"{action} {name}: members now {steps[-1]}")
 
