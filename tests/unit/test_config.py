@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.config import load_settings
+from consumer.config import Settings, load_settings
 from consumer.errors import ConfigError
 
 ENV = {"FRESHSUCCESS_AUTH_KEY": "auth-secret-123", "FRESHSUCCESS_API_KEY": "api-secret-456",
@@ -117,3 +117,12 @@ def test_every_secret_comes_from_its_variable_and_is_scrubbed() -> None:
     assert sorted(settings.secret_values()) == sorted(environ.values())
     with pytest.raises(ConfigError, match="FRESHSUCCESS_AUTH_KEY, FRESHSUCCESS_API_KEY, FRESHPAINT_TOKEN"):
         load_settings(None, environ={}).require_secrets(["freshsuccess", "freshpaint"])
+
+
+def test_a_lanes_default_settings_are_the_configurations() -> None:
+    """LaneSettings() (what tests and tools build) and the settings a lane gets from a default configuration are
+    one set of values: defaults are written only in consumer/config.py."""
+    from consumer.app.build import lane_settings
+    from consumer.pipeline.lane import LaneSettings
+
+    assert LaneSettings() == lane_settings(Settings())

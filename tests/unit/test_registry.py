@@ -4,7 +4,9 @@ emulator behaves like the Confluent registry for the REST subset the project use
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from consumer.decoding.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClient
 from consumer.decoding.schemas import default_schema_dir, load_schema
 from consumer.errors import FatalError, TransientError, UnknownSchema
+from consumer.sinks.retry import DEFAULT_MAX_RETRY_AFTER_S
 from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator, main
 
 CURRENT = load_schema(default_schema_dir() / "usage_event.avsc")
@@ -293,3 +296,14 @@ def test_emulator_stop_closes_keep_alive_connections() -> None:
 def test_emulator_cli_rejects_a_bad_register_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--register", "no-equals-sign"]) == 2
     assert "SUBJECT=PATH" in capsys.readouterr().err
+
+
+def test_retry_after_as_an_http_date_is_read_and_capped_like_the_sinks_read_it() -> None:
+    """The registry reads Retry-After with the sinks' parser: an HTTP-date counts, and a far one is capped."""
+    for ahead_s, expected_s in ((60, 60.0), (10 * 3600, DEFAULT_MAX_RETRY_AFTER_S)):
+        when = formatdate(time.time() + ahead_s, usegmt=True)
+        answer = registry_json(503, {"error_code": 50300, "message": "busy"}, {"Retry-After": when})
+        client, _ = mock_client(lambda _request: answer)
+        with pytest.raises(TransientError) as caught:
+            client.get_schema(1)
+        assert caught.value.retry_after_s == pytest.approx(expected_s, abs=2.0)
