@@ -300,10 +300,12 @@ def test_emulator_cli_rejects_a_bad_register_option(capsys: pytest.CaptureFixtur
 
 def test_retry_after_as_an_http_date_is_read_and_capped_like_the_sinks_read_it() -> None:
     """The registry reads Retry-After with the sinks' parser: an HTTP-date counts, and a far one is capped."""
-    for ahead_s, expected_s in ((60, 60.0), (10 * 3600, DEFAULT_MAX_RETRY_AFTER_S)):
+    def busy_until(ahead_s: float) -> Callable[[httpx.Request], httpx.Response]:
         when = formatdate(time.time() + ahead_s, usegmt=True)
-        answer = registry_json(503, {"error_code": 50300, "message": "busy"}, {"Retry-After": when})
-        client, _ = mock_client(lambda _request: answer)
+        return lambda _request: registry_json(503, {"error_code": 50300, "message": "busy"}, {"Retry-After": when})
+
+    for ahead_s, expected_s in ((60, 60.0), (10 * 3600, DEFAULT_MAX_RETRY_AFTER_S)):
+        client, _ = mock_client(busy_until(ahead_s))
         with pytest.raises(TransientError) as caught:
             client.get_schema(1)
         assert caught.value.retry_after_s == pytest.approx(expected_s, abs=2.0)
