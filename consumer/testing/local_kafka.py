@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -236,11 +236,12 @@ class LocalKafka:
 
     def __init__(self, work_dir: Path | None = None, *, heap_mb: int = 768, tie_to_parent: bool = True,
                  extra_properties: dict[str, str] | None = None, extra_listeners: dict[str, str] | None = None,
-                 format_args: tuple[str, ...] = ()) -> None:
+                 format_args: tuple[str, ...] = (), choose_port: Callable[[], int] = free_port) -> None:
         """``extra_listeners`` maps more listener names to their security protocol (e.g. ``{"SASL_SSL":
         "SASL_SSL"}``); each gets a free port of its own (:meth:`listener_bootstrap`), while PLAINTEXT stays
         the inter-broker, controller-facing and readiness listener. Their settings (key stores, SASL) go in
         ``extra_properties``; ``format_args`` are added to the storage format step (e.g. ``--add-scram=...``).
+        ``choose_port`` picks each port (a seam for tests of a port taken before the broker binds it).
         """
         self.temporary = work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="usage-consumer-kafka-")) if work_dir is None else work_dir
@@ -249,10 +250,12 @@ class LocalKafka:
         self.extra_properties = dict(extra_properties or {})
         self.extra_listeners = dict(extra_listeners or {})
         self.format_args = tuple(format_args)
+        self.choose_port = choose_port
         self.listener_ports: dict[str, int] = {}
         self.port = 0
         self.controller_port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where the current start's lines begin in the log
 
     @property
     def bootstrap(self) -> str:
@@ -321,8 +324,8 @@ class LocalKafka:
         (self.work_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         last_error: BrokerError | None = None
         for _attempt in range(3):  # a free port can be taken between choosing and binding it
-            self.port, self.controller_port = free_port(), free_port()
-            self.listener_ports = {name: free_port() for name in self.extra_listeners}
+            self.port, self.controller_port = self.choose_port(), self.choose_port()
+            self.listener_ports = {name: self.choose_port() for name in self.extra_listeners}
             if len({self.port, self.controller_port, *self.listener_ports.values()}) < 2 + len(self.listener_ports):
                 continue
             (self.work_dir / "server.properties").write_text(self._properties())
@@ -334,9 +337,11 @@ class LocalKafka:
                 return self.bootstrap
             except BrokerError as exc:
                 last_error = exc
-                self.stop(quiet=True)
-                if "Address already in use" not in str(exc):
+                if not self._lost_a_port():
+                    self.stop(quiet=True)
                     raise
+                self._end_process()  # keeps the work dir for the next attempt
+        self.stop(quiet=True)
         assert last_error is not None
         raise last_error
 
@@ -347,6 +352,7 @@ class LocalKafka:
 
     def _spawn(self) -> None:
         log_file = self.log_path.open("ab")
+        self._log_start = log_file.tell()
         self.process = subprocess.Popen(
             self._java("kafka.Kafka", str(self.work_dir / "server.properties")),
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
@@ -391,11 +397,26 @@ class LocalKafka:
         except OSError:
             return ""
 
+    def _lost_a_port(self) -> bool:
+        """Whether the last start failed because a port was taken; the bind error comes before a long shutdown,
+        so the whole of this start's log is searched, not its tail."""
+        try:
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(self._log_start)
+                return b"Address already in use" in log_file.read()
+        except OSError:
+            return False
+
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self._read_log().splitlines()[-lines:])
 
     def stop(self, timeout_s: float = 30.0, *, quiet: bool = False) -> None:
         """SIGTERM, wait for a clean shutdown, SIGKILL after ``timeout_s``; remove a temporary work dir."""
+        self._end_process(timeout_s, quiet=quiet)
+        if self.temporary:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _end_process(self, timeout_s: float = 30.0, *, quiet: bool = True) -> None:
         process = self.process
         if process is not None and process.poll() is None:
             _terminate(process, timeout_s)
@@ -405,8 +426,6 @@ class LocalKafka:
         if process is not None:
             (_registry() / f"{process.pid}.json").unlink(missing_ok=True)
         self.process = None
-        if self.temporary:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def kill(self, timeout_s: float = 30.0) -> None:
         """SIGKILL the broker, as a crash would; its work dir, data and ports are kept for :meth:`restart`."""
@@ -447,7 +466,7 @@ class LocalKafka:
                 break
             (_registry() / f"{new.pid}.json").unlink(missing_ok=True)
             # The old listener's port can linger briefly; anything else is a real failure.
-            if "Address already in use" not in self.log_tail() or time.monotonic() >= deadline:
+            if not self._lost_a_port() or time.monotonic() >= deadline:
                 raise BrokerError(f"restarted broker exited with {new.returncode}:\n{self.log_tail()}")
             time.sleep(0.5)
         self._wait_ready(max(1.0, deadline - time.monotonic()))

@@ -1,4 +1,5 @@
-"""The local-broker script itself: clean stop, and no broker outlives an owner killed with SIGKILL."""
+"""The local-broker script itself: clean stop, a port taken by someone else is survived, and no broker outlives
+an owner killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from consumer.testing.local_kafka import LocalKafka, pid_alive
+from consumer.testing.local_kafka import LocalKafka, free_port, pid_alive
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +33,31 @@ def test_stop_leaves_no_process_and_no_port() -> None:
     assert not pid_alive(pid)
     assert not port_open(port)
     assert not work_dir.exists()
+
+
+def test_a_port_taken_between_choosing_and_binding_is_given_up_for_another() -> None:
+    """Parallel test workers choose free ports at the same time; the broker that loses a port starts on another.
+
+    Kafka logs the bind failure and then a long shutdown, so the failure is far from the end of its log.
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+
+        def ports() -> Iterator[int]:
+            yield busy
+            while True:
+                yield free_port()
+
+        chosen = ports()
+        broker = LocalKafka(choose_port=lambda: next(chosen))
+        try:
+            broker.start()
+            assert broker.port != busy
+            assert port_open(broker.port)
+        finally:
+            broker.stop()
 
 
 def test_broker_dies_with_an_owner_killed_by_sigkill() -> None:
