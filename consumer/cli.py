@@ -210,8 +210,10 @@ def _check(config: Path | None) -> int:
     for stream in prepared.streams:
         lanes = [name for name in settings.destinations() if name in stream.mapping.functions]
         which = f"stream {stream.name!r} ({', '.join(stream.topics)}): " if settings.streams else ""
+        schema = "written inline" if stream.schema_source == "inline" else f"of {stream.schema_source}"
         print(f"ok: {settings.source}: {which}mapping {stream.mapping_file} compiles against the reader schema "
-              f"({len(stream.mapping.rule_names)} rules; destinations with rules: {', '.join(lanes) or 'none'})")
+              f"{schema} ({len(stream.mapping.rule_names)} rules; destinations with rules: "
+              f"{', '.join(lanes) or 'none'})")
     return 0
 
 

@@ -189,6 +189,13 @@ class StreamConfig(_Section):
     that match join the subscription within ``kafka.metadata_refresh_interval_s``."""
     reader_schema: Path | None = None
     """The ``.avsc`` file of this stream's reader schema (default: the packaged ``UsageEvent`` schema)."""
+    reader_schema_inline: dict[str, Any] | None = None
+    """The reader schema written out in the configuration (a YAML or JSON object), instead of a file."""
+    reader_schema_subject: str | None = Field(None, min_length=1)
+    """The reader schema from the schema registry: this subject's ``reader_schema_version``, fetched at
+    start-up (schema references included)."""
+    reader_schema_version: Annotated[int, Field(ge=1)] | Literal["latest"] = "latest"
+    """Which version of ``reader_schema_subject``: ``latest`` (at start-up) or a pinned version number."""
     mapping: Path | None = None
     """This stream's mapping file (default: the packaged mapping, written for ``UsageEvent``)."""
     record_names: tuple[Annotated[str, Field(min_length=1)], ...] = ()
@@ -196,6 +203,16 @@ class StreamConfig(_Section):
     topic each list theirs: the record's writer schema picks the stream (``RecordNameStrategy`` topics)."""
     other_records: Literal["dead_letter", "skip"] = "dead_letter"
     """A record on this stream's topics whose type no stream lists: dead-lettered ``no_stream``, or skipped."""
+
+    @model_validator(mode="after")
+    def _one_reader_schema(self) -> StreamConfig:
+        given = [key for key in ("reader_schema", "reader_schema_inline", "reader_schema_subject")
+                 if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"stream {self.name!r}: give one of {', '.join(given)}, not several")
+        if "reader_schema_version" in self.model_fields_set and self.reader_schema_subject is None:
+            raise ValueError(f"stream {self.name!r}: reader_schema_version needs reader_schema_subject")
+        return self
 
 
 class Settings(_Section):

@@ -20,9 +20,10 @@ from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient
 
 from consumer.config import Settings, StreamConfig, default_mapping_file
+from consumer.decoding.decoder import registry_client
 from consumer.decoding.registry import SchemaRegistryClient
-from consumer.decoding.schemas import default_reader_schema_path, load_schema
-from consumer.errors import ConfigError, FatalError, MappingInvalid, TransientError
+from consumer.decoding.schemas import default_reader_schema_path, load_schema, parse
+from consumer.errors import ConfigError, FatalError, MappingInvalid, TransientError, UnknownSchema
 from consumer.kafka.failures import unreachable
 from consumer.mapping import CompiledMapping, load_mapping
 from consumer.observability.health import HealthServer
@@ -40,6 +41,8 @@ class PreparedStream:
     reader_schema: dict[str, Any]
     mapping: CompiledMapping
     mapping_file: Path
+    schema_source: str = "file"
+    """Where the reader schema came from, for ``check``: a file, ``inline``, or a registry subject's version."""
 
     @property
     def name(self) -> str:
@@ -82,13 +85,19 @@ class Prepared:
 
 def prepare(settings: Settings) -> Prepared:
     """Load each stream's reader schema and compile its mapping against it (``usage-consumer check`` stops
-    here). With ``streams:`` every problem of every stream is listed, each starting ``stream 'NAME': ``."""
+    here; it asks the schema registry only for streams whose schema is a subject's). With ``streams:`` every
+    problem of every stream is listed, each starting ``stream 'NAME': ``."""
+    with _SchemaSources(settings) as sources:
+        return _prepare(settings, sources)
+
+
+def _prepare(settings: Settings, sources: _SchemaSources) -> Prepared:
     named = bool(settings.streams)
     prepared: list[PreparedStream] = []
     problems: list[str] = []
     for stream in settings.stream_list():
         try:
-            reader_schema = load_schema(stream.reader_schema or default_reader_schema_path())
+            reader_schema, schema_source = sources.reader_schema(stream)
             mapping_file = stream.mapping or default_mapping_file()
             mapping = load_mapping(mapping_file, reader_schema)
         except MappingInvalid as exc:
@@ -100,10 +109,47 @@ def prepare(settings: Settings) -> Prepared:
                 raise
             problems.append(f"stream {stream.name!r}: {exc}")
         else:
-            prepared.append(PreparedStream(stream, reader_schema, mapping, mapping_file))
+            prepared.append(PreparedStream(stream, reader_schema, mapping, mapping_file, schema_source))
     if problems:
         raise MappingInvalid(problems, title="invalid streams")
     return Prepared(tuple(prepared))
+
+
+class _SchemaSources:
+    """Each stream's reader schema from its file, the configuration, or the schema registry (one client, made
+    only when a stream names a subject)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._registry: SchemaRegistryClient | None = None
+
+    def reader_schema(self, stream: StreamConfig) -> tuple[dict[str, Any], str]:
+        """The schema, and where it came from."""
+        if stream.reader_schema_inline is not None:
+            try:
+                parse(stream.reader_schema_inline)
+            except ConfigError as exc:
+                raise ConfigError(f"reader_schema_inline: {exc}") from None
+            return stream.reader_schema_inline, "inline"
+        if stream.reader_schema_subject is not None:
+            if self._registry is None:
+                self._registry = registry_client(self._settings)
+            try:
+                found = self._registry.get_version(stream.reader_schema_subject, stream.reader_schema_version)
+            except (TransientError, FatalError, UnknownSchema) as exc:
+                raise FatalError(f"stream {stream.name!r}: cannot fetch its reader schema (subject "
+                                 f"{stream.reader_schema_subject!r}): {exc}") from None
+            return found.schema, (f"subject {found.subject!r} version {found.version} (id {found.schema_id}) "
+                                  f"from {self._registry.host}")
+        path = stream.reader_schema or default_reader_schema_path()
+        return load_schema(path), f"file {path}"
+
+    def __enter__(self) -> _SchemaSources:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._registry is not None:
+            self._registry.close()
 
 
 def check_kafka(settings: Settings, timeout_s: float | None = None) -> None:

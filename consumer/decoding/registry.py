@@ -12,6 +12,12 @@ never changes meaning). Errors are sorted so the caller knows what to do:
 - 401/403, other 4xx, or an answer that is not a registry answer -> FatalError (retrying will not help
   and dead-lettering would throw good events away).
 
+Schema references (a schema naming types registered under other subjects) are followed and inlined, so
+every schema handed out is self-contained: each named type defined once, before its first use.
+
+A reader schema can also come from a subject (:meth:`SchemaRegistryClient.get_version`); a subject or
+version the registry lacks is a ConfigError, since it can only come from the configuration.
+
 Credentials (``auth`` or user-info in the URL) never appear in logs, errors or reprs: only the host does.
 """
 
@@ -19,23 +25,48 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 from urllib.parse import quote
 
 import httpx
 import structlog
 
-from consumer.errors import FatalError, TransientError, UnknownSchema
+from consumer.decoding.schemas import with_references
+from consumer.errors import ConfigError, FatalError, TransientError, UnknownSchema
 from consumer.sinks.retry import parse_retry_after, status_kind
 
-__all__ = ["REGISTRY_CONTENT_TYPE", "SchemaRegistryClient"]
+__all__ = ["REGISTRY_CONTENT_TYPE", "RegisteredSchema", "SchemaRegistryClient"]
 
 log = structlog.get_logger(__name__)
 
 REGISTRY_CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 _ACCEPT = f"{REGISTRY_CONTENT_TYPE}, application/vnd.schemaregistry+json; q=0.9, application/json; q=0.5"
 _SCHEMA_NOT_FOUND = 40403
+_SUBJECT_NOT_FOUND = 40401
+_VERSION_NOT_FOUND = 40402
+_MAX_REFERENCES = 256
+"""More named types than this behind one schema is taken for a runaway graph, not a schema."""
+
+
+@dataclass(frozen=True)
+class RegisteredSchema:
+    """One version of a subject, its references inlined."""
+
+    subject: str
+    version: int
+    schema_id: int
+    schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A registry answer's schema text and its references, not yet resolved."""
+
+    text: str
+    references: tuple[tuple[str, str, int | str], ...]
+    """(name, subject, version) of each reference."""
 
 
 class SchemaRegistryClient:
@@ -57,6 +88,7 @@ class SchemaRegistryClient:
         self._unknown_id_ttl_s = unknown_id_ttl_s
         self._schemas: dict[int, dict[str, Any]] = {}
         self._unknown_until: dict[int, float] = {}
+        self._references: dict[tuple[str, str], dict[str, Any]] = {}
         self._client = httpx.Client(
             base_url=base,
             timeout=timeout_s,
@@ -81,28 +113,8 @@ class SchemaRegistryClient:
             raise UnknownSchema(f"schema id {schema_id} is not known to the schema registry at {self.host}")
         if response.status_code != 200:
             self._raise_for_status(response, f"fetching schema id {schema_id}")
-        body = self._json_object(response, f"fetching schema id {schema_id}")
-        schema_text = body.get("schema")
-        if not isinstance(schema_text, str):
-            raise FatalError(
-                f"schema registry at {self.host} answered schema id {schema_id} without a 'schema' string: "
-                "is the registry URL right?"
-            )
-        schema_type = body.get("schemaType", "AVRO")
-        if schema_type != "AVRO":
-            raise UnknownSchema(f"schema id {schema_id} is a {schema_type} schema, not Avro")
-        if body.get("references"):
-            raise UnknownSchema(f"schema id {schema_id} uses schema references, which are not supported")
-        try:
-            schema = json.loads(schema_text)
-        except json.JSONDecodeError as exc:
-            raise UnknownSchema(f"schema id {schema_id} is not valid JSON: {exc.msg}") from exc
-        except RecursionError:
-            raise UnknownSchema(f"schema id {schema_id} is JSON nested too deep to be a schema") from None
-        if not isinstance(schema, dict):
-            raise UnknownSchema(
-                f"schema id {schema_id} is a bare {type(schema).__name__}, not an Avro named type (a record)"
-            )
+        what = f"schema id {schema_id}"
+        schema = self._resolved(self._answer(self._json_object(response, f"fetching {what}"), what), what)
         self._schemas[schema_id] = schema
         self._unknown_until.pop(schema_id, None)
         log.info(
@@ -113,6 +125,19 @@ class SchemaRegistryClient:
             elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return schema
+
+    def get_version(self, subject: str, version: int | Literal["latest"]) -> RegisteredSchema:
+        """One version of ``subject`` (``latest``: the newest now), references inlined; a subject or version the
+        registry lacks is a ConfigError (only the configuration names them)."""
+        body = self._subject_version(subject, version)
+        number, schema_id = body.get("version"), body.get("id")
+        if not isinstance(number, int) or not isinstance(schema_id, int):
+            raise FatalError(f"schema registry at {self.host} answered subject {subject!r} version {version} "
+                             "without an integer version and id: is the registry URL right?")
+        what = f"subject {subject!r} version {number}"
+        schema = self._resolved(self._answer(body, what), what)
+        log.info("schema_fetched", subject=subject, version=number, schema_id=schema_id, registry_host=self.host)
+        return RegisteredSchema(subject, number, schema_id, schema)
 
     def register(self, subject: str, schema: dict[str, Any]) -> int:
         """Register ``schema`` under ``subject`` (POST /subjects/{subject}/versions) and return its id.
@@ -134,6 +159,67 @@ class SchemaRegistryClient:
         self._schemas.setdefault(schema_id, schema)
         log.info("schema_registered", subject=subject, schema_id=schema_id, registry_host=self.host)
         return schema_id
+
+    def _subject_version(self, subject: str, version: int | str) -> dict[str, Any]:
+        what = f"fetching subject {subject!r} version {version}"
+        response = self._request("GET", f"subjects/{quote(subject, safe='')}/versions/{version}")
+        if response.status_code == 404 and _error_code(response) == _SUBJECT_NOT_FOUND:
+            raise ConfigError(f"subject {subject!r} is not in the schema registry at {self.host}")
+        if response.status_code == 404 and _error_code(response) == _VERSION_NOT_FOUND:
+            raise ConfigError(f"subject {subject!r} has no version {version} in the schema registry at {self.host}")
+        if response.status_code != 200:
+            self._raise_for_status(response, what)
+        return self._json_object(response, what)
+
+    def _resolved(self, answer: _Answer, what: str) -> dict[str, Any]:
+        """The schema with every reference, and theirs, inlined (each fetched once per client)."""
+        named: dict[str, dict[str, Any]] = {}
+        pending = list(answer.references)
+        while pending:  # each name once: references that refer back (a cycle) end here too
+            name, subject, version = pending.pop()
+            if name in named:
+                continue
+            if len(named) >= _MAX_REFERENCES:
+                raise UnknownSchema(f"{what}: more than {_MAX_REFERENCES} schema references")
+            where = f"{name} (subject {subject!r} version {version})"
+            try:
+                body = self._referenced(subject, version)
+            except ConfigError:
+                raise UnknownSchema(f"{what}: its reference {where} is not in the schema registry at "
+                                    f"{self.host}") from None
+            referenced = self._answer(body, f"{what}: reference {where}")
+            named[name] = _schema_object(referenced.text, f"{what}: reference {where}")
+            pending += referenced.references
+        main = _schema_object(answer.text, what)
+        if not named:
+            return main
+        try:
+            return with_references(main, named)
+        except ValueError as exc:
+            raise UnknownSchema(f"{what}: {exc}") from None
+
+    def _answer(self, body: dict[str, Any], what: str) -> _Answer:
+        """The schema text and references of a registry answer; UnknownSchema for what the consumer cannot use."""
+        text = body.get("schema")
+        if not isinstance(text, str):
+            raise FatalError(f"schema registry at {self.host} answered {what} without a 'schema' string: "
+                             "is the registry URL right?")
+        schema_type = body.get("schemaType", "AVRO")
+        if schema_type != "AVRO":
+            raise UnknownSchema(f"{what} is a {schema_type} schema, not Avro")
+        references = body.get("references") or []
+        if not isinstance(references, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("subject"), str)
+                and isinstance(r.get("version"), int | str) for r in references):
+            raise UnknownSchema(f"{what} has references that are not a list of name, subject and version")
+        return _Answer(text, tuple((r["name"], r["subject"], r["version"]) for r in references))
+
+    def _referenced(self, subject: str, version: int | str) -> dict[str, Any]:
+        key = (subject, str(version))
+        cached = self._references.get(key)
+        if cached is None:
+            cached = self._references[key] = self._subject_version(subject, version)
+        return cached
 
     def check(self) -> None:
         """One cheap request (GET /subjects) proving the URL serves a registry; errors as for get_schema."""
@@ -225,3 +311,15 @@ def _error_message(response: httpx.Response) -> str:
 def _retry_after_s(response: httpx.Response) -> float | None:
     """``Retry-After`` (seconds or an HTTP-date), read like the destination sinks read it."""
     return parse_retry_after(response.headers.get("Retry-After"), time.time())
+
+
+def _schema_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UnknownSchema(f"{what} is not valid JSON: {exc.msg}") from exc
+    except RecursionError:
+        raise UnknownSchema(f"{what} is JSON nested too deep to be a schema") from None
+    if not isinstance(schema, dict):
+        raise UnknownSchema(f"{what} is a bare {type(schema).__name__}, not an Avro named type (a record)")
+    return schema

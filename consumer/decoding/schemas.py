@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from fastavro import parse_schema
+from fastavro.repository.base import AbstractSchemaRepository, SchemaRepositoryError
 from fastavro.schema import fingerprint, fullname, to_parsing_canonical_form
+from fastavro.schema import load_schema as load_with_repository
 
 from consumer.errors import ConfigError, UnknownSchema
 
@@ -30,6 +32,7 @@ __all__ = [
     "default_schema_dir",
     "load_schema",
     "parse",
+    "with_references",
 ]
 
 DEFAULT_SCHEMA_FILE = "usage_event.avsc"
@@ -101,6 +104,30 @@ def parse(schema: dict[str, Any]) -> ParsedSchema:
         canonical_form=canonical_form,
         fingerprint=bytes.fromhex(fingerprint_hex),
     )
+
+
+def with_references(schema: dict[str, Any], named: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``schema`` with the named types it uses from ``named`` (full name -> schema, e.g. a registry's schema
+    references) inlined where each is first used, so the result stands alone; ValueError naming what is
+    missing or wrong."""
+    main = "\x00main"  # cannot clash with an Avro name
+    try:
+        resolved = load_with_repository(main, repo=_Named({main: schema, **named}), _write_hint=False)
+        parse_schema(resolved)  # a name neither defined nor referenced fails here
+    except Exception as exc:  # fastavro raises many types (UnknownType, SchemaParseException, ...)
+        raise ValueError(f"its references do not make a valid schema: {type(exc).__name__}: {exc}") from None
+    return cast("dict[str, Any]", resolved)
+
+
+class _Named(AbstractSchemaRepository):
+    def __init__(self, schemas: dict[str, dict[str, Any]]) -> None:
+        self.schemas = schemas
+
+    def load(self, name: str) -> dict[str, Any]:
+        try:
+            return self.schemas[name]
+        except KeyError:
+            raise SchemaRepositoryError(f"no schema named {name}") from None
 
 
 def _strip_logical_types(schema: Any) -> Any:

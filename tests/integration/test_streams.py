@@ -238,3 +238,27 @@ def test_dead_letters_of_a_stream_are_replayed_through_their_own_streams_schema_
     assert code == 0, capsys.readouterr().err
     assert sorted(e["properties"]["view_id"] for e in stack.emulators.freshpaint.events()) == \
         sorted(v["id"] for v in views)
+
+
+def test_a_stream_reads_its_reader_schema_from_the_registry_with_references(stack: DevStack, tmp_path: Path) -> None:
+    """The page record is its own subject; the page view references it, and so do its writer's records."""
+    topic, dlq = stack.topics(partitions=1, prefix="streams-subject")
+    page = next(f["type"] for f in PAGE_VIEW["fields"] if f["name"] == "page")
+    page_subject = f"{topic}-com.example.web.Page"
+    stack.registry.register(page_subject, {**page, "namespace": "com.example.web"})
+    view = {**PAGE_VIEW, "fields": [{**f, "type": "com.example.web.Page"} if f["name"] == "page" else f
+                                    for f in PAGE_VIEW["fields"]]}
+    view_id = stack.registry.register(f"{topic}-value", view,
+                                      [{"name": "com.example.web.Page", "subject": page_subject, "version": 1}])
+    views = page_views(20)
+    writer = parse(PAGE_VIEW)  # the same record, written out whole: what the referencing schema stands for
+    stack.produce(topic, ((v["visitor"].encode(), encode_confluent(view_id, v, writer)) for v in views))
+    mapping_file = write(tmp_path, "web.yaml", WEB_MAPPING)
+    settings = stack.settings(topic, dlq, streams=[{"name": "web", "topics": [topic], "mapping": str(mapping_file),
+                                                    "reader_schema_subject": f"{topic}-value"}])
+    with RunningService(settings):
+        wait_for(lambda: stack.committed(settings.group_for("freshpaint"), topic) == stack.end_offsets(topic),
+                 timeout_s=60, what="the web stream committed to the end")
+    delivered = {e["properties"]["view_id"]: e["properties"]["path"] for e in stack.emulators.freshpaint.events()}
+    assert delivered == {v["id"]: v["page"]["path"] for v in views}
+    assert stack.read_all(dlq, timeout_s=2) == []

@@ -4,18 +4,21 @@ emulator behaves like the Confluent registry for the REST subset the project use
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastavro import schemaless_reader, schemaless_writer
 
-from consumer.decoding.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClient
-from consumer.decoding.schemas import default_schema_dir, load_schema
-from consumer.errors import FatalError, TransientError, UnknownSchema
+from consumer.decoding.registry import REGISTRY_CONTENT_TYPE, RegisteredSchema, SchemaRegistryClient
+from consumer.decoding.schemas import default_schema_dir, load_schema, parse
+from consumer.errors import ConfigError, FatalError, TransientError, UnknownSchema
 from consumer.sinks.retry import DEFAULT_MAX_RETRY_AFTER_S
 from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator, main
 
@@ -156,14 +159,112 @@ def test_a_url_path_prefix_is_kept() -> None:
         ({"schema": json.dumps(CURRENT), "schemaType": "PROTOBUF"}, "PROTOBUF"),
         ({"schema": "{not json"}, "not valid JSON"),
         ({"schema": '"string"'}, "not an Avro named type"),
-        ({"schema": json.dumps(CURRENT), "references": [{"name": "x", "subject": "y", "version": 1}]},
-         "references"),
+        ({"schema": json.dumps(CURRENT), "references": "x"}, "references"),
     ],
 )
 def test_schemas_the_consumer_cannot_use_are_unknown_schema(body: dict[str, Any], error: str) -> None:
     client, _ = mock_client(lambda r: registry_json(200, body))
     with pytest.raises(UnknownSchema, match=error):
         client.get_schema(4)
+
+
+# References: a schema naming types registered under other subjects (Confluent's schema references).
+KIND: dict[str, Any] = {"type": "enum", "name": "Kind", "namespace": "com.example.common", "symbols": ["WEB", "APP"]}
+ADDRESS: dict[str, Any] = {"type": "record", "name": "Address", "namespace": "com.example.common",
+           "fields": [{"name": "city", "type": "string"}, {"name": "kind", "type": "Kind"}]}
+ORDER: dict[str, Any] = {"type": "record", "name": "Order", "namespace": "com.example.shop",
+         "fields": [{"name": "id", "type": "string"},
+                    {"name": "ship_to", "type": "com.example.common.Address"},
+                    {"name": "bill_to", "type": ["null", "com.example.common.Address"], "default": None},
+                    {"name": "channel", "type": "com.example.common.Kind"}]}
+
+
+def subjects_registry(versions: "Versions") -> Callable[[httpx.Request], httpx.Response]:
+    """A registry answering ids and subject versions from ``versions``: (subject, version) -> (id, schema,
+    references); ``latest`` is each subject's highest version."""
+    by_id = {schema_id: (schema, refs) for schema_id, schema, refs in versions.values()}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        parts = request.url.path.strip("/").split("/")
+        if parts[:2] == ["schemas", "ids"]:
+            schema, refs = by_id[int(parts[2])]
+            return registry_json(200, {"schema": json.dumps(schema), **({"references": refs} if refs else {})})
+        subject, version = parts[1], parts[3]
+        known = sorted(v for s, v in versions if s == subject)
+        if not known:
+            return registry_json(404, {"error_code": 40401, "message": f"Subject '{subject}' not found."})
+        number = known[-1] if version == "latest" else int(version)
+        if (subject, number) not in versions:
+            return registry_json(404, {"error_code": 40402, "message": f"Version {version} not found."})
+        schema_id, schema, refs = versions[(subject, number)]
+        return registry_json(200, {"subject": subject, "version": number, "id": schema_id,
+                                   "schema": json.dumps(schema), **({"references": refs} if refs else {})})
+
+    return handler
+
+
+Versions = dict[tuple[str, int], tuple[int, dict[str, Any], list[dict[str, Any]]]]
+REFERENCES: Versions = {
+    ("kind", 1): (1, KIND, []),
+    ("address", 1): (2, ADDRESS, [{"name": "com.example.common.Kind", "subject": "kind", "version": 1}]),
+    ("orders-value", 1): (3, ORDER, [{"name": "com.example.common.Address", "subject": "address", "version": 1},
+                                     {"name": "com.example.common.Kind", "subject": "kind", "version": 1}]),
+}
+
+
+def test_a_schema_with_references_becomes_one_self_contained_schema_that_decodes() -> None:
+    client, seen = mock_client(subjects_registry(REFERENCES))
+    schema = client.get_schema(3)
+    parsed = parse(schema)  # every named type defined once, before its first use
+    order = {"id": "o-1", "ship_to": {"city": "Oslo", "kind": "WEB"}, "bill_to": None, "channel": "APP"}
+    encoded = BytesIO()
+    schemaless_writer(encoded, parsed.writer, order)
+    assert schemaless_reader(BytesIO(encoded.getvalue()), parsed.writer, parsed.reader) == order
+    assert parsed.name == "com.example.shop.Order"
+    assert client.get_schema(3) is schema  # cached with its references
+    assert sorted({r.url.path for r in seen}) == ["/schemas/ids/3", "/subjects/address/versions/1",
+                                                   "/subjects/kind/versions/1"]
+
+
+def test_a_reference_the_registry_does_not_have_is_unknown_schema_naming_it() -> None:
+    broken: Versions = {("orders-value", 1): (3, ORDER, [{"name": "com.example.common.Address", "subject": "address",
+                                                "version": 4}])}
+    client, _ = mock_client(subjects_registry(broken))
+    with pytest.raises(UnknownSchema, match=r"schema id 3: its reference com\.example\.common\.Address \(subject "
+                                            r"'address' version 4\) is not in the schema registry"):
+        client.get_schema(3)
+
+
+def test_references_that_refer_back_are_each_fetched_once_not_followed_forever() -> None:
+    loop: Versions = {("a", 1): (1, KIND, [{"name": "B", "subject": "b", "version": 1}]),
+            ("b", 1): (2, KIND, [{"name": "A", "subject": "a", "version": 1}])}
+    client, seen = mock_client(subjects_registry(loop))
+    assert parse(client.get_schema(1)).name == "com.example.common.Kind"
+    assert sorted(r.url.path for r in seen) == ["/schemas/ids/1", "/subjects/a/versions/1", "/subjects/b/versions/1"]
+
+
+def test_a_subject_version_is_fetched_latest_or_pinned_with_its_references() -> None:
+    versions: Versions = {**REFERENCES, ("orders-value", 2): (4, {**ORDER, "fields": [*ORDER["fields"], {
+        "name": "note", "type": ["null", "string"], "default": None}]}, REFERENCES[("orders-value", 1)][2])}
+    client, _ = mock_client(subjects_registry(versions))
+    latest = client.get_version("orders-value", "latest")
+    assert isinstance(latest, RegisteredSchema)
+    assert (latest.subject, latest.version, latest.schema_id) == ("orders-value", 2, 4)
+    assert [f["name"] for f in latest.schema["fields"]][-1] == "note"
+    pinned = client.get_version("orders-value", 1)
+    assert (pinned.version, pinned.schema_id) == (1, 3)
+    assert parse(pinned.schema).name == "com.example.shop.Order"
+
+
+@pytest.mark.parametrize(("subject", "version", "says"), [
+    ("nope-value", "latest", "subject 'nope-value' is not in the schema registry at registry.test"),
+    ("orders-value", 9, "subject 'orders-value' has no version 9 in the schema registry at registry.test"),
+])
+def test_a_subject_or_version_the_registry_lacks_is_a_configuration_error(subject: str, version: int | str,
+                                                                          says: str) -> None:
+    client, _ = mock_client(subjects_registry(REFERENCES))
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        client.get_version(subject, version)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("response", [httpx.Response(200, text="<html>hello</html>"),
@@ -267,6 +368,31 @@ def test_emulator_errors_use_confluent_codes(emulator: SchemaRegistryEmulator, m
     assert response.json()["error_code"] == error_code
     assert response.json()["message"]
     assert response.headers["content-type"] == REGISTRY_CONTENT_TYPE
+
+
+def test_emulator_keeps_references_and_the_client_reads_them_back_as_one_schema(
+        emulator: SchemaRegistryEmulator) -> None:
+    headers = {"Content-Type": REGISTRY_CONTENT_TYPE}
+    for subject, schema, refs in [("kind", KIND, []), ("address", ADDRESS, REFERENCES[("address", 1)][2]),
+                                  ("orders-value", ORDER, REFERENCES[("orders-value", 1)][2])]:
+        answer = httpx.post(f"{emulator.url}/subjects/{subject}/versions", headers=headers,
+                            content=json.dumps({"schema": json.dumps(schema), "references": refs}))
+        assert answer.status_code == 200, answer.text
+    order_id = answer.json()["id"]
+    assert httpx.get(f"{emulator.url}/schemas/ids/{order_id}").json()["references"] == REFERENCES[
+        ("orders-value", 1)][2]
+    with SchemaRegistryClient(emulator.url) as client:
+        assert parse(client.get_schema(order_id)).name == "com.example.shop.Order"
+        assert client.get_version("orders-value", "latest").schema_id == order_id
+    # The same text without its references is another schema: it does not even parse on its own.
+    refused = httpx.post(f"{emulator.url}/subjects/x/versions", headers=headers,
+                         content=json.dumps({"schema": json.dumps(ORDER)}))
+    assert (refused.status_code, refused.json()["error_code"]) == (422, 42201)
+    dangling = httpx.post(f"{emulator.url}/subjects/x/versions", headers=headers, content=json.dumps(
+        {"schema": json.dumps(ORDER), "references": [{"name": "com.example.common.Address", "subject": "address",
+                                                      "version": 7}]}))
+    assert (dangling.status_code, dangling.json()["error_code"]) == (422, 42201)
+    assert "version 7, which is not registered" in dangling.json()["message"]
 
 
 def test_emulator_failure_mode_answers_every_request_until_cleared(emulator: SchemaRegistryEmulator) -> None:

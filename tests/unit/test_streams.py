@@ -12,8 +12,9 @@ import pytest
 from consumer.app.startup import prepare
 from consumer.cli import main
 from consumer.config import load_settings
-from consumer.errors import ConfigError, DecodeError, MappingInvalid, TransientError
+from consumer.errors import ConfigError, DecodeError, FatalError, MappingInvalid, TransientError
 from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Judge, RecordTypeJudges, StreamJudges
+from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator
 
 PAGE_VIEW: dict[str, Any] = {
     "type": "record", "name": "PageView", "namespace": "com.example.web",
@@ -147,6 +148,86 @@ def test_check_lists_each_stream(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert [line.split(": ")[2] for line in lines] == ["stream 'usage' (usage-events)",
                                                         "stream 'web' (web-events, web-events-eu)"]
     assert "destinations with rules: freshpaint)" in lines[1]
+
+
+def web_stream(tmp_path: Path, **schema_source: Any) -> dict[str, Any]:
+    write(tmp_path, "web.yaml", WEB_MAPPING)
+    return {"name": "web", "topics": ["web-events"], "mapping": "web.yaml", **schema_source}
+
+
+def test_a_reader_schema_written_inline_is_used_like_a_file(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = config(tmp_path, {"streams": [web_stream(tmp_path, reader_schema_inline=PAGE_VIEW)]})
+    [web] = prepare(load_settings(path, environ={})).streams
+    assert web.reader_schema == PAGE_VIEW
+    assert web.schema_source == "inline"
+    assert main(["check", "--config", str(path)]) == 0
+    assert "compiles against the reader schema written inline" in capsys.readouterr().out
+
+
+def test_a_reader_schema_from_the_registry_is_fetched_by_subject_latest_or_pinned(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    v2 = {**PAGE_VIEW, "fields": [*PAGE_VIEW["fields"], {"name": "title", "type": ["null", "string"],
+                                                         "default": None}]}
+    with SchemaRegistryEmulator() as registry:
+        first, second = registry.register("web-value", PAGE_VIEW), registry.register("web-value", v2)
+        decoding = {"schema_registry_url": registry.url}
+        latest = config(tmp_path, {"decoding": decoding,
+                                   "streams": [web_stream(tmp_path, reader_schema_subject="web-value")]})
+        [web] = prepare(load_settings(latest, environ={})).streams
+        assert [f["name"] for f in web.reader_schema["fields"]][-1] == "title"
+        assert web.schema_source == f"subject 'web-value' version 2 (id {second}) from 127.0.0.1:{registry.port}"
+        pinned = config(tmp_path, {"decoding": decoding, "streams": [
+            web_stream(tmp_path, reader_schema_subject="web-value", reader_schema_version=1)]})
+        [web] = prepare(load_settings(pinned, environ={})).streams
+        assert "title" not in [f["name"] for f in web.reader_schema["fields"]]
+        assert web.schema_source == f"subject 'web-value' version 1 (id {first}) from 127.0.0.1:{registry.port}"
+        assert main(["check", "--config", str(pinned)]) == 0
+        assert "compiles against the reader schema of subject 'web-value' version 1" in capsys.readouterr().out
+
+        missing = config(tmp_path, {"decoding": decoding, "streams": [
+            web_stream(tmp_path, reader_schema_subject="web-value", reader_schema_version=3),
+            {"name": "app", "topics": ["app-events"], "reader_schema_subject": "app-value"}]})
+        with pytest.raises(MappingInvalid) as caught:
+            prepare(load_settings(missing, environ={}))
+        assert caught.value.problems == [
+            f"stream 'web': subject 'web-value' has no version 3 in the schema registry at 127.0.0.1:{registry.port}",
+            f"stream 'app': subject 'app-value' is not in the schema registry at 127.0.0.1:{registry.port}"]
+
+
+def test_a_reader_schema_subject_with_the_registry_down_stops_start_up_saying_so(tmp_path: Path) -> None:
+    registry = SchemaRegistryEmulator().start()
+    url = registry.url
+    registry.stop()
+    path = config(tmp_path, {"decoding": {"schema_registry_url": url},
+                             "streams": [web_stream(tmp_path, reader_schema_subject="web-value")]})
+    with pytest.raises(FatalError, match=r"stream 'web': cannot fetch its reader schema \(subject 'web-value'\): "
+                                         r"schema registry at 127\.0\.0\.1:\d+ is unreachable"):
+        prepare(load_settings(path, environ={}))
+
+
+@pytest.mark.parametrize(("source", "says"), [
+    ({"reader_schema": "a.avsc", "reader_schema_inline": PAGE_VIEW},
+     "stream 'web': give one of reader_schema, reader_schema_inline, not several"),
+    ({"reader_schema_inline": PAGE_VIEW, "reader_schema_subject": "s"},
+     "give one of reader_schema_inline, reader_schema_subject, not several"),
+    ({"reader_schema_version": 2}, "reader_schema_version needs reader_schema_subject"),
+    ({"reader_schema_subject": "s", "reader_schema_version": 0}, "reader_schema_version"),
+])
+def test_a_stream_has_one_reader_schema_source(tmp_path: Path, source: dict[str, Any], says: str) -> None:
+    path = config(tmp_path, {"streams": [web_stream(tmp_path, **source)]})
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_settings(path, environ={})
+
+
+def test_an_inline_reader_schema_that_is_not_avro_is_named_with_its_stream(tmp_path: Path) -> None:
+    broken = {**PAGE_VIEW, "fields": [{"name": "id", "type": "strang"}]}
+    path = config(tmp_path, {"streams": [web_stream(tmp_path, reader_schema_inline=broken)]})
+    with pytest.raises(MappingInvalid) as caught:
+        prepare(load_settings(path, environ={}))
+    [problem] = caught.value.problems
+    assert problem.startswith("stream 'web': reader_schema_inline: invalid Avro schema"), problem
+    assert "strang" in problem
 
 
 class Named:

@@ -2,13 +2,15 @@
 
 It speaks the documented REST subset the consumer and producers use:
 
-- ``POST /subjects/{subject}/versions`` ``{"schema": "<json>"}`` -> ``{"id": n}``; the same schema gets the
-  same id under every subject (ids are global, as in Confluent's registry), and registering it again under
-  a subject returns the existing version;
+- ``POST /subjects/{subject}/versions`` ``{"schema": "<json>", "references": [...]}`` -> ``{"id": n}``; the
+  same schema (with the same references) gets the same id under every subject (ids are global, as in
+  Confluent's registry), and registering it again under a subject returns the existing version. References
+  (``{"name", "subject", "version"}``) must name registered versions, and the schema must be valid with them;
 - ``POST /subjects/{subject}`` ``{"schema": "<json>"}`` -> the version of that schema under the subject;
-- ``GET /schemas/ids/{id}`` -> ``{"schema": "<json>"}``;
+- ``GET /schemas/ids/{id}`` -> ``{"schema": "<json>"}`` (and ``"references"`` when it has any);
 - ``GET /subjects``, ``GET /subjects/{subject}/versions``,
-  ``GET /subjects/{subject}/versions/{version|latest}`` -> ``{"subject", "version", "id", "schema"}``.
+  ``GET /subjects/{subject}/versions/{version|latest}`` -> ``{"subject", "version", "id", "schema"}`` (and
+  ``"references"``).
 
 Answers use ``Content-Type: application/vnd.schemaregistry.v1+json``; errors are Confluent's
 ``{"error_code": 40403, "message": ...}`` shapes. Compatibility checks are not emulated: every valid
@@ -41,6 +43,7 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from fastavro import parse_schema
 
+from consumer.decoding.schemas import with_references
 from consumer.testing.emulators.common import write_ready_file
 
 log = structlog.get_logger(__name__)
@@ -71,6 +74,20 @@ class RegistryError(Exception):
         self.error_code = error_code
 
 
+Reference = dict[str, Any]
+"""One schema reference as the REST API spells it: ``{"name", "subject", "version"}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    text: str
+    references: tuple[tuple[str, str, int], ...] = ()
+
+    def answer(self) -> dict[str, Any]:
+        refs = [{"name": n, "subject": s, "version": v} for n, s, v in self.references]
+        return {"schema": self.text, **({"references": refs} if refs else {})}
+
+
 @dataclass(frozen=True, slots=True)
 class _Version:
     version: int
@@ -82,8 +99,8 @@ class _State:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._schemas: dict[int, str] = {}  # id -> schema text as first registered
-        self._ids: dict[str, int] = {}  # normalized schema JSON -> id
+        self._schemas: dict[int, _Schema] = {}  # id -> schema text as first registered, and its references
+        self._ids: dict[tuple[str, tuple[tuple[str, str, int], ...]], int] = {}  # (normalized, refs) -> id
         self._subjects: dict[str, list[_Version]] = {}
         self._request_counts: Counter[str] = Counter()
         self.failure_status: int | None = None
@@ -96,37 +113,56 @@ class _State:
         with self._lock:
             return self._request_counts[key]
 
-    def register(self, subject: str, schema_text: str) -> int:
-        normalized = _normalize(schema_text)
+    def register(self, subject: str, schema_text: str, references: list[Reference] | None = None) -> int:
+        refs = _references(references or [])
+        normalized = _normalize(schema_text, self._named(refs))
         with self._lock:
-            schema_id = self._ids.get(normalized)
+            schema_id = self._ids.get((normalized, refs))
             if schema_id is None:
                 schema_id = len(self._schemas) + 1
-                self._schemas[schema_id] = schema_text
-                self._ids[normalized] = schema_id
+                self._schemas[schema_id] = _Schema(schema_text, refs)
+                self._ids[(normalized, refs)] = schema_id
             versions = self._subjects.setdefault(subject, [])
             if all(v.schema_id != schema_id for v in versions):
                 versions.append(_Version(len(versions) + 1, schema_id))
             return schema_id
 
-    def lookup(self, subject: str, schema_text: str) -> dict[str, Any]:
-        normalized = _normalize(schema_text)
+    def _named(self, refs: tuple[tuple[str, str, int], ...]) -> dict[str, dict[str, Any]]:
+        """Each referenced schema by its reference name, and theirs in turn (what validating needs)."""
+        named: dict[str, dict[str, Any]] = {}
+        pending = list(refs)
+        while pending:
+            name, subject, version = pending.pop()
+            if name in named:
+                continue
+            try:
+                schema = self._schemas[self.version(subject, str(version))["id"]]
+            except RegistryError:
+                raise RegistryError(422, INVALID_SCHEMA, f"Invalid schema: reference {name} names subject "
+                                    f"'{subject}' version {version}, which is not registered") from None
+            named[name] = json.loads(schema.text)
+            pending += schema.references
+        return named
+
+    def lookup(self, subject: str, schema_text: str, references: list[Reference] | None = None) -> dict[str, Any]:
+        refs = _references(references or [])
+        normalized = _normalize(schema_text, self._named(refs))
         with self._lock:
             versions = self._subjects.get(subject)
             if versions is None:
                 raise RegistryError(404, SUBJECT_NOT_FOUND, f"Subject '{subject}' not found.")
-            schema_id = self._ids.get(normalized)
+            schema_id = self._ids.get((normalized, refs))
             for v in versions:
                 if v.schema_id == schema_id:
                     return self._describe(subject, v)
         raise RegistryError(404, SCHEMA_NOT_FOUND, "Schema not found")
 
-    def schema(self, schema_id: int) -> str:
+    def schema(self, schema_id: int) -> dict[str, Any]:
         with self._lock:
-            text = self._schemas.get(schema_id)
-        if text is None:
+            schema = self._schemas.get(schema_id)
+        if schema is None:
             raise RegistryError(404, SCHEMA_NOT_FOUND, "Schema not found")
-        return text
+        return schema.answer()
 
     def subjects(self) -> list[str]:
         with self._lock:
@@ -158,17 +194,30 @@ class _State:
         raise RegistryError(404, VERSION_NOT_FOUND, f"Version {version} not found.")
 
     def _describe(self, subject: str, v: _Version) -> dict[str, Any]:
-        return {"subject": subject, "version": v.version, "id": v.schema_id, "schema": self._schemas[v.schema_id]}
+        return {"subject": subject, "version": v.version, "id": v.schema_id, **self._schemas[v.schema_id].answer()}
 
 
-def _normalize(schema_text: str) -> str:
-    """Validate an Avro schema and return the form ids are assigned by (key order and spacing ignored)."""
+def _references(references: list[Reference]) -> tuple[tuple[str, str, int], ...]:
+    if not isinstance(references, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("subject"), str)
+            and isinstance(r.get("version"), int) for r in references):
+        raise RegistryError(422, INVALID_SCHEMA, "Invalid schema: references must be a list of "
+                            "{\"name\", \"subject\", \"version\"}")
+    return tuple((r["name"], r["subject"], r["version"]) for r in references)
+
+
+def _normalize(schema_text: str, named: dict[str, dict[str, Any]]) -> str:
+    """Validate an Avro schema (with the schemas it references) and return the form ids are assigned by (key
+    order and spacing ignored)."""
     try:
         schema = json.loads(schema_text)
     except json.JSONDecodeError as exc:
         raise RegistryError(422, INVALID_SCHEMA, f"Invalid schema: not JSON ({exc.msg})") from exc
     try:
-        parse_schema(schema)
+        if named:
+            with_references(schema, named)
+        else:
+            parse_schema(schema)
     except Exception as exc:  # fastavro raises many types for an invalid schema
         raise RegistryError(422, INVALID_SCHEMA, f"Invalid schema: {exc}") from exc
     return json.dumps(schema, sort_keys=True, separators=(",", ":"))
@@ -229,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
 def _route(state: _State, method: str, path: str, body: bytes) -> tuple[int, Any]:
     if method == "GET":
         if match := _SCHEMA_BY_ID.fullmatch(path):
-            return 200, {"schema": state.schema(int(match.group(1)))}
+            return 200, state.schema(int(match.group(1)))
         if path == "/subjects":
             return 200, state.subjects()
         if match := _SUBJECT_VERSIONS.fullmatch(path):
@@ -238,13 +287,13 @@ def _route(state: _State, method: str, path: str, body: bytes) -> tuple[int, Any
             return 200, state.version(unquote(match.group(1)), unquote(match.group(2)))
     elif method == "POST":
         if match := _SUBJECT_VERSIONS.fullmatch(path):
-            return 200, {"id": state.register(unquote(match.group(1)), _schema_text(body))}
+            return 200, {"id": state.register(unquote(match.group(1)), *_schema_and_references(body))}
         if match := _SUBJECT.fullmatch(path):
-            return 200, state.lookup(unquote(match.group(1)), _schema_text(body))
+            return 200, state.lookup(unquote(match.group(1)), *_schema_and_references(body))
     raise RegistryError(404, 404, "HTTP 404 Not Found")
 
 
-def _schema_text(body: bytes) -> str:
+def _schema_and_references(body: bytes) -> tuple[str, list[Reference]]:
     try:
         request = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -254,10 +303,8 @@ def _schema_text(body: bytes) -> str:
     schema_type = request.get("schemaType", "AVRO")
     if schema_type != "AVRO":
         raise RegistryError(422, INVALID_SCHEMA, f"only AVRO schemas are emulated, not {schema_type}")
-    if request.get("references"):
-        raise RegistryError(422, INVALID_SCHEMA, "schema references are not emulated")
     schema: str = request["schema"]
-    return schema
+    return schema, request.get("references") or []
 
 
 class _Server(ThreadingHTTPServer):
@@ -352,10 +399,10 @@ class SchemaRegistryEmulator:
             raise ValueError(f"failure status must be 400-599, got {status}")
         self._state.failure_status = status
 
-    def register(self, subject: str, schema: dict[str, Any] | str) -> int:
+    def register(self, subject: str, schema: dict[str, Any] | str, references: list[Reference] | None = None) -> int:
         """Register directly (no HTTP), as ``POST /subjects/{subject}/versions`` would; return the id."""
         text = schema if isinstance(schema, str) else json.dumps(schema)
-        return self._state.register(subject, text)
+        return self._state.register(subject, text, references)
 
     def request_count(self, method: str, path: str) -> int:
         """How many ``method path`` requests arrived, failed ones included, e.g. ``("GET", "/schemas/ids/1")``."""
