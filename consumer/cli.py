@@ -63,6 +63,11 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     dry.add_argument("--offset", type=int,
                      help="with --from-topic: the first offset to read; with files: the offset of the first "
                           "sample (default 0; it matters for $insert_id when event_id is empty)")
+    dry.add_argument("--topic", help="with files: the topic the samples pretend to come from, which picks their "
+                                      "stream; with --from-topic: the topic to read (default: every topic the "
+                                      "streams name)")
+    dry.add_argument("--stream", help="with files: the stream whose schema the samples are written in (needed "
+                                      "with several streams, unless --topic picks it)")
     dry.add_argument("--json", action="store_true", help="machine-readable output")
 
     dlq = commands.add_parser("dlq", help="inspect or replay dead letters")
@@ -180,7 +185,7 @@ def _tool(args: argparse.Namespace) -> int:
             raise ConfigError("nothing to explain: give sample files (JSON lines or Avro container; '-' for "
                               "stdin) or --from-topic N")
         return run_map(settings, files=args.samples, from_topic=args.from_topic, partition=args.partition,
-                       offset=args.offset, as_json=args.json, out=sys.stdout)
+                       offset=args.offset, as_json=args.json, out=sys.stdout, topic=args.topic, stream=args.stream)
     if args.command == "ping":
         from consumer.tools.ping import run_ping
 

@@ -305,6 +305,15 @@ class Settings(_Section):
                 by_topic.setdefault(topic, []).append(stream)
         return by_topic
 
+    def streams_for_topic(self, topic: str) -> list[StreamConfig]:
+        """The streams that read ``topic``: those naming it, else those of the first pattern matching it (the
+        order the lanes route in); several when they share it by record type, none when no stream reads it."""
+        by_topic = self.streams_by_topic()
+        if topic in by_topic and not is_topic_pattern(topic):
+            return by_topic[topic]
+        return next((streams for pattern, streams in by_topic.items()
+                     if is_topic_pattern(pattern) and re.search(pattern, topic)), [])
+
     def topics(self) -> tuple[str, ...]:
         """Every topic and topic pattern of every stream, once each, in configuration order (what the lanes
         subscribe to; librdkafka refuses a subscription that names a topic twice)."""

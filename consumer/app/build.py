@@ -12,11 +12,11 @@ from typing import Any
 
 from consumer.app.startup import Prepared, tls_context
 from consumer.config import Settings, StreamConfig, is_topic_pattern
-from consumer.decoding.decoder import checked_registry, decoder_for
+from consumer.decoding.decoder import Decoder, checked_registry, decoder_for
 from consumer.decoding.registry import SchemaRegistryClient
-from consumer.mapping.compiler import MapFn
+from consumer.mapping.compiler import CompiledMapping
 from consumer.pipeline.lane import LaneSettings
-from consumer.pipeline.verdict import Decides, Judge, RecordDecoder, RecordTypeJudges, StreamJudges
+from consumer.pipeline.verdict import Decides, Judge, RecordTypeJudges, StreamJudges
 from consumer.sinks.freshpaint import FreshpaintSink
 from consumer.sinks.freshsuccess import FreshsuccessSink, datacenter_url
 from consumer.sinks.preview import MASK
@@ -76,10 +76,13 @@ def lane_settings(settings: Settings, *, ordered: bool = False) -> LaneSettings:
     )
 
 
-def judge_for(settings: Settings, name: str, decoder: RecordDecoder, map_fn: MapFn) -> Judge:
-    """The verdict on each event for destination ``name`` (the lane's, the dry run's and the replay's)."""
-    return Judge(decoder=decoder, map_fn=map_fn, max_event_bytes=settings.decoding.max_event_bytes,
-                 ndjson=SINKS[name].ndjson)
+def judge_for(settings: Settings, name: str, decoder: Decoder, mapping: CompiledMapping, *, stream: str = "",
+              ) -> Judge:
+    """The verdict on each event of one stream for destination ``name`` (the lane's, the dry run's and the
+    replay's): ``decoder`` with the stream's reader schema, and its ``mapping``'s function for ``name``."""
+    return Judge(decoder=decoder, map_fn=mapping.functions.get(name, no_outputs),
+                 max_event_bytes=settings.decoding.max_event_bytes, ndjson=SINKS[name].ndjson,
+                 record_name=decoder.writer_name if mapping.reads_record_name else None, stream=stream)
 
 
 def no_outputs(record: dict[str, Any], topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
@@ -96,8 +99,7 @@ def judges_for(settings: Settings, name: str, prepared: Prepared,
     registry = checked_registry(settings, check_registry)
     decoders = {stream.name: decoder_for(settings, stream.reader_schema, registry=registry)
                 for stream in prepared.streams}
-    judges = {stream.name: judge_for(settings, name, decoders[stream.name],
-                                     stream.mapping.functions.get(name, no_outputs))
+    judges = {stream.name: judge_for(settings, name, decoders[stream.name], stream.mapping, stream=stream.name)
               for stream in prepared.streams}
 
     def for_topic(streams: list[StreamConfig]) -> Decides:

@@ -63,6 +63,14 @@ class Prepared:
         """Some stream's mapping has outputs for ``destination`` (else its lane has nothing to do)."""
         return any(destination in stream.mapping.functions for stream in self.streams)
 
+    def named(self, name: str) -> PreparedStream:
+        """The stream called ``name``; a ConfigError listing the streams when there is none."""
+        for stream in self.streams:
+            if stream.name == name:
+                return stream
+        raise ConfigError(f"no stream is named {name!r} (streams: {', '.join(s.name for s in self.streams)})",
+                          key="streams")
+
     def only(self, what: str) -> PreparedStream:
         """The one stream, for the parts that do not read several streams yet (``what`` names the part)."""
         if len(self.streams) != 1:

@@ -165,6 +165,9 @@ class CompiledMapping:
     _programs: tuple[_RuleProgram, ...] = field(default=(), repr=False, compare=False)
     reads_topic: bool = False
     """Some rule reads ``$topic``; ``explain`` and ``rules_matching`` then need the topic too."""
+    reads_record_name: bool = False
+    """Some rule reads ``$record_name``: whoever decodes puts the writer schema's full name in the record
+    (:class:`consumer.pipeline.verdict.Judge` does), since the bytes are gone by the time the rules run."""
 
     @property
     def functions(self) -> dict[str, MapFn]:
@@ -796,4 +799,5 @@ class _Compiler:
             python_source=python_source,
             _programs=tuple(programs),
             reads_topic=self.model.reads_topic,
+            reads_record_name=self.model.reads_record_name,
         )

@@ -214,11 +214,16 @@ class MappingModel:
     source: str
     reads_topic: bool = False
     """Some rule reads :data:`TOPIC_FIELD`: the map functions put the record's topic there first."""
+    reads_record_name: bool = False
+    """Some rule reads :data:`RECORD_NAME_FIELD`: the verdict puts the writer schema's name there first."""
 
 
 TOPIC_FIELD = "$topic"
 """The field path that reads the topic a record came from (Avro names cannot start with ``$``, so it never
 shadows a field of the schema)."""
+
+RECORD_NAME_FIELD = "$record_name"
+"""The field path that reads the full name of the record's writer schema (e.g. ``com.example.Purchase``)."""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from consumer.mapping.model import (
     NUMBER,
     OBJECT,
     ORDERING_OPS,
+    RECORD_NAME_FIELD,
     STRING,
     TOPIC_FIELD,
     AllOf,
@@ -422,7 +423,9 @@ def build_model(located: Located, reader_schema: Any, *, source: str) -> tuple[M
         return None, [f"{source}: the reader schema is not a record"]
     assert schema.fields is not None
     topic = SchemaType(frozenset({"string"}), False, "string (the record's topic)")
-    builder = _Builder(located, replace(schema, fields={**schema.fields, TOPIC_FIELD: topic}), source)
+    record_name = SchemaType(frozenset({"string"}), False, "string (the writer schema's full name)")
+    origin = {TOPIC_FIELD: topic, RECORD_NAME_FIELD: record_name}
+    builder = _Builder(located, replace(schema, fields={**schema.fields, **origin}), source)
     model = builder.build()
     if builder.problems:
         return None, builder.problems
@@ -438,6 +441,7 @@ class _Builder:
         self.rule_names: dict[int, str] = {}
         self.broken_defaults: set[str] = set()  # reported once where they stand, not again per output
         self.reads_topic = False
+        self.reads_record_name = False
 
     # -- reporting --------------------------------------------------------------------------------------
 
@@ -518,7 +522,7 @@ class _Builder:
                     rules.append(rule)
         version_int = version if isinstance(version, int) else 0
         return MappingModel(version=version_int, rules=tuple(rules), source=self.source,
-                            reads_topic=self.reads_topic)
+                            reads_topic=self.reads_topic, reads_record_name=self.reads_record_name)
 
     def defaults(self, raw: Any) -> tuple[dict[str, _Typed], dict[str, _Typed]]:
         fs: dict[str, _Typed] = {}
@@ -1022,6 +1026,8 @@ class _Builder:
     def resolve(self, path: PathKey, ref: FieldPath) -> SchemaType | None:
         if ref[0] == TOPIC_FIELD:
             self.reads_topic = True
+        elif ref[0] == RECORD_NAME_FIELD:
+            self.reads_record_name = True
         current = self.schema
         for i, segment in enumerate(ref):
             if current.fields is not None:

@@ -34,6 +34,7 @@ from consumer.errors import (
     TransientError,
 )
 from consumer.mapping.compiler import MapFn
+from consumer.mapping.model import RECORD_NAME_FIELD
 
 Kind = Literal["send", "skip", "park", "wait", "stop"]
 SEND: Final = "send"
@@ -102,6 +103,11 @@ class Decides(Protocol):
     def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
                size_bytes: int | None = None) -> Decision: ...
 
+    def route(self, value: bytes | None, topic: str) -> Judge | Decision:
+        """The stream's judge that decides this record, or the decision when no stream takes it (what
+        :meth:`decide` does first; dry runs ask it to say which stream a record belongs to)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -109,11 +115,19 @@ class Judge:
     """Decides events of one stream for one destination: its decoder (the stream's reader schema), its mapping
     function, and whether its requests carry NDJSON."""
 
-    def __init__(self, *, decoder: RecordDecoder, map_fn: MapFn, max_event_bytes: int, ndjson: bool) -> None:
+    def __init__(self, *, decoder: RecordDecoder, map_fn: MapFn, max_event_bytes: int, ndjson: bool,
+                 record_name: Callable[[bytes | None], str] | None = None, stream: str = "") -> None:
+        """``record_name``: where the mapping reads ``$record_name``, the writer schema's full name of a value
+        (the decoder's ``writer_name``); ``stream``: the stream's name, for dry runs and logs."""
         self.decoder = decoder
         self.map_fn = map_fn
         self.max_event_bytes = max_event_bytes
         self.ndjson = ndjson
+        self.record_name = record_name
+        self.stream = stream
+
+    def route(self, value: bytes | None, topic: str) -> Judge:
+        return self
 
     def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
                size_bytes: int | None = None) -> Decision:
@@ -130,6 +144,8 @@ class Judge:
         record = None
         try:
             record = self.decoder.decode(value)
+            if self.record_name is not None:
+                record[RECORD_NAME_FIELD] = self.record_name(value)
             stage = "mapping"
             outputs = self.map_fn(record, topic, partition, offset)
             if not outputs:
@@ -165,13 +181,19 @@ class StreamJudges:
 
     def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
                size_bytes: int | None = None) -> Decision:
+        judge = self.route(value, topic)
+        if isinstance(judge, Decision):
+            return judge
+        return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
+
+    def route(self, value: bytes | None, topic: str) -> Judge | Decision:
         judge = self.by_topic.get(topic)
         if judge is None:
             judge = self._matching(topic)
             if judge is None:
                 return Decision(PARK, error=NoStream(f"topic {topic!r} belongs to no stream; add it to a stream's "
                                                      "topics (streams[].topics)"))
-        return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
+        return judge.route(value, topic)
 
     def _matching(self, topic: str) -> Decides | None:
         for pattern, judge in self.patterns:
@@ -198,13 +220,19 @@ class RecordTypeJudges:
 
     def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
                size_bytes: int | None = None) -> Decision:
+        judge = self.route(value, topic)
+        if isinstance(judge, Decision):
+            return judge
+        return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
+
+    def route(self, value: bytes | None, topic: str) -> Judge | Decision:
         try:
             name = self.writer_name(value)
         except Exception as exc:  # one event's header must never stop its partition
             return _failed(exc, "decoding")
         judge = self.by_name.get(name)
         if judge is not None:
-            return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
+            return judge
         if self.skip_others:
             return Decision(SKIP)
         return Decision(PARK, error=NoStream(f"record type {name} on topic {topic!r} belongs to no stream; list it "

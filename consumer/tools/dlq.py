@@ -56,9 +56,9 @@ from consumer.kafka.reader import Reader, Record
 from consumer.pipeline.batcher import Batcher
 from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.offsets import Work
-from consumer.pipeline.verdict import PARK, SEND, STOP, WAIT, Decides, Decision, RecordDecoder, close_decoder
-from consumer.tools.common import check_once, format_time_ms, parse_time_ms, tool_decoder
-from consumer.tools.dryrun import DryRun
+from consumer.pipeline.verdict import PARK, SEND, STOP, WAIT, Decides, Decision, Judge, RecordDecoder
+from consumer.tools.common import check_once, format_time_ms, parse_time_ms
+from consumer.tools.dryrun import DESTINATIONS, DryRun
 from consumer.tools.ledger import Ledger
 from consumer.tools.progress import Progress
 from consumer.tools.samples import Sample
@@ -233,27 +233,33 @@ def preview(letter: DeadLetterView, decoder: RecordDecoder | None, *, full: bool
 
 
 class _Previewer:
-    """Decodes previews with the configured decoder; gives up (once, saying why) if the registry is down."""
+    """Decodes previews as the lanes decode (each dead letter with its source topic's stream); gives up (once,
+    saying why) if the registry is down."""
 
-    def __init__(self, settings: Settings, reader_schema: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, prepared: Prepared) -> None:
         self.note = ""
-        self.decoder: RecordDecoder | None
+        self.route: Decides | None
         try:
-            self.decoder = tool_decoder(settings, reader_schema, check=False)
+            lane = next((name for name in DESTINATIONS if prepared.has_rules_for(name)), DESTINATIONS[0])
+            self.route = judges_for(settings, lane, prepared, None)  # the decoders are the same for every lane
         except Exception as exc:  # previews are a convenience: never fail the listing for them
-            self.decoder, self.note = None, f"values not decoded: {exc}"
+            self.route, self.note = None, f"values not decoded: {exc}"
 
     def __call__(self, letter: DeadLetterView, full: bool) -> tuple[str, dict[str, Any] | None]:
+        judge = None
+        if self.route is not None and letter.record.value is not None:
+            judge = self.route.route(letter.record.value, letter.source_topic or "")
         try:
-            return preview(letter, self.decoder, full=full)
+            return preview(letter, judge.decoder if isinstance(judge, Judge) else None, full=full)
         except (TransientError, FatalError) as exc:
             self.close()
             self.note = f"values not decoded: {exc}"
             return preview(letter, None, full=full)
 
     def close(self) -> None:
-        close_decoder(self.decoder)
-        self.decoder = None
+        if self.route is not None:
+            self.route.close()
+        self.route = None
 
 
 # ------------------------------------------------------------------------------------------ inspect
@@ -263,7 +269,7 @@ def run_inspect(settings: Settings, selection: Selection, *, full: bool, as_json
                 include_replayed: bool = False) -> int:
     """List the dead letters still to deal with (``include_replayed``: also those a replay already finished)."""
     topic = settings.kafka.dead_letter_topic
-    previewer = _Previewer(settings, prepare(settings).reader_schema)
+    previewer = _Previewer(settings, prepare(settings))
     ledger = Ledger(settings, group="", create=False)
     replayed = 0
     with Reader(settings, f"{settings.kafka.group_id}.dlq-inspect") as reader:
@@ -605,13 +611,13 @@ def _check_destinations(settings: Settings, selected: list[Item], running: list[
 def _plan(settings: Settings, prepared: Prepared, selected: list[Item], to_destinations: bool, report: ReplayReport,
           out: Any, as_json: bool) -> None:
     """The dry run: what each selected dead letter would become; nothing is produced, sent or committed."""
-    decoder = tool_decoder(settings, prepared.reader_schema) if to_destinations else None
-    planner = DryRun(settings, prepared.mapping, decoder=decoder) if decoder is not None else None
+    planner = DryRun.for_records(settings, prepared) if to_destinations else None
     entries: list[dict[str, Any]] = []
     try:
         _plan_items(selected, planner, report, entries)
     finally:
-        close_decoder(decoder)
+        if planner is not None:
+            planner.close()
     _render_plan(entries, report, out, as_json)
 
 

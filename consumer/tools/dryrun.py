@@ -14,22 +14,22 @@ its batch (``Content-Length`` is the compressed size of that body).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
-from consumer.app.build import SINKS, build_sink, judge_for
-from consumer.app.startup import prepare
-from consumer.config import Settings
+from consumer.app.build import SINKS, build_sink, judge_for, judges_for
+from consumer.app.startup import Prepared, PreparedStream, prepare
+from consumer.config import Settings, is_topic_pattern
 from consumer.decoding.schemas import parse
-from consumer.errors import FatalError
+from consumer.errors import ConfigError, FatalError
 from consumer.mapping import CompiledMapping
 from consumer.pipeline.batcher import Batcher
-from consumer.pipeline.verdict import PARK, SKIP, STOP, WAIT, Decision, RecordDecoder, close_decoder
+from consumer.pipeline.verdict import PARK, SKIP, STOP, WAIT, Decides, Decision, Judge
 from consumer.sinks.preview import Preview
-from consumer.tools.common import tool_decoder
+from consumer.tools.common import check_once
 from consumer.tools.samples import Sample, load_files, load_topic
 
 DESTINATIONS = tuple(SINKS)
@@ -76,6 +76,8 @@ class DestinationPlan:
 @dataclass
 class EventPlan:
     sample: Sample
+    stream: str | None = None
+    """The stream that read the event (None: it belongs to no stream)."""
     event_type: str | None = None
     event_id: str | None = None
     rules: list[str] = field(default_factory=list)
@@ -86,7 +88,7 @@ class EventPlan:
     def as_json(self) -> dict[str, Any]:
         sample = self.sample
         out: dict[str, Any] = {"source": sample.label, "topic": sample.topic, "partition": sample.partition,
-                               "offset": sample.offset}
+                               "offset": sample.offset, "stream": self.stream}
         if self.problem is not None:
             out["problem"] = self.problem
             return out
@@ -96,47 +98,72 @@ class EventPlan:
 
 
 class DryRun:
-    """Plans samples against one configuration and compiled mapping; sends nothing."""
+    """Plans samples against one configuration's streams; sends nothing.
 
-    def __init__(self, settings: Settings, mapping: CompiledMapping, *, decoder: RecordDecoder | None = None) -> None:
+    A file sample names the stream whose reader schema encoded it; a record read from Kafka goes through the
+    lane's own routing (``routes``: each destination's verdict, :func:`~consumer.app.build.judges_for`), so the
+    dry run and the lane pick the same stream for it.
+    """
+
+    def __init__(self, settings: Settings, prepared: Prepared, *, routes: Mapping[str, Decides] | None = None) -> None:
         self.settings = settings
-        self.mapping = mapping
-        self.decoder = decoder
+        self.prepared = prepared
+        self.routes = dict(routes or {})
         self._sinks = {name: build_sink(settings, name, for_preview=True) for name in DESTINATIONS}
+
+    @classmethod
+    def for_records(cls, settings: Settings, prepared: Prepared) -> DryRun:
+        """A dry run for records read from Kafka, decoded as the lanes decode them (the registry asked once)."""
+        return cls(settings, prepared, routes={name: judges_for(settings, name, prepared, check_once)
+                                               for name in DESTINATIONS if prepared.has_rules_for(name)})
+
+    def close(self) -> None:
+        """Close the decoders' registry connections."""
+        for route in self.routes.values():
+            route.close()
 
     def plan(self, sample: Sample) -> EventPlan:
         plan = EventPlan(sample)
         if sample.problem is not None:
             plan.problem = sample.problem
             return plan
-        running = [d for d in DESTINATIONS if self._runs(d, plan)]
-        decoder = sample.decoder or self.decoder
-        if running and decoder is None:
-            raise FatalError("no decoder for a topic sample")  # a programming error, not a user's
-        for name in running:
-            assert decoder is not None
-            judge = judge_for(self.settings, name, decoder, self.mapping.functions[name])
+        for name in DESTINATIONS:
+            if not self.settings.destination(name).enabled:
+                plan.destinations[name] = DestinationPlan(name, "off", "disabled", f"{name}.enabled is false")
+                continue
+            judge = self._judge(name, sample)
+            if isinstance(judge, Decision):  # no stream takes the record
+                plan.destinations[name] = self._destination(name, judge, sample, None)
+                continue
+            stream = self.prepared.named(judge.stream)
+            plan.stream = stream.name
+            if name not in stream.mapping.functions:
+                plan.destinations[name] = DestinationPlan(
+                    name, "off", "no_rules", f"the mapping of stream {stream.name!r} has no {name} outputs, so the "
+                    f"{name} lane skips its events" if self.settings.streams else
+                    f"the mapping has no {name} outputs, so the {name} lane does not run")
+                continue
             decision = judge.decide(sample.value, sample.topic, sample.partition, sample.offset,
                                     size_bytes=sample.size_bytes)
             record = decision.record
             if record is not None and not plan.rules and plan.event_type is None:
                 plan.event_type = _text(record.get("event_type"))
                 plan.event_id = _text(record.get("event_id"))
-                plan.rules = self.mapping.rules_matching(record, topic=sample.topic)
-            plan.destinations[name] = self._destination(name, decision, sample)
+                plan.rules = stream.mapping.rules_matching(record, topic=sample.topic)
+            plan.destinations[name] = self._destination(name, decision, sample, stream.mapping)
         return plan
 
-    def _runs(self, name: str, plan: EventPlan) -> bool:
-        if not self.settings.destination(name).enabled:
-            plan.destinations[name] = DestinationPlan(name, "off", "disabled", f"{name}.enabled is false")
-            return False
-        if name not in self.mapping.functions:
-            plan.destinations[name] = DestinationPlan(
-                name, "off", "no_rules", f"the mapping has no {name} outputs, so the {name} lane does not run")
-            return False
-        return True
+    def _judge(self, name: str, sample: Sample) -> Judge | Decision:
+        if sample.decoder is not None:
+            stream = self.prepared.named(sample.stream) if sample.stream else self.prepared.only("a file sample")
+            return judge_for(self.settings, name, sample.decoder, stream.mapping, stream=stream.name)
+        route = self.routes.get(name)
+        if route is None:
+            raise FatalError("no decoder for a topic sample")  # a programming error, not a user's
+        return route.route(sample.value, sample.topic)
 
-    def _destination(self, name: str, decision: Decision, sample: Sample) -> DestinationPlan:
+    def _destination(self, name: str, decision: Decision, sample: Sample,
+                     mapping: CompiledMapping | None) -> DestinationPlan:
         """The verdict as a plan; the rule behind each output is read back from the compiled rules."""
         if decision.kind == PARK:
             return DestinationPlan(name, "dead_letter", decision.reason, str(decision.error))
@@ -149,17 +176,18 @@ class DryRun:
             return DestinationPlan(name, "skip", "no_rule",
                                    f"no rule with {name} outputs selects this event (committed, nothing sent)")
         assert decision.record is not None
-        rules = self._rules_behind(name, decision.record, sample)
+        assert mapping is not None
+        rules = self._rules_behind(name, mapping, decision.record, sample)
         outputs = list(zip(rules, decision.outputs, strict=True))
         plan = DestinationPlan(name, "send", outputs=outputs)
         plan.requests = self._requests(name, outputs, decision, sample)
         return plan
 
-    def _rules_behind(self, name: str, record: dict[str, Any], sample: Sample) -> list[str]:
+    def _rules_behind(self, name: str, mapping: CompiledMapping, record: dict[str, Any], sample: Sample) -> list[str]:
         """The rule that made each of ``name``'s outputs, in emission order (only for labels: the verdict
         already decided; the compiled rules run again here to say which rule made what)."""
-        return [rule for rule, _, _ in self.mapping.explain(record, sample.topic, sample.partition, sample.offset,
-                                                             destination=name)]
+        return [rule for rule, _, _ in mapping.explain(record, sample.topic, sample.partition, sample.offset,
+                                                        destination=name)]
 
     def _requests(self, name: str, outputs: list[tuple[str, dict[str, Any]]], decision: Decision,
                   sample: Sample) -> list[PlannedRequest]:
@@ -232,6 +260,8 @@ def _render_event(plan: EventPlan) -> list[str]:
     head = f"== {sample.label}"
     if sample.label != f"{sample.topic}[{sample.partition}]@{sample.offset}":
         head += f" (as {sample.topic}[{sample.partition}]@{sample.offset})"
+    if plan.stream is not None and plan.stream != "default":
+        head += f" [stream {plan.stream}]"
     if plan.problem is not None:
         return [head, f"   not a usable sample: {plan.problem}"]
     if plan.event_type is not None:
@@ -278,23 +308,53 @@ def _render_summary(counts: dict[str, Any]) -> str:
 
 
 def run_map(settings: Settings, *, files: list[str], from_topic: int | None, partition: int | None,
-            offset: int | None, as_json: bool, out: Any) -> int:
-    """``usage-consumer map``: plan every sample and print the plans; 1 when a sample was not usable."""
+            offset: int | None, as_json: bool, out: Any, topic: str | None = None, stream: str | None = None) -> int:
+    """``usage-consumer map``: plan every sample and print the plans; 1 when a sample was not usable.
+
+    File samples are read with the reader schema of ``stream``, or of the stream that reads ``topic`` (either
+    is needed when there are several streams); records read from Kafka (``from_topic``) find their stream as
+    the lanes do."""
     prepared = prepare(settings)
-    reader = parse(prepared.reader_schema)
     samples: list[Sample] = []
-    decoder = None
     if files:
-        samples.extend(load_files(files, reader, framing=settings.decoding.framing, topic=settings.kafka.topics[0],
-                                  partition=partition or 0, first_offset=offset or 0))
-    if from_topic is not None:
-        decoder = tool_decoder(settings, prepared.reader_schema)
-        samples.extend(load_topic(settings, from_topic, partition=partition, offset=offset,
-                                  group_id=f"{settings.kafka.group_id}.map-dry-run"))
-    dry_run = DryRun(settings, prepared.mapping, decoder=decoder)
+        chosen = _stream_for_files(settings, prepared, topic=topic, stream=stream)
+        sample_topic = topic or next((t for t in chosen.topics if not is_topic_pattern(t)), None)
+        if sample_topic is None:
+            raise ConfigError(f"stream {chosen.name!r} reads only topic patterns: say which topic the samples "
+                              "come from with --topic")
+        samples.extend(load_files(files, parse(chosen.reader_schema), framing=settings.decoding.framing,
+                                  topic=sample_topic, partition=partition or 0, first_offset=offset or 0,
+                                  stream=chosen.name))
+    dry_run = DryRun.for_records(settings, prepared) if from_topic is not None else DryRun(settings, prepared)
     try:
+        if from_topic is not None:
+            samples.extend(load_topic(settings, from_topic, partition=partition, offset=offset, topic=topic,
+                                      group_id=f"{settings.kafka.group_id}.map-dry-run"))
         plans = [dry_run.plan(sample) for sample in samples]
     finally:
-        close_decoder(decoder)
+        dry_run.close()
     out.write(render_json(plans) if as_json else render_text(plans))
     return 1 if any(p.problem is not None for p in plans) else 0
+
+
+def _stream_for_files(settings: Settings, prepared: Prepared, *, topic: str | None, stream: str | None,
+                      ) -> PreparedStream:
+    """The stream whose schema file samples are written in: named, found by topic, or the only one."""
+    names = ", ".join(s.name for s in prepared.streams)
+    if stream is not None:
+        chosen = prepared.named(stream)
+        if topic is not None and chosen.config not in settings.streams_for_topic(topic):
+            raise ConfigError(f"topic {topic!r} is not a topic of stream {stream!r}")
+        return chosen
+    if topic is not None:
+        owners = settings.streams_for_topic(topic)
+        if not owners:
+            raise ConfigError(f"topic {topic!r} belongs to no stream (streams: {names})")
+        if len(owners) > 1:
+            raise ConfigError(f"topic {topic!r} carries the records of streams {', '.join(s.name for s in owners)}: "
+                              "say which with --stream")
+        return prepared.named(owners[0].name)
+    if len(prepared.streams) > 1:
+        raise ConfigError(f"this configuration has {len(prepared.streams)} streams ({names}): say which with "
+                          "--topic or --stream")
+    return prepared.streams[0]

@@ -13,7 +13,7 @@ import io
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,13 +21,12 @@ import fastavro
 from fastavro.validation import validate
 
 from consumer.config import Settings
-from consumer.decoding.decoder import FRAMING_HEADERS, make_decoder
+from consumer.decoding.decoder import FRAMING_HEADERS, Decoder, make_decoder
 from consumer.decoding.encoding import encode_raw
 from consumer.decoding.schemas import ParsedSchema, parse
 from consumer.errors import ConfigError
 from consumer.kafka.reader import Reader
 from consumer.pipeline.offsets import TopicPartitionKey
-from consumer.pipeline.verdict import RecordDecoder
 
 AVRO_CONTAINER_MAGIC = b"Obj\x01"
 
@@ -41,22 +40,25 @@ class Sample:
     partition: int
     offset: int
     value: bytes | None
-    decoder: RecordDecoder | None
+    decoder: Decoder | None
     """None for topic samples: use the configured decoder."""
     size_bytes: int
     problem: str | None = None
     """Set when the input line or record is not an event at all (a bad sample, not a dead letter)."""
+    stream: str = ""
+    """The stream whose reader schema encoded a file sample (topic samples: found by the lane's routing)."""
 
 
 def load_files(paths: list[str], reader: ParsedSchema, *, framing: str, topic: str, partition: int,
-               first_offset: int) -> Iterator[Sample]:
-    """Samples from JSON-lines or Avro container files (``-`` is stdin); offsets count up from ``first_offset``."""
+               first_offset: int, stream: str = "") -> Iterator[Sample]:
+    """Samples from JSON-lines or Avro container files (``-`` is stdin) of ``stream``, encoded with its
+    ``reader`` schema; offsets count up from ``first_offset``."""
     offset = first_offset
     for path in paths:
         for sample in _load_one(path, reader, framing=framing, topic=topic, partition=partition,
                                 first_offset=offset):
             offset = sample.offset + 1
-            yield sample
+            yield replace(sample, stream=stream)
 
 
 def _load_one(path: str, reader: ParsedSchema, *, framing: str, topic: str, partition: int,
@@ -166,18 +168,21 @@ def _container(stream: IO[bytes], name: str, reader: ParsedSchema, header_bytes:
 
 
 def load_topic(settings: Settings, count: int, *, partition: int | None, offset: int | None,
-               group_id: str) -> list[Sample]:
-    """Up to ``count`` records of the configured topics, read without committing.
+               group_id: str, topic: str | None = None) -> list[Sample]:
+    """Up to ``count`` records of ``topic`` (default: every topic the streams name), read without committing.
 
-    With ``partition`` and ``offset``: the records from that position on (first configured topic). Otherwise
-    the newest records, spread evenly over every partition of every configured topic.
+    With ``partition`` and ``offset``: the records from that position on (of ``topic``, or the first topic).
+    Otherwise the newest records, spread evenly over every partition of every topic read.
     """
+    topics = [topic] if topic is not None else list(settings.named_topics())
+    if not topics:
+        raise ConfigError("the streams name only topic patterns: say which topic to read with --topic")
     if count < 1:
         raise ConfigError("--from-topic needs a count of at least 1")
     with Reader(settings, group_id) as reader:
         ranges: dict[TopicPartitionKey, tuple[int, int]] = {}
         if partition is not None or offset is not None:
-            topic = settings.kafka.topics[0]
+            topic = topics[0]
             chosen = partition if partition is not None else 0
             if chosen not in reader.partitions(topic):
                 raise ConfigError(f"topic {topic!r} has no partition {chosen}")
@@ -185,7 +190,7 @@ def load_topic(settings: Settings, count: int, *, partition: int | None, offset:
             start = max(low, offset if offset is not None else high - count)
             ranges[(topic, chosen)] = (start, min(high, start + count))
         else:
-            keys = [(t, p) for t in settings.kafka.topics for p in reader.partitions(t)]
+            keys = [(t, p) for t in topics for p in reader.partitions(t)]
             share = max(1, math.ceil(count / len(keys)))
             for topic, part in keys:
                 low, high = reader.watermarks(topic, part)

@@ -234,6 +234,23 @@ def test_dead_letters_of_a_stream_are_replayed_through_their_own_streams_schema_
         wait_for(lambda: len(stack.read_all(dlq, timeout_s=2)) == 3, timeout_s=60, what="three rejected views parked")
     assert stack.emulators.freshpaint.events() == []
     stack.emulators.freshpaint.clear_faults()
+    capsys.readouterr()
+
+    # inspect decodes each dead letter with its source topic's stream
+    assert main(["dlq", "inspect", "--config", str(path), "--json"]) == 0
+    letters = json.loads(capsys.readouterr().out)["dead_letters"]
+    assert sorted(letter["event"]["id"] for letter in letters) == sorted(v["id"] for v in views)
+    # the dry run plans each with its stream's mapping; nothing is sent
+    assert main(["dlq", "replay", "--config", str(path), "--to-destinations", "--reason", "rejected", "--dry-run",
+                 "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert [e["plan"]["outputs"][0]["output"]["event"] for e in planned["plan"]] == ["Page Viewed"] * 3
+    assert stack.emulators.freshpaint.events() == []
+    # map reads records of every stream's topics and explains each with its own stream
+    assert main(["map", "--config", str(path), "--from-topic", "3", "--topic", web_topic, "--json"]) == 0
+    events = json.loads(capsys.readouterr().out)["events"]
+    assert [(e["stream"], e["rules"]) for e in events] == [("web", ["page-viewed"])] * 3
+
     code = main(["dlq", "replay", "--config", str(path), "--to-destinations", "--reason", "rejected"])
     assert code == 0, capsys.readouterr().err
     assert sorted(e["properties"]["view_id"] for e in stack.emulators.freshpaint.events()) == \

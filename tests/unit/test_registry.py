@@ -179,7 +179,7 @@ ORDER: dict[str, Any] = {"type": "record", "name": "Order", "namespace": "com.ex
                     {"name": "channel", "type": "com.example.common.Kind"}]}
 
 
-def subjects_registry(versions: "Versions") -> Callable[[httpx.Request], httpx.Response]:
+def subjects_registry(versions: Versions) -> Callable[[httpx.Request], httpx.Response]:
     """A registry answering ids and subject versions from ``versions``: (subject, version) -> (id, schema,
     references); ``latest`` is each subject's highest version."""
     by_id = {schema_id: (schema, refs) for schema_id, schema, refs in versions.values()}

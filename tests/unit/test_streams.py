@@ -9,10 +9,15 @@ from typing import Any
 
 import pytest
 
+from consumer.app.build import judge_for
 from consumer.app.startup import prepare
 from consumer.cli import main
 from consumer.config import load_settings
+from consumer.decoding.decoder import make_decoder
+from consumer.decoding.encoding import encode_raw
+from consumer.decoding.schemas import parse
 from consumer.errors import ConfigError, DecodeError, FatalError, MappingInvalid, TransientError
+from consumer.mapping import load_mapping
 from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Judge, RecordTypeJudges, StreamJudges
 from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator
 
@@ -228,6 +233,82 @@ def test_an_inline_reader_schema_that_is_not_avro_is_named_with_its_stream(tmp_p
     [problem] = caught.value.problems
     assert problem.startswith("stream 'web': reader_schema_inline: invalid Avro schema"), problem
     assert "strang" in problem
+
+
+RECORD_NAME_RULES = VISITOR_HEADER + """\
+  - name: current
+    when: {$record_name: com.example.web.PageView}
+    freshpaint:
+      - event: Page Viewed
+        properties:
+          record: {field: $record_name}
+  - name: legacy
+    when: {field: $record_name, ne: com.example.web.PageView}
+    freshpaint:
+      - event: Legacy View
+        properties:
+          record: {field: $record_name}
+"""
+
+
+def test_rules_read_and_select_on_the_writer_schemas_record_name(tmp_path: Path) -> None:
+    """``$record_name`` is the full name of the record's writer schema: here a legacy writer resolves to the
+    reader through an alias, and the rules tell the two apart."""
+    reader = {**PAGE_VIEW, "aliases": ["com.legacy.View"]}
+    legacy = {**PAGE_VIEW, "name": "View", "namespace": "com.legacy"}
+    mapping = load_mapping(write(tmp_path, "web.yaml", RECORD_NAME_RULES), reader)
+    assert mapping.reads_record_name
+    settings = load_settings(config(tmp_path, {}), environ={})
+    view = {"id": "v-1", "at": 1_767_000_000_000, "visitor": "ada", "page": {"path": "/", "referrer": None},
+            "device": "MOBILE", "labels": {}}
+    seen = []
+    for writer in (PAGE_VIEW, legacy):
+        decoder = make_decoder("raw", reader_schema=reader, writer_schema=writer)
+        decision = judge_for(settings, "freshpaint", decoder, mapping).decide(encode_raw(view, parse(writer)),
+                                                                              "web", 0, 0)
+        seen += [(o["event"], o["properties"]["record"]) for o in decision.outputs]
+    assert seen == [("Page Viewed", "com.example.web.PageView"), ("Legacy View", "com.legacy.View")]
+    plain = load_mapping(write(tmp_path, "plain.yaml", WEB_MAPPING), reader)
+    assert not plain.reads_record_name
+    decision = judge_for(settings, "freshpaint", make_decoder("raw", reader_schema=reader), plain).decide(
+        encode_raw(view, parse(PAGE_VIEW)), "web", 0, 0)
+    assert decision.record is not None
+    assert "$record_name" not in decision.record  # filled in only when a rule reads it
+
+
+VIEW = {"id": "v-1", "at": 1_767_000_000_000, "visitor": "ada", "page": {"path": "/pricing", "referrer": None},
+        "device": "MOBILE", "labels": {"campaign": "spring"}}
+
+
+def test_map_explains_file_samples_with_the_stream_of_the_topic_or_stream_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(two_streams(tmp_path))
+    views = write(tmp_path, "views.jsonl", json.dumps(VIEW) + "\n")
+    for how, topic in ((["--topic", "web-events-eu"], "web-events-eu"), (["--stream", "web"], "web-events")):
+        assert main(["map", "--config", path, *how, str(views), "--json"]) == 0
+        [event] = json.loads(capsys.readouterr().out)["events"]
+        assert (event["stream"], event["topic"]) == ("web", topic)
+        assert event["rules"] == ["page-viewed"]
+        sent = event["destinations"]["freshpaint"]
+        assert sent["outcome"] == "send"
+        assert [o["output"]["event"] for o in sent["outputs"]] == ["Page Viewed"]
+        assert event["destinations"]["freshsuccess"]["reason"] == "no_rules"
+
+    assert main(["map", "--config", path, "--stream", "web", str(views)]) == 0
+    assert "[stream web]" in capsys.readouterr().out.splitlines()[0]
+
+
+@pytest.mark.parametrize(("how", "says"), [
+    ([], "this configuration has 2 streams (usage, web): say which with --topic or --stream"),
+    (["--topic", "billing"], "topic 'billing' belongs to no stream"),
+    (["--stream", "mobile"], "no stream is named 'mobile' (streams: usage, web)"),
+    (["--stream", "web", "--topic", "usage-events"], "topic 'usage-events' is not a topic of stream 'web'"),
+])
+def test_map_with_several_streams_says_which_stream_it_needs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             how: list[str], says: str) -> None:
+    views = write(tmp_path, "views.jsonl", json.dumps(VIEW) + "\n")
+    assert main(["map", "--config", str(two_streams(tmp_path)), *how, str(views)]) == 2
+    assert says in capsys.readouterr().err
 
 
 class Named:
