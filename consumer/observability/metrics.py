@@ -7,8 +7,9 @@ batch delivery time) are observed once per batch. Each ``Metrics`` has its own r
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -16,6 +17,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PREFIX = "usage_consumer"
+
+
+@dataclass
+class Tally:
+    """One stream's verdicts for one destination: sent, skipped, and dead-lettered by reason (a record that
+    must wait is counted when it is finally decided). The verdict counts; the metrics read."""
+
+    sent: int = 0
+    skipped: int = 0
+    parked: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,8 @@ class LaneSnapshot:
     destination_state: str
     committed: Mapping[tuple[str, int], int]
     lag: Mapping[tuple[str, int], int]
+    streams: Mapping[str, Tally] = field(default_factory=dict)
+    """The verdict's counts per stream (``(none)``: records no stream takes)."""
 
 
 class Reporting(Protocol):
@@ -109,6 +122,11 @@ class _LaneCollector(Collector):
                                       labels=["destination", "topic", "partition"])
         lag = GaugeMetricFamily(f"{PREFIX}_consumer_lag", "High watermark minus committed offset.",
                                 labels=["destination", "topic", "partition"])
+        by_stream = CounterMetricFamily(f"{PREFIX}_stream_records", "Records judged, by stream and verdict (send, "
+                                        "skip, dead_letter); a destination's later refusal is in dead_lettered.",
+                                        labels=["destination", "stream", "verdict"])
+        stream_dead = CounterMetricFamily(f"{PREFIX}_stream_dead_lettered", "Records the verdict dead-lettered, "
+                                          "by stream and reason.", labels=["destination", "stream", "reason"])
         for lane in self._lanes():
             snap = lane.snapshot()
             name = snap.name
@@ -125,5 +143,11 @@ class _LaneCollector(Collector):
                 committed.add_metric([name, topic, str(partition)], offset)
             for (topic, partition), value in snap.lag.items():
                 lag.add_metric([name, topic, str(partition)], value)
+            for stream, tally in snap.streams.items():
+                by_stream.add_metric([name, stream, "send"], tally.sent)
+                by_stream.add_metric([name, stream, "skip"], tally.skipped)
+                by_stream.add_metric([name, stream, "dead_letter"], sum(tally.parked.values()))
+                for reason, count in tally.parked.items():
+                    stream_dead.add_metric([name, stream, reason], count)
         yield from families.values()
-        yield from (dead, failed, in_flight, paused, state, committed, lag)
+        yield from (dead, failed, in_flight, paused, state, committed, lag, by_stream, stream_dead)

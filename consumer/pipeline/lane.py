@@ -37,7 +37,7 @@ from consumer.pipeline.committer import CommitResult, Committer
 from consumer.pipeline.delivery import Delivery
 from consumer.pipeline.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
 from consumer.pipeline.ports import MessageSource, SourceCallbacks
-from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Decides
+from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Decides, tallies_by_stream
 
 __all__ = ["DeadLetters", "Lane", "LaneSettings", "LaneStats", "Sink", "SourceFactory"]
 
@@ -347,7 +347,8 @@ class Lane:
                       "decode_retries": stats.transient_failures, "commits_refused": stats.commits_refused},
             dead_lettered=dict(stats.dead_lettered), failed=self.fatal is not None,
             in_flight_batches=len(self._in_flight), paused_partitions=len(self._paused),
-            destination_state=self.destination_state, committed=dict(stats.committed), lag=dict(stats.lag))
+            destination_state=self.destination_state, committed=dict(stats.committed), lag=dict(stats.lag),
+            streams=tallies_by_stream(self.judge))
 
     @property
     def destination_state(self) -> str:

@@ -35,6 +35,7 @@ from consumer.errors import (
 )
 from consumer.mapping.compiler import MapFn
 from consumer.mapping.model import RECORD_NAME_FIELD
+from consumer.observability.metrics import Tally
 
 Kind = Literal["send", "skip", "park", "wait", "stop"]
 SEND: Final = "send"
@@ -97,6 +98,25 @@ class Decision:
         return f"Decision({self.kind}, {detail})"
 
 
+NO_STREAM = "(none)"
+"""The stream label of records that no stream takes."""
+
+
+def tallies_by_stream(verdict: Decides) -> dict[str, Tally]:
+    """A verdict's tallies summed by stream (a copy), each judge's once however many routes lead to it."""
+    found: dict[str, Tally] = {}
+    seen: set[int] = set()
+    for stream, tally in verdict.tallies():
+        if id(tally) in seen:
+            continue
+        seen.add(id(tally))
+        total = found.setdefault(stream, Tally())
+        total.sent += tally.sent
+        total.skipped += tally.skipped
+        total.parked.update(tally.parked)
+    return found
+
+
 class Decides(Protocol):
     """What a lane asks of its verdict: :class:`Judge` for one stream, :class:`StreamJudges` for several."""
 
@@ -106,6 +126,11 @@ class Decides(Protocol):
     def route(self, value: bytes | None, topic: str) -> Judge | Decision:
         """The stream's judge that decides this record, or the decision when no stream takes it (what
         :meth:`decide` does first; dry runs ask it to say which stream a record belongs to)."""
+        ...
+
+    def tallies(self) -> list[tuple[str, Tally]]:
+        """Each judge's verdicts so far with its stream, repeated where routes share a judge (read them with
+        :func:`tallies_by_stream`)."""
         ...
 
     def close(self) -> None: ...
@@ -125,9 +150,13 @@ class Judge:
         self.ndjson = ndjson
         self.record_name = record_name
         self.stream = stream
+        self.tally = Tally()
 
     def route(self, value: bytes | None, topic: str) -> Judge:
         return self
+
+    def tallies(self) -> list[tuple[str, Tally]]:
+        return [(self.stream, self.tally)]
 
     def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
                size_bytes: int | None = None) -> Decision:
@@ -138,6 +167,7 @@ class Judge:
         """
         size = (0 if value is None else len(value)) if size_bytes is None else size_bytes
         if size > self.max_event_bytes:
+            self.tally.parked[OversizedEvent.reason] += 1
             return Decision(PARK, error=OversizedEvent(
                 f"event of {size} bytes exceeds max_event_bytes={self.max_event_bytes}"))
         stage = "decoding"
@@ -149,6 +179,7 @@ class Judge:
             stage = "mapping"
             outputs = self.map_fn(record, topic, partition, offset)
             if not outputs:
+                self.tally.skipped += 1
                 return Decision(SKIP, record=record)
             stage = "serializing"
             if self.ndjson:
@@ -157,9 +188,13 @@ class Judge:
                 body = b""
                 for output in outputs:
                     _dumps(output)  # the sink serializes it again with the token; refuse it here instead
+            self.tally.sent += 1
             return Decision(SEND, outputs, body, record=record)
         except Exception as exc:  # one event's value must never stop its partition
-            return _failed(exc, stage, record)
+            decision = _failed(exc, stage, record)
+            if decision.kind is PARK:
+                self.tally.parked[decision.reason or ""] += 1
+            return decision
 
     def close(self) -> None:
         """Close the decoder's connections (the schema registry's); once, however many routes share this judge."""
@@ -178,6 +213,7 @@ class StreamJudges:
         self.by_topic = dict(by_topic)
         self.patterns = list(patterns)
         self._judges = [*by_topic.values(), *(judge for _, judge in patterns)]
+        self.unrouted = Tally()
 
     def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
                size_bytes: int | None = None) -> Decision:
@@ -191,9 +227,13 @@ class StreamJudges:
         if judge is None:
             judge = self._matching(topic)
             if judge is None:
+                self.unrouted.parked[NoStream.reason] += 1
                 return Decision(PARK, error=NoStream(f"topic {topic!r} belongs to no stream; add it to a stream's "
                                                      "topics (streams[].topics)"))
         return judge.route(value, topic)
+
+    def tallies(self) -> list[tuple[str, Tally]]:
+        return [(NO_STREAM, self.unrouted), *(part for judge in self._judges for part in judge.tallies())]
 
     def _matching(self, topic: str) -> Decides | None:
         for pattern, judge in self.patterns:
@@ -217,6 +257,7 @@ class RecordTypeJudges:
         self.writer_name = writer_name
         self.by_name = dict(by_name)
         self.skip_others = skip_others
+        self.unrouted = Tally()
 
     def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
                size_bytes: int | None = None) -> Decision:
@@ -234,9 +275,14 @@ class RecordTypeJudges:
         if judge is not None:
             return judge
         if self.skip_others:
+            self.unrouted.skipped += 1
             return Decision(SKIP)
+        self.unrouted.parked[NoStream.reason] += 1
         return Decision(PARK, error=NoStream(f"record type {name} on topic {topic!r} belongs to no stream; list it "
                                              "in a stream's record_names (or set other_records: skip)"))
+
+    def tallies(self) -> list[tuple[str, Tally]]:
+        return [(NO_STREAM, self.unrouted), *(part for judge in self.by_name.values() for part in judge.tallies())]
 
     def close(self) -> None:
         for judge in self.by_name.values():

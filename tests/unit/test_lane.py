@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from consumer.errors import DecodeError, EventError, Rejected, TransientError
+from consumer.observability.metrics import Metrics
 from consumer.pipeline.batcher import Batch
 from consumer.pipeline.committer import CommitResult
 from consumer.pipeline.lane import Lane, LaneSettings
@@ -344,6 +345,19 @@ def test_bad_events_are_parked_and_never_block_their_partition(delivery: Stepped
     assert sorted(dead.parked) == [(4, "undecodable"), (13, "mapping_failed")]
     assert destination.delivered == [n for n in range(20) if n not in (4, 13)]
     assert dict(lane.stats.dead_lettered) == {"undecodable": 1, "mapping_failed": 1}
+    [(stream, tally)] = lane.snapshot().streams.items()  # the stream label of the metrics
+    assert (stream, tally.sent, dict(tally.parked)) == ("", 18, {"undecodable": 1, "mapping_failed": 1})
+    exposition = metrics_of(lane)
+    assert 'usage_consumer_stream_records_total{destination="freshsuccess",stream="",verdict="send"} 18.0' \
+        in exposition
+    assert ('usage_consumer_stream_dead_lettered_total{destination="freshsuccess",reason="undecodable",stream=""} '
+            '1.0') in exposition
+
+
+def metrics_of(lane: Lane) -> str:
+    metrics = Metrics()
+    metrics.add_lane(lane)
+    return metrics.exposition().decode()
 
 
 class BrokenDeadLetters(FakeDeadLetters):

@@ -18,7 +18,16 @@ from consumer.decoding.encoding import encode_raw
 from consumer.decoding.schemas import parse
 from consumer.errors import ConfigError, DecodeError, FatalError, MappingInvalid, TransientError
 from consumer.mapping import load_mapping
-from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Judge, RecordTypeJudges, StreamJudges
+from consumer.pipeline.verdict import (
+    PARK,
+    SEND,
+    SKIP,
+    WAIT,
+    Judge,
+    RecordTypeJudges,
+    StreamJudges,
+    tallies_by_stream,
+)
 from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator
 
 PAGE_VIEW: dict[str, Any] = {
@@ -429,6 +438,34 @@ def test_on_a_shared_topic_the_writer_schemas_record_name_picks_the_stream() -> 
     assert strict.decide(b"junk", "shop", 0, 0).reason == "undecodable"
     lenient = RecordTypeJudges(writer_name, by_name, skip_others=True)
     assert lenient.decide(b"r", "shop", 0, 0).kind == SKIP
+
+
+def test_the_verdicts_are_counted_per_stream_once_however_many_routes_reach_a_stream() -> None:
+    """What ``usage_consumer_stream_records_total`` reports: each stream's sends, skips and dead letters by
+    reason, and the records no stream takes (under ``(none)``); a record that must wait is not counted."""
+    views, buys = Named("views"), Named("buys")
+    names = {b"v": "com.example.PageView", b"p": "com.example.Purchase", b"r": "com.example.Refund"}
+
+    def writer_name(value: bytes | None) -> str:
+        if value == b"down":
+            raise TransientError("registry down")
+        assert value is not None
+        return names.get(value, "com.example.PageView")
+
+    def echo_or_skip(record: dict[str, Any], topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
+        return [] if topic == "quiet" else [{"stream": record["stream"]}]
+
+    view_judge = Judge(decoder=views, map_fn=echo_or_skip, max_event_bytes=5, ndjson=False, stream="views")
+    buy_judge = Judge(decoder=buys, map_fn=echo_or_skip, max_event_bytes=5, ndjson=False, stream="buys")
+    shop = RecordTypeJudges(writer_name, {"com.example.PageView": view_judge, "com.example.Purchase": buy_judge},
+                            skip_others=False)
+    judges = StreamJudges({"shop": shop, "quiet": view_judge, "views": view_judge})
+    for value, topic in [(b"v", "shop"), (b"p", "shop"), (b"p", "shop"), (b"r", "shop"), (b"v", "quiet"),
+                         (b"v", "views"), (b"toolong", "views"), (b"v", "billing"), (b"down", "shop")]:
+        judges.decide(value, topic, 0, 0)
+    tallies = tallies_by_stream(judges)
+    assert {name: (t.sent, t.skipped, dict(t.parked)) for name, t in tallies.items()} == {
+        "views": (2, 1, {"oversized": 1}), "buys": (2, 0, {}), "(none)": (0, 0, {"no_stream": 2})}
 
 
 def test_a_judge_shared_by_several_routes_closes_its_decoder_once() -> None:

@@ -4,13 +4,14 @@ metric and log event the runbook tells people to look for exists."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import get_args, get_origin
 
 from pydantic import BaseModel
 
 from consumer.config import Settings
-from consumer.observability.metrics import COUNTERS, LaneSnapshot, Metrics
+from consumer.observability.metrics import COUNTERS, LaneSnapshot, Metrics, Tally
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -54,7 +55,8 @@ def test_every_metric_the_runbook_names_is_exported() -> None:
             return LaneSnapshot(name="freshsuccess", counters=dict.fromkeys(COUNTERS, 1),
                                 dead_lettered={"undecodable": 1}, failed=False, in_flight_batches=0,
                                 paused_partitions=0, destination_state="ok", committed={("t", 0): 1},
-                                lag={("t", 0): 1})
+                                lag={("t", 0): 1},
+                                streams={"default": Tally(sent=1, parked=Counter({"undecodable": 1}))})
 
     lane = Lane()
     metrics = Metrics()
