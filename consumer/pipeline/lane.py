@@ -97,6 +97,9 @@ class LaneSettings:
     revoke_timeout_s: float = _default(KafkaConfig, "revocation_timeout_s")
     progress_interval_s: float = 10.0
     rejoin_timeout_s: float = _default(KafkaConfig, "session_timeout_ms") / 1000
+    replaced_close_timeout_s: float = 5.0
+    """How long a replaced consumer's ``close`` may take before it is left to finish on its own thread
+    (librdkafka's close can hang on a coordinator that went away)."""
     """After partitions are lost, a consumer that has not been through a rebalance (no assignment callback,
     even an empty one) for this long is replaced by a new one: librdkafka can stay out of its group after a
     session timeout across a broker restart. One session timeout."""
@@ -166,10 +169,25 @@ class Lane:
         self._rng = random.Random()
         self._source_factory = source_factory
         self._lost_at: float | None = None
-        self._callbacks = SourceCallbacks(on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                          on_lost=self._on_lost, on_commit=self._on_commit)
-        self.source = source_factory(self._callbacks)
+        self._generation = 0
+        """Which source the callbacks serve: a replaced one's late callbacks are ignored."""
+        self.source = self._new_source()
         self.committer.bind(self.source)
+
+    def _new_source(self) -> MessageSource:
+        """A new consumer whose callbacks reach the lane only while it is the lane's current one."""
+        self._generation += 1
+        generation = self._generation
+
+        def current(callback: Callable[[Any], None]) -> Callable[[Any], None]:
+            def call(argument: Any) -> None:
+                if self._generation == generation:
+                    callback(argument)
+            return call
+
+        return self._source_factory(SourceCallbacks(
+            on_assign=current(self._on_assign), on_revoke=current(self._on_revoke),
+            on_lost=current(self._on_lost), on_commit=current(self._on_commit)))
 
     # ------------------------------------------------------------------------------- the loop
 
@@ -238,21 +256,32 @@ class Lane:
         return kept
 
     def _replace_source(self, now: float) -> None:
-        """Close a consumer stuck outside its group and subscribe a new one (nothing is owned to commit)."""
+        """Close a consumer stuck outside its group and subscribe a new one (nothing is owned to commit).
+
+        The old consumer is closed on a thread of its own, waited for at most ``replaced_close_timeout_s``:
+        librdkafka's close can hang on a coordinator that went away, and the lane must not hang with it. Its
+        callbacks no longer reach the lane either way (it owns nothing the new consumer may not own)."""
         log.warning("consumer_replaced", destination=self.name, stuck_s=round(now - (self._lost_at or now), 1))
         old = self.source
-        self._closing = True  # the old consumer owns nothing: its callbacks must not commit or wait
-        try:
-            old.close()
-        except Exception as exc:  # a stuck client may fail to close cleanly; the new one matters
-            log.warning("consumer_close_failed", destination=self.name, error=str(exc))
-        finally:
-            self._closing = False
+        self._generation += 1  # detach the old consumer's callbacks first
+        closer = threading.Thread(target=self._close_replaced, args=(old,), name=f"close-replaced-{self.name}",
+                                  daemon=True)
+        closer.start()
+        closer.join(self.settings.replaced_close_timeout_s)
+        if closer.is_alive():
+            log.warning("consumer_close_abandoned", destination=self.name,
+                        waited_s=self.settings.replaced_close_timeout_s)
         self._paused.clear()
         self.committer.released(self.committer.owned)
         self._lost_at = self.clock()
-        self.source = self._source_factory(self._callbacks)
+        self.source = self._new_source()
         self.committer.bind(self.source)
+
+    def _close_replaced(self, source: MessageSource) -> None:
+        try:
+            source.close()
+        except Exception as exc:  # a stuck client may fail to close cleanly; the new one matters
+            log.warning("consumer_close_failed", destination=self.name, error=str(exc))
 
     # ---------------------------------------------------------------------- per-message work
 

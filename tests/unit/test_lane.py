@@ -407,6 +407,47 @@ def test_a_consumer_left_out_of_its_group_after_a_loss_is_replaced(delivery: Ste
     lane.shutdown(1.0)
 
 
+@dataclass
+class HangingClose(FakeSource):
+    """librdkafka's ``close`` can hang on a coordinator that went away; this one hangs until ``release``."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    def close(self) -> None:
+        self.release.wait(30)
+        self.callbacks.on_lost([P0, P1])  # a callback that comes far too late: the partitions are another's now
+        self.closed.set()
+
+
+def test_a_replaced_consumer_whose_close_hangs_is_left_behind_and_its_late_callbacks_are_ignored(
+        delivery: SteppedDelivery) -> None:
+    created: list[FakeSource] = []
+
+    def factory(callbacks: SourceCallbacks) -> FakeSource:
+        created.append(HangingClose(messages(4), callbacks) if not created else FakeSource(messages(6), callbacks))
+        return created[-1]
+
+    destination = RecordingDestination()
+    lane = Lane(sink=destination, source_factory=factory, judge=judge(Decoder()),
+                dead_letters=FakeDeadLetters(delivery.clock), delivery=delivery, clock=delivery.clock.now,
+                settings=LaneSettings(consume_timeout_s=0.001, rejoin_timeout_s=5.0, replaced_close_timeout_s=0.05))
+    lane.step()
+    old = created[0]
+    assert isinstance(old, HangingClose)
+    old.lose_during_consume = [P0, P1]
+    step_until(lane.step, delivery, lambda: len(created) == 2, max_steps=20, tick_s=1.0,
+               what="a new consumer while the old one is still closing")
+    assert not old.closed.is_set()
+    new = created[1]
+    lane.step()  # the new consumer is assigned P0 and P1
+    old.release.set()  # the old client finally closes and revokes P0 and P1, which are the new one's now
+    assert old.closed.wait(10)
+    drain(lane, new, delivery, {P0: 3, P1: 3}, "the new consumer's records committed", tick_s=0.1)
+    assert destination.delivered[4:] == [0, 1, 2, 3, 4, 5]  # after the old consumer's four
+    lane.shutdown(1.0)
+
+
 # ------------------------------------------------------------------ commits and decisions at the edges
 
 
