@@ -205,3 +205,17 @@ def write_values(tmp_path: Path, name: str, values: Mapping[str, Any]) -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(dict(values), sort_keys=False))
     return path
+
+
+def render_notes(tmp_path: Path, values: Iterable[Path] = (), set_json: Mapping[str, Any] | None = None) -> str:
+    """NOTES.txt as rendered (``helm template`` renders but does not print it): through a throwaway template in a
+    copy of the chart."""
+    chart = tmp_path / "notes-chart" / CHART.name
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        'notes: {{ include (print $.Template.BasePath "/NOTES.txt") . | toJson }}\n')
+    rendered = render(values, set_json=set_json, chart=chart)
+    notes = [d for d in rendered.docs if "notes" in d and "kind" not in d]
+    assert len(notes) == 1
+    text: str = notes[0]["notes"]
+    return text

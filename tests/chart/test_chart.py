@@ -155,17 +155,23 @@ def test_broken_mapping_fails_at_template_time_with_a_readable_message(
 
 def test_config_keys_in_the_values_schema_match_the_consumer_settings():
     """values.schema.json refuses unknown config keys, so it must know every key the consumer has."""
-    from consumer.config import Settings
+    from consumer.config import Settings, StreamConfig
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     sections = schema["properties"]["config"]["properties"]
     secrets = {"auth_key", "api_key", "token"}  # environment only: the schema must refuse them
     owned_by_chart = {"mapping"}  # mapping.file is set by the chart
-    # streams: each stream's schema and mapping must reach the pod as files and KEDA must watch every topic;
-    # until the chart does that (issue 13), its values refuse streams rather than half-support them
-    not_in_chart_yet = {"streams"}
+    top_level = {"streams"}  # the `streams` value next to `mapping` (its files are the chart's), checked below
     model_sections = {name for name, field in Settings.model_fields.items() if not field.exclude} - {"source"}
-    assert set(sections) == model_sections - owned_by_chart - not_in_chart_yet
+    assert set(sections) == model_sections - owned_by_chart - top_level
+    assert schema["properties"]["streams"]["items"] == {"$ref": "#/definitions/stream"}
+    # A stream's reader_schema and mapping are file paths the chart owns: the values give the schema itself
+    # (reader_schema_inline) and the mapping document (`mapping`), and the chart writes both paths.
+    stream_fields = set(StreamConfig.model_fields) - {"reader_schema"}
+    in_schema = set(schema["definitions"]["stream"]["properties"])
+    assert in_schema == stream_fields, (
+        f"helm/usage-consumer/values.schema.json definitions.stream is out of date: add "
+        f"{sorted(stream_fields - in_schema)}, remove {sorted(in_schema - stream_fields)}")
     for name in sections:
         section_model = Settings.model_fields[name].annotation
         assert isinstance(section_model, type)

@@ -113,10 +113,91 @@ YAML list: what the app derives from config.kafka.group_id, so KEDA watches the 
 
 {{- define "usage-consumer.tlsDir" -}}/etc/usage-consumer/kafka-tls{{- end }}
 
-{{/* config.yaml: the `config` values, with the paths the chart owns filled in. */}}
+{{/* Where each stream's files are mounted (ConfigMap keys streams.<name>.*, projected into this directory). */}}
+{{- define "usage-consumer.streamsDir" -}}/etc/usage-consumer/streams{{- end }}
+
+{{/* The topics config.yaml has when `streams` is not set: the chart's default, dropped when streams are given. */}}
+{{- define "usage-consumer.defaultTopics" -}}
+{{- toYaml (list "usage-events") }}
+{{- end }}
+
+{{/* The files of the streams, as a YAML list of {key, path, content}: each stream's inline reader schema as
+<name>.avsc (JSON, Avro's own format) and its mapping as <name>.mapping.yaml, when it has them. `key` is the
+ConfigMap key, `path` where it is mounted under /etc/usage-consumer. */}}
+{{- define "usage-consumer.streamFiles" -}}
+{{- $files := list }}
+{{- range .Values.streams | default list }}
+{{- if .reader_schema_inline }}
+{{- $files = append $files (dict "key" (printf "streams.%s.avsc" .name) "path" (printf "streams/%s.avsc" .name) "content" (toPrettyJson .reader_schema_inline)) }}
+{{- end }}
+{{- if .mapping }}
+{{- $files = append $files (dict "key" (printf "streams.%s.mapping.yaml" .name) "path" (printf "streams/%s.mapping.yaml" .name) "content" (toYaml .mapping)) }}
+{{- end }}
+{{- end }}
+{{- toYaml $files }}
+{{- end }}
+
+{{/* The `streams:` section of config.yaml: each stream's settings, with the paths of the files the chart
+writes for it (an inline schema becomes reader_schema: <name>.avsc, a mapping mapping: <name>.mapping.yaml);
+a stream without a mapping gets none (the consumer's packaged default). */}}
+{{- define "usage-consumer.streamsConfig" -}}
+{{- $dir := include "usage-consumer.streamsDir" . }}
+{{- $out := list }}
+{{- range .Values.streams | default list }}
+{{- $stream := dict "name" .name "topics" .topics }}
+{{- if .reader_schema_inline }}
+{{- $_ := set $stream "reader_schema" (printf "%s/%s.avsc" $dir .name) }}
+{{- end }}
+{{- if .reader_schema_subject }}
+{{- $_ := set $stream "reader_schema_subject" .reader_schema_subject }}
+{{- if hasKey . "reader_schema_version" }}
+{{- $_ := set $stream "reader_schema_version" .reader_schema_version }}
+{{- end }}
+{{- end }}
+{{- if .mapping }}
+{{- $_ := set $stream "mapping" (printf "%s/%s.mapping.yaml" $dir .name) }}
+{{- end }}
+{{- if .record_names }}
+{{- $_ := set $stream "record_names" .record_names }}
+{{- end }}
+{{- if .other_records }}
+{{- $_ := set $stream "other_records" .other_records }}
+{{- end }}
+{{- $out = append $out $stream }}
+{{- end }}
+{{- toYaml (dict "streams" $out) }}
+{{- end }}
+
+{{/* Every topic and topic pattern the consumer subscribes to, once each, in configuration order, as a YAML
+list: the streams' topics, or config.kafka.topics. */}}
+{{- define "usage-consumer.topics" -}}
+{{- $out := list }}
+{{- if .Values.streams }}
+{{- range .Values.streams }}
+{{- range .topics }}
+{{- $out = append $out . }}
+{{- end }}
+{{- end }}
+{{- else }}
+{{- $kafka := include "usage-consumer.section" (dict "root" . "name" "kafka") | fromYaml }}
+{{- $out = $kafka.topics | default (include "usage-consumer.defaultTopics" . | fromYamlArray) }}
+{{- end }}
+{{- toYaml (uniq $out) }}
+{{- end }}
+
+{{/* config.yaml: the `config` values, with the paths the chart owns filled in. Without `streams` the chart
+sets mapping.file; with them, each stream names its own files and config.yaml has no kafka.topics,
+decoding.reader_schema or mapping.file (the consumer refuses them together with streams). */}}
 {{- define "usage-consumer.configYaml" -}}
 {{- $config := deepCopy (.Values.config | default dict) }}
+{{- if .Values.streams }}
+{{- $kafka := deepCopy (index $config "kafka" | default dict) }}
+{{- $_ := unset $kafka "topics" }}
+{{- $_ := set $config "kafka" $kafka }}
+{{- $_ := merge $config (include "usage-consumer.streamsConfig" . | fromYaml) }}
+{{- else }}
 {{- $_ := set $config "mapping" (dict "file" "/etc/usage-consumer/mapping.yaml") }}
+{{- end }}
 {{- if .Values.kafkaTls.existingSecret }}
 {{- $kafka := deepCopy (index $config "kafka" | default dict) }}
 {{- $dir := include "usage-consumer.tlsDir" . }}
@@ -201,5 +282,21 @@ YAML list: what the app derives from config.kafka.group_id, so KEDA watches the 
 {{- end }}
 {{- if ne (empty .Values.kafkaTls.certKey) (empty .Values.kafkaTls.keyKey) }}
 {{- fail "kafkaTls.certKey and kafkaTls.keyKey go together (a client certificate needs its key)" }}
+{{- end }}
+{{- if .Values.streams }}
+{{- if and (hasKey $kafka "topics") (ne (toJson $kafka.topics) (include "usage-consumer.defaultTopics" . | fromYamlArray | toJson)) }}
+{{- fail (printf "config.kafka.topics (%s) and streams are both set: streams replace kafka.topics, so give each stream its topics and remove config.kafka.topics (or set it to null)" (join ", " $kafka.topics)) }}
+{{- end }}
+{{- $decoding := include "usage-consumer.section" (dict "root" . "name" "decoding") | fromYaml }}
+{{- if $decoding.reader_schema }}
+{{- fail "config.decoding.reader_schema and streams are both set: streams replace it, so give each stream its reader_schema_inline or reader_schema_subject and remove config.decoding.reader_schema" }}
+{{- end }}
+{{- $names := list }}
+{{- range .Values.streams }}
+{{- if has .name $names }}
+{{- fail (printf "streams: the name %s is used by more than one stream; stream names must be distinct (the stream's files in the ConfigMap are named after it)" .name) }}
+{{- end }}
+{{- $names = append $names .name }}
+{{- end }}
 {{- end }}
 {{- end }}
