@@ -8,6 +8,8 @@ own process), fills an 8-partition topic with realistic Avro events (Confluent f
   (a) consume ceiling    (b) decode ceiling    (c) naive baseline    (d) usage-consumer -> Freshsuccess
   (e) usage-consumer -> Freshpaint (on the first ``--freshpaint-events`` of the same stream)
   (f) two usage-consumer processes in one group -> Freshsuccess
+  (g) with ``--baseline REV``: usage-consumer as of commit REV -> Freshsuccess, alternated with (d), so a
+      change's cost on the same data and machine shows as the ratio d/g
 
 Every measured program runs as its own process: events/s, CPU seconds per million events (user + system,
 from ``wait4``), peak and steady resident memory. A live phase then produces at a fixed rate while (d) and
@@ -93,10 +95,13 @@ class Result:
 class Proc:
     """A child process whose CPU time and peak RSS are read with wait4 when it ends."""
 
-    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, log: Path | None = None,
+                 cwd: Path = REPO) -> None:
+        """``cwd`` holds the ``consumer`` package the child imports (``-m consumer.cli``): the repository, or a
+        baseline commit's copy of it."""
         out = log.open("w") if log else subprocess.DEVNULL
         self.popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE if log is None else out,
-                                      stderr=subprocess.STDOUT if log else subprocess.DEVNULL, cwd=REPO,
+                                      stderr=subprocess.STDOUT if log else subprocess.DEVNULL, cwd=cwd,
                                       preexec_fn=die_with_parent)
         self.rss_samples: list[float] = []
 
@@ -172,7 +177,7 @@ def consumer_config(stack: DevStack, topic: str, dlq: str, destination: str, url
 
 
 def run_consumers(stack: DevStack, emulator: EmulatorClient, config: Path, *, processes: int, expected: int,
-                  directory: Path, source_events: int, timeout_s: float = 1800) -> Run:
+                  directory: Path, source_events: int, timeout_s: float = 1800, code: Path = REPO) -> Run:
     """Start ``processes`` usage-consumer processes; time from the first accepted event to the last.
 
     The emulator counts outputs; ``source_events / expected`` scales them to source events, so events/s
@@ -183,7 +188,7 @@ def run_consumers(stack: DevStack, emulator: EmulatorClient, config: Path, *, pr
     env = {**os.environ, "FRESHSUCCESS_AUTH_KEY": AUTH_KEY, "FRESHSUCCESS_API_KEY": API_KEY,
            "FRESHPAINT_TOKEN": TOKEN}
     procs = [Proc([PY, "-m", "consumer.cli", "run", "--config", str(config)], env=env,
-                  log=directory / f"{config.stem}-{i}.log") for i in range(processes)]
+                  log=directory / f"{config.stem}-{i}.log", cwd=code) for i in range(processes)]
     first: tuple[float, int] | None = None
     last = (0.0, 0)
     deadline = time.monotonic() + timeout_s
@@ -261,6 +266,18 @@ def live_latency(stack: DevStack, emulator: EmulatorClient, config: Path, topic:
 # ----------------------------------------------------------------------------------------- main
 
 
+def checkout(rev: str, target: Path) -> Path:
+    """The repository's files as of ``rev``, in ``target`` (a plain copy: the child imports its ``consumer``)."""
+    target.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    say(f"baseline: the consumer as of {commit} in {target}")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -268,11 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny and once: checks the harness, not timings")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also measure the consumer as of this git commit, alternated with today's (row g)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.events, args.freshpaint_events, args.repeat = 6000, 1500, 1
     started = time.monotonic()
     directory = Path(tempfile.mkdtemp(prefix="usage-consumer-bench-"))
+    args.baseline_code = checkout(args.baseline, directory / "baseline") if args.baseline else None
 
     with DevStack(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), emulators=False) as stack:
         ready = directory / "emulators.json"
@@ -299,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     eps = {r.name: r.median("events_per_s") or 0.0 for r in results}
     report["ratios"] = {"d/a": eps["d"] / eps["a"], "d/b": eps["d"] / eps["b"], "d/c": eps["d"] / eps["c"],
                         "f/d": eps["f"] / eps["d"]}
+    if "g" in eps:
+        report["baseline"] = args.baseline
+        report["ratios"]["d/g"] = eps["d"] / eps["g"]
+        cpu = {r.name: r.median("cpu_s_per_million") for r in results}
+        if cpu["d"] and cpu.get("g"):
+            report["ratios"]["cpu d/g"] = cpu["d"] / cpu["g"]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
@@ -357,6 +383,13 @@ def measure(stack: DevStack, args: argparse.Namespace, urls: dict[str, str], fs:
                                     processes=2, expected=fs_expected, directory=directory,
                                     source_events=args.events)),
     ]
+    if args.baseline_code is not None:
+        results["g"] = Result("g", f"usage-consumer @ {args.baseline} -> Freshsuccess (baseline)")
+        steps.insert(4, ("g", lambda: run_consumers(
+            stack, fs, consumer_config(stack, topic, dlq, "freshsuccess", urls, directory,
+                                       f"bench-g-{uuid.uuid4().hex[:6]}"),
+            processes=1, expected=fs_expected, directory=directory, source_events=args.events,
+            code=args.baseline_code)))
     for repetition in range(1, args.repeat + 1):
         for name, step in steps:
             run = step()
