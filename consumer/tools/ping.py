@@ -85,18 +85,31 @@ def check_kafka(settings: Settings, timeout_s: float) -> CheckResult:
     return CheckResult("kafka", target, True, f"{brokers} broker(s); topics {topics}")
 
 
-def check_registry(settings: Settings) -> CheckResult:
+def check_registry(settings: Settings) -> list[CheckResult]:
+    """The registry answers, and each stream's ``reader_schema_subject`` has the version it names."""
     try:
         client = registry_client(settings)
     except UsageConsumerError as exc:
-        return CheckResult("schema registry", settings.decoding.schema_registry_url or "-", False, str(exc))
+        return [CheckResult("schema registry", settings.decoding.schema_registry_url or "-", False, str(exc))]
     with client:
         try:
             client.check()
         except UsageConsumerError as exc:
-            return CheckResult("schema registry", client.host, False,
-                               f"{exc}; check decoding.schema_registry_url and that the registry is up")
-    return CheckResult("schema registry", client.host, True, "GET /subjects answered 200")
+            return [CheckResult("schema registry", client.host, False,
+                                f"{exc}; check decoding.schema_registry_url and that the registry is up")]
+        results = [CheckResult("schema registry", client.host, True, "GET /subjects answered 200")]
+        for stream in settings.stream_list():
+            if stream.reader_schema_subject is None:
+                continue
+            target = f"stream {stream.name!r}: subject {stream.reader_schema_subject!r}"
+            try:
+                found = client.get_version(stream.reader_schema_subject, stream.reader_schema_version)
+            except UsageConsumerError as exc:
+                results.append(CheckResult("reader schema", target, False, str(exc)))
+            else:
+                results.append(CheckResult("reader schema", target, True,
+                                           f"version {found.version} (id {found.schema_id})"))
+    return results
 
 
 def _verify(ca_bundle: Path | None, key: str, settings: Settings) -> ssl.SSLContext | bool:
@@ -200,8 +213,8 @@ def _connect(host_url: str, timeout_s: float, verify: ssl.SSLContext | bool) -> 
 def run_checks(settings: Settings, *, timeout_s: float | None = None,
                freshpaint_check: FreshpaintCheck = "event") -> list[CheckResult]:
     results = [check_kafka(settings, timeout_s or settings.kafka.startup_timeout_s)]
-    if settings.decoding.framing == "confluent":
-        results.append(check_registry(settings))
+    if settings.decoding.framing == "confluent" or any(s.reader_schema_subject for s in settings.stream_list()):
+        results.extend(check_registry(settings))
     if settings.freshsuccess.enabled:
         results.extend(check_freshsuccess(settings, timeout_s))
     if settings.freshpaint.enabled:

@@ -20,7 +20,7 @@ from consumer.cli import main
 from consumer.config import load_settings
 from consumer.testing.emulators import Emulators
 from consumer.testing.emulators.schema_registry import SchemaRegistryEmulator
-from consumer.tools.ping import PING_EVENT, check_freshpaint, check_freshsuccess, run_checks
+from consumer.tools.ping import PING_EVENT, check_freshpaint, check_freshsuccess, check_registry, run_checks
 
 AUTH_KEY = "auth-4f1d-secret"
 API_KEY = "api-77c2-secret"
@@ -160,3 +160,22 @@ def test_json_output_lists_every_check(tmp_path: Path, emulators: Emulators, reg
     assert [(c["check"], c["ok"]) for c in document["checks"]] == [
         ("kafka", False), ("schema registry", True), ("freshsuccess", True), ("freshsuccess keys", True),
         ("freshpaint", True)]
+
+
+def test_ping_checks_each_streams_reader_schema_subject(tmp_path: Path, registry: SchemaRegistryEmulator) -> None:
+    schema = {"type": "record", "name": "PageView", "namespace": "com.example",
+              "fields": [{"name": "id", "type": "string"}]}
+    schema_id = registry.register("web-value", schema)
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({
+        "decoding": {"schema_registry_url": registry.url},
+        "streams": [{"name": "usage", "topics": ["usage-events"]},
+                    {"name": "web", "topics": ["web"], "reader_schema_subject": "web-value"},
+                    {"name": "app", "topics": ["app"], "reader_schema_subject": "app-value"}]}))
+    results = check_registry(load_settings(config, environ={}))
+    assert [(r.check, r.target, r.ok) for r in results] == [
+        ("schema registry", f"127.0.0.1:{registry.port}", True),
+        ("reader schema", "stream 'web': subject 'web-value'", True),
+        ("reader schema", "stream 'app': subject 'app-value'", False)]
+    assert results[1].detail == f"version 1 (id {schema_id})"
+    assert "subject 'app-value' is not in the schema registry" in results[2].detail
