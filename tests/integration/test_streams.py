@@ -38,45 +38,86 @@ def page_views(count: int) -> list[dict[str, Any]]:
              "labels": {"campaign": f"c{i % 2}"}} for i in range(count)]
 
 
-def test_two_streams_each_decoded_and_mapped_by_their_own_schema_and_mapping(stack: DevStack,
-                                                                             tmp_path: Path) -> None:
+PURCHASE: dict[str, Any] = {
+    "type": "record", "name": "Purchase", "namespace": "com.example.web",
+    "fields": [
+        {"name": "order", "type": "string"},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "visitor", "type": "string"},
+        {"name": "cents", "type": "long"},
+    ],
+}
+
+PURCHASE_MAPPING = VISITOR_HEADER + """\
+  - name: purchased
+    freshpaint:
+      - event: Purchased
+        properties:
+          order: {field: order}
+          cents: {field: cents}
+"""
+
+
+def test_three_topics_each_decoded_and_mapped_by_their_own_streams_schema_and_mapping(stack: DevStack,
+                                                                                    tmp_path: Path) -> None:
+    """The UsageEvent topic, a topic of page views (nested record, enum, map), and a shop topic carrying page
+    views and purchases (RecordNameStrategy subjects), in one consumer: each event delivered per its own
+    stream's mapping, checked by id at the emulators."""
     usage_topic, dlq = stack.topics(partitions=2, prefix="streams-usage")
     web_topic = stack.create_topic(f"streams-web-{uuid.uuid4().hex[:8]}", 2)
+    shop_topic = stack.create_topic(f"streams-shop-{uuid.uuid4().hex[:8]}", 2)
     usage_id = stack.register(usage_topic)
     web_id = stack.registry.register(f"{web_topic}-value", PAGE_VIEW)
+    shop_view_id = stack.registry.register(f"{shop_topic}-com.example.web.PageView", PAGE_VIEW)
+    purchase_id = stack.registry.register(f"{shop_topic}-com.example.web.Purchase", PURCHASE)
     usage_events = list(realistic_events(40, seed=31))
-    views = page_views(30)
+    views, shop_views = page_views(30), page_views(12)
+    purchases: list[dict[str, Any]] = [{"order": f"o-{uuid.uuid4().hex[:6]}", "at": 1_767_000_000_000 + i,
+                                        "visitor": f"v{i}", "cents": 100 * i} for i in range(9)]
     stack.produce_events(usage_topic, usage_id, usage_events)
-    parsed = parse(PAGE_VIEW)
-    stack.produce(web_topic, ((v["visitor"].encode(), encode_confluent(web_id, v, parsed)) for v in views))
+    view_schema, purchase_schema = parse(PAGE_VIEW), parse(PURCHASE)
+    stack.produce(web_topic, ((v["visitor"].encode(), encode_confluent(web_id, v, view_schema)) for v in views))
+    stack.produce(shop_topic, [*((v["visitor"].encode(), encode_confluent(shop_view_id, v, view_schema))
+                                 for v in shop_views),
+                               *((p["visitor"].encode(), encode_confluent(purchase_id, p, purchase_schema))
+                                 for p in purchases)])
     schema_file = write(tmp_path, "page_view.avsc", json.dumps(PAGE_VIEW))
     mapping_file = write(tmp_path, "web.yaml", WEB_MAPPING)
     settings = stack.settings(usage_topic, dlq, streams=[
         {"name": "usage", "topics": [usage_topic]},
         {"name": "web", "topics": [web_topic], "reader_schema": str(schema_file), "mapping": str(mapping_file)},
+        {"name": "shop-views", "topics": [shop_topic], "record_names": ["com.example.web.PageView"],
+         "reader_schema": str(schema_file), "mapping": str(mapping_file)},
+        {"name": "shop-purchases", "topics": [shop_topic], "record_names": ["com.example.web.Purchase"],
+         "reader_schema_inline": PURCHASE, "mapping": str(write(tmp_path, "purchases.yaml", PURCHASE_MAPPING))},
     ])
-    expected_views = {v["id"]: v for v in views}
     with RunningService(settings):
-        def web_delivered() -> bool:
-            return expected_views.keys() <= {e["properties"].get("view_id")
-                                             for e in stack.emulators.freshpaint.events()}
+        def committed_to_the_end() -> bool:
+            return all(stack.committed(settings.group_for(lane), topic) == stack.end_offsets(topic)
+                       for lane, topics in (("freshpaint", (web_topic, shop_topic, usage_topic)),
+                                            ("freshsuccess", (usage_topic,)))
+                       for topic in topics)
 
-        wait_for(web_delivered, timeout_s=60, what="every page view at Freshpaint")
-        wait_for(lambda: stack.committed(settings.group_for("freshpaint"), web_topic) == stack.end_offsets(web_topic)
-                 and stack.committed(settings.group_for("freshsuccess"), usage_topic)
-                 == stack.end_offsets(usage_topic), timeout_s=60, what="both lanes committed to the end")
+        wait_for(committed_to_the_end, timeout_s=90, what="both lanes committed every topic to the end")
     received = stack.emulators.freshpaint.events()
-    by_view = {e["properties"]["view_id"]: e for e in received if "view_id" in e["properties"]}
-    for view_id, view in expected_views.items():
-        properties = by_view[view_id]["properties"]
-        assert (by_view[view_id]["event"], properties["distinct_id"], properties["path"], properties["device"],
-                properties["campaign"]) == ("Page Viewed", view["visitor"], view["page"]["path"], view["device"],
-                                            view["labels"]["campaign"])
-    # the usage stream went through the packaged mapping: every event kind it maps reached Freshsuccess
-    actions = {a["action"] for a in stack.emulators.freshsuccess.events()}
-    assert {"feature", "moduleEnd", "sessionSync"} <= actions
-    # nothing of the web stream went to Freshsuccess (its mapping has no Freshsuccess rules), nothing parked
-    assert all("view_id" not in a for a in stack.emulators.freshsuccess.events())
+    by_view: dict[str, list[dict[str, Any]]] = {}
+    for event in received:
+        if "view_id" in event["properties"]:  # the usage stream's page views have none
+            by_view.setdefault(event["properties"]["view_id"], []).append(event)
+    for view in [*views, *shop_views]:
+        [delivered] = by_view.pop(view["id"])
+        properties = delivered["properties"]
+        assert (properties["distinct_id"], properties["path"], properties["device"], properties["campaign"]) == (
+            view["visitor"], view["page"]["path"], view["device"], view["labels"]["campaign"])
+    assert by_view == {}
+    assert sorted((e["properties"]["order"], e["properties"]["cents"]) for e in received if e["event"] == "Purchased") \
+        == sorted((p["order"], p["cents"]) for p in purchases)
+    # the usage stream went through the packaged mapping: each of its events reached Freshpaint, by its id
+    usage_ids = {e["event_id"] for e in usage_events}
+    assert usage_ids <= {e["properties"].get("$insert_id") for e in received}
+    assert {"feature", "moduleEnd", "sessionSync"} <= {a["action"] for a in stack.emulators.freshsuccess.events()}
+    # nothing of the web and shop streams went to Freshsuccess (their mappings have no Freshsuccess rules)
+    assert all("view_id" not in a and "order" not in a for a in stack.emulators.freshsuccess.events())
     assert stack.read_all(dlq, timeout_s=2) == []
 
 
@@ -107,26 +148,6 @@ def test_a_topic_created_after_start_up_that_matches_a_streams_pattern_is_consum
         wait_for(delivered, timeout_s=90, what="the new topic's page views at Freshpaint")
         wait_for(lambda: stack.committed(settings.group_for("freshpaint"), late) == stack.end_offsets(late),
                  timeout_s=60, what="the new topic committed to its end")
-
-
-PURCHASE: dict[str, Any] = {
-    "type": "record", "name": "Purchase", "namespace": "com.example.web",
-    "fields": [
-        {"name": "order", "type": "string"},
-        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
-        {"name": "visitor", "type": "string"},
-        {"name": "cents", "type": "long"},
-    ],
-}
-
-PURCHASE_MAPPING = VISITOR_HEADER + """\
-  - name: purchased
-    freshpaint:
-      - event: Purchased
-        properties:
-          order: {field: order}
-          cents: {field: cents}
-"""
 
 
 def test_a_topic_carrying_two_record_types_maps_each_by_its_own_stream(stack: DevStack, tmp_path: Path) -> None:
