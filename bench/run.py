@@ -322,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     if "g" in eps:
         report["baseline"] = args.baseline
         report["ratios"]["d/g"] = eps["d"] / eps["g"]
-        cpu = {r.name: r.median("cpu_s_per_million") for r in results}
-        if cpu["d"] and cpu.get("g"):
-            report["ratios"]["cpu d/g"] = cpu["d"] / cpu["g"]
+        cpu_d, cpu_g = (report["results"][name]["cpu_s_per_million"] for name in ("d", "g"))
+        if cpu_d and cpu_g:
+            report["ratios"]["cpu d/g"] = cpu_d / cpu_g
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
