@@ -91,13 +91,16 @@ def no_outputs(record: dict[str, Any], topic: str, partition: int, offset: int) 
 
 
 def judges_for(settings: Settings, name: str, prepared: Prepared,
-               check_registry: Callable[[SchemaRegistryClient], None] | None) -> Decides:
+               check_registry: Callable[[SchemaRegistryClient], None] | None, *, whole_records: bool = False,
+               ) -> Decides:
     """The verdict of destination ``name``'s lane: the one stream's :class:`Judge`, or one per stream picked by
     the record's topic (:class:`StreamJudges`) and, on a topic several streams share, by the writer schema's
     record name (:class:`RecordTypeJudges`). Each decodes with its stream's reader schema; all share one
-    registry client, checked once by ``check_registry``."""
+    registry client, checked once by ``check_registry``. Each decoder reads a record only as far as the fields
+    the stream's rules for ``name`` read (``whole_records``: every field, for tools that show the record)."""
     registry = checked_registry(settings, check_registry)
-    decoders = {stream.name: decoder_for(settings, stream.reader_schema, registry=registry)
+    decoders = {stream.name: decoder_for(settings, stream.reader_schema, registry=registry,
+                                         needed=None if whole_records else stream.mapping.fields_read[name])
                 for stream in prepared.streams}
     judges = {stream.name: judge_for(settings, name, decoders[stream.name], stream.mapping, stream=stream.name)
               for stream in prepared.streams}

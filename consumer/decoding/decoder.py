@@ -92,17 +92,52 @@ _read_avro: Callable[..., Any] = schemaless_reader
 
 
 class _Plan:
-    """How to read bodies written with one writer schema: parsed schemas and a label for errors."""
+    """How to read bodies written with one writer schema: parsed schemas and a label for errors.
 
-    __slots__ = ("label", "reader", "reader_name", "writer", "writer_name")
+    With ``needed`` (the top-level fields a lane's mapping reads), the body is read only up to the last writer
+    field that holds one of them: Avro writes fields one after another, so the rest is simply not read (no
+    objects built, no bytes walked). Resolution is still skipped when writer and reader are the same schema.
+    """
 
-    def __init__(self, writer: ParsedSchema, reader: ParsedSchema, label: str) -> None:
-        self.writer = writer.reader  # the logical-type-free parse of the *writer* schema
-        # Same Parsing Canonical Form = same binary layout and names: resolution would change nothing.
-        self.reader = None if writer.canonical_form == reader.canonical_form else reader.reader
+    __slots__ = ("label", "reader", "reader_name", "whole", "writer", "writer_name")
+
+    def __init__(self, writer: ParsedSchema, reader: ParsedSchema, label: str,
+                 needed: frozenset[str] | None = None) -> None:
         self.reader_name = reader.name
         self.writer_name = writer.name
         self.label = label
+        prefix = _prefix(writer, reader, needed) if needed is not None else None
+        self.whole = prefix is None
+        """The body is read to its end (so trailing bytes are an error)."""
+        if prefix is None:
+            self.writer = writer.reader  # the logical-type-free parse of the *writer* schema
+            # Same Parsing Canonical Form = same binary layout and names: resolution would change nothing.
+            self.reader = None if writer.canonical_form == reader.canonical_form else reader.reader
+        else:
+            self.writer, self.reader = prefix
+
+
+def _prefix(writer: ParsedSchema, reader: ParsedSchema, needed: frozenset[str],
+            ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """``(writer, reader)`` parses that read only the writer's fields up to the last one ``needed`` matches
+    (a reader field's name or aliases); None when that is every field, or when the cut does not parse."""
+    fields = writer.source.get("fields")
+    reader_fields = reader.source.get("fields")
+    if not isinstance(fields, list) or not isinstance(reader_fields, list):
+        return None
+    matching = {name for f in reader_fields if f.get("name") in needed
+                for name in (f.get("name"), *f.get("aliases", ()))}
+    last = max((i for i, f in enumerate(fields) if f.get("name") in matching), default=-1)
+    if last + 1 >= len(fields):
+        return None
+    try:
+        cut = parse({**writer.source, "fields": fields[:last + 1]})
+        if writer.canonical_form == reader.canonical_form:
+            return cut.reader, None
+        projected = parse({**reader.source, "fields": [f for f in reader_fields if f.get("name") in needed]})
+    except ConfigError:  # e.g. a kept field names a type defined in a left-out one: read it all
+        return None
+    return cut.reader, projected.reader
 
 
 class Decoder(ABC):
@@ -110,8 +145,11 @@ class Decoder(ABC):
 
     framing: ClassVar[Framing]
 
-    def __init__(self, reader: ParsedSchema) -> None:
+    def __init__(self, reader: ParsedSchema, needed: frozenset[str] | None = None) -> None:
+        """``needed``: the top-level fields the caller reads; a body is read only as far as they go (the
+        decoded dict may then lack later fields). None reads every field."""
         self.reader = reader
+        self.needed = needed
 
     @abstractmethod
     def decode(self, value: bytes | None) -> dict[str, Any]:
@@ -136,8 +174,8 @@ class _HeaderDecoder(Decoder):
     only finds the plan for a writer schema it has not seen yet.
     """
 
-    def __init__(self, reader: ParsedSchema) -> None:
-        super().__init__(reader)
+    def __init__(self, reader: ParsedSchema, needed: frozenset[str] | None = None) -> None:
+        super().__init__(reader, needed)
         self._header = FRAMING_HEADERS[self.framing]
         self._header_bytes = self._header.size  # read per event: one attribute, not two
         self._plans: dict[bytes, _Plan] = {}  # by the whole header: one slice and one lookup per event
@@ -179,8 +217,9 @@ class ConfluentDecoder(_HeaderDecoder):
 
     framing = "confluent"
 
-    def __init__(self, reader: ParsedSchema, registry: SchemaRegistryClient) -> None:
-        super().__init__(reader)
+    def __init__(self, reader: ParsedSchema, registry: SchemaRegistryClient,
+                 needed: frozenset[str] | None = None) -> None:
+        super().__init__(reader, needed)
         self._registry = registry
 
     def close(self) -> None:
@@ -196,7 +235,7 @@ class ConfluentDecoder(_HeaderDecoder):
             writer = parse(schema)
         except ConfigError as exc:
             raise UnknownSchema(f"schema id {schema_id} from the registry is not usable: {exc}") from exc
-        return _Plan(writer, self.reader, f"schema id {schema_id} ({writer.name})")
+        return _Plan(writer, self.reader, f"schema id {schema_id} ({writer.name})", self.needed)
 
 
 class SingleObjectDecoder(_HeaderDecoder):
@@ -204,14 +243,15 @@ class SingleObjectDecoder(_HeaderDecoder):
 
     framing = "single-object"
 
-    def __init__(self, reader: ParsedSchema, store: SchemaStore) -> None:
-        super().__init__(reader)
+    def __init__(self, reader: ParsedSchema, store: SchemaStore, needed: frozenset[str] | None = None) -> None:
+        super().__init__(reader, needed)
         self._store = store
 
     def _writer_plan(self, key: bytes) -> _Plan:
         fingerprint = key
         writer = self.reader if fingerprint == self.reader.fingerprint else self._store.find(fingerprint)
-        return _Plan(writer, self.reader, f"writer schema {writer.name} (fingerprint {fingerprint.hex()})")
+        return _Plan(writer, self.reader, f"writer schema {writer.name} (fingerprint {fingerprint.hex()})",
+                     self.needed)
 
 
 class RawDecoder(Decoder):
@@ -219,9 +259,9 @@ class RawDecoder(Decoder):
 
     framing = "raw"
 
-    def __init__(self, reader: ParsedSchema, writer: ParsedSchema) -> None:
-        super().__init__(reader)
-        self._plan = _Plan(writer, reader, f"raw Avro (writer schema {writer.name})")
+    def __init__(self, reader: ParsedSchema, writer: ParsedSchema, needed: frozenset[str] | None = None) -> None:
+        super().__init__(reader, needed)
+        self._plan = _Plan(writer, reader, f"raw Avro (writer schema {writer.name})", needed)
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         if value is None:
@@ -239,6 +279,7 @@ def make_decoder(
     registry: SchemaRegistryClient | None = None,
     store: SchemaStore | None = None,
     writer_schema: dict[str, Any] | ParsedSchema | None = None,
+    needed: frozenset[str] | None = None,
 ) -> Decoder:
     """Build the decoder for ``framing``; schemas are parsed here, once.
 
@@ -246,6 +287,7 @@ def make_decoder(
     ``*.avsc`` in :func:`~consumer.decoding.schemas.default_schema_dir`; the reader schema is always known).
     ``writer_schema`` serves ``raw`` (default: the reader schema) and is refused for other framings, where
     the writer schema travels with each event. Arguments a framing does not use are otherwise ignored.
+    ``needed``: the top-level fields the caller reads (a lane: its mapping's), so bodies are read only that far.
     """
     reader = _parsed(reader_schema, "reader_schema")
     if reader.source.get("type") != "record":
@@ -258,13 +300,13 @@ def make_decoder(
     if framing == "confluent":
         if registry is None:
             raise ConfigError("confluent framing needs a schema registry URL", key="schema_registry")
-        return ConfluentDecoder(reader, registry)
+        return ConfluentDecoder(reader, registry, needed)
     if framing == "single-object":
         return SingleObjectDecoder(reader, store if store is not None else SchemaStore.from_directory(
-            default_schema_dir()))
+            default_schema_dir()), needed)
     if framing == "raw":
         writer = reader if writer_schema is None else _parsed(writer_schema, "writer_schema")
-        return RawDecoder(reader, writer)
+        return RawDecoder(reader, writer, needed)
     raise ConfigError(f"unknown framing {framing!r}; expected one of {', '.join(FRAMINGS)}", key="framing")
 
 
@@ -284,7 +326,7 @@ def _read_body(plan: _Plan, body: bytes) -> dict[str, Any]:
         record: dict[str, Any] = _read_avro(fo, plan.writer, plan.reader)
     except Exception as exc:  # fastavro's errors are many and untyped; every one means "bad body"
         raise _body_error(plan, exc) from exc
-    if fo.tell() != len(body):
+    if fo.tell() != len(body) and plan.whole:
         raise _trailing_error(plan, len(body) - fo.tell())
     return record
 
@@ -340,7 +382,7 @@ def checked_registry(settings: Settings, check: Callable[[SchemaRegistryClient],
 
 def decoder_for(settings: Settings, reader_schema: dict[str, Any] | ParsedSchema, *,
                 check_registry: Callable[[SchemaRegistryClient], None] | None = None,
-                registry: SchemaRegistryClient | None = None) -> Decoder:
+                registry: SchemaRegistryClient | None = None, needed: frozenset[str] | None = None) -> Decoder:
     """The decoder the configuration describes (framing, registry, schema directory, writer schema), built in
     this one place for the lanes and the tools. ``registry``: a client already checked, shared by the decoders
     of several streams (one connection pool, each writer schema fetched once); else a new one is made and
@@ -352,4 +394,4 @@ def decoder_for(settings: Settings, reader_schema: dict[str, Any] | ParsedSchema
         if decoding.framing == "single-object" else None
     writer = load_schema(decoding.writer_schema) if decoding.writer_schema else None
     return make_decoder(decoding.framing, reader_schema=reader_schema, registry=registry, store=store,
-                        writer_schema=writer)
+                        writer_schema=writer, needed=needed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import uuid
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -57,6 +57,7 @@ from consumer.mapping.model import (
     Template,
     Value,
     decimal_converter,
+    fields_read,
     is_valid_insert_id,
 )
 from consumer.mapping.validate import build_model
@@ -168,6 +169,8 @@ class CompiledMapping:
     reads_record_name: bool = False
     """Some rule reads ``$record_name``: whoever decodes puts the writer schema's full name in the record
     (:class:`consumer.pipeline.verdict.Judge` does), since the bytes are gone by the time the rules run."""
+    fields_read: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
+    """Each destination's top-level fields its function can read (a lane may decode only these)."""
 
     @property
     def functions(self) -> dict[str, MapFn]:
@@ -800,4 +803,5 @@ class _Compiler:
             _programs=tuple(programs),
             reads_topic=self.model.reads_topic,
             reads_record_name=self.model.reads_record_name,
+            fields_read={d.value: fields_read(self.model, d, event_id_field=EVENT_ID_FIELD) for d in Destination},
         )

@@ -539,3 +539,59 @@ CONVERT_OUTPUT_KINDS: Mapping[Convert, frozenset[str]] = {
     Convert.BASE64: STRING,
     Convert.HEX: STRING,
 }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a destination's rules read
+
+
+def fields_read(model: MappingModel, destination: Destination, *, event_id_field: str) -> frozenset[str]:
+    """The top-level record fields that ``destination``'s mapping function can read: the ``when:`` of each
+    rule with outputs for it and those outputs' values (``$insert_id`` reads ``event_id_field``). A decoder
+    may leave every other field out (``$topic`` and ``$record_name`` are not record fields)."""
+    found: set[str] = set()
+
+    def value(item: Value | None) -> None:
+        while item is not None:
+            expression(item.expr)
+            item = item.default
+
+    def expression(expr: Expr) -> None:
+        if isinstance(expr, FieldRef):
+            found.add(expr.path[0])
+        elif isinstance(expr, Template):
+            for part in expr.parts:
+                if isinstance(part, FieldRef):
+                    found.add(part.path[0])
+        elif isinstance(expr, ObjectOf):
+            for _, entry in expr.entries:
+                value(entry)
+            value(expr.merge)
+        elif isinstance(expr, InsertId):
+            found.add(event_id_field)
+
+    def predicate(when: Predicate) -> None:
+        if isinstance(when, Compare):
+            found.add(when.path[0])
+        elif isinstance(when, AllOf | AnyOf):
+            for item in when.items:
+                predicate(item)
+        elif isinstance(when, Not):
+            predicate(when.item)
+
+    for rule in model.rules:
+        if destination is Destination.FRESHSUCCESS and rule.freshsuccess:
+            predicate(rule.when)
+            for fs in rule.freshsuccess:
+                for _, field_value in fs.fields:
+                    value(field_value)
+        elif destination is Destination.FRESHPAINT and rule.freshpaint:
+            predicate(rule.when)
+            for fp in rule.freshpaint:
+                value(fp.event)
+                value(fp.user_props)
+                for _, field_value in fp.properties:
+                    value(field_value)
+                if fp.pass_properties is not None:
+                    found.add(fp.pass_properties.path[0])
+    return frozenset(name for name in found if not name.startswith("$"))

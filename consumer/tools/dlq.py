@@ -241,7 +241,7 @@ class _Previewer:
         self.route: Decides | None
         try:
             lane = next((name for name in DESTINATIONS if prepared.has_rules_for(name)), DESTINATIONS[0])
-            self.route = judges_for(settings, lane, prepared, None)  # the decoders are the same for every lane
+            self.route = judges_for(settings, lane, prepared, None, whole_records=True)  # the record as a whole
         except Exception as exc:  # previews are a convenience: never fail the listing for them
             self.route, self.note = None, f"values not decoded: {exc}"
 

@@ -114,7 +114,8 @@ class DryRun:
     @classmethod
     def for_records(cls, settings: Settings, prepared: Prepared) -> DryRun:
         """A dry run for records read from Kafka, decoded as the lanes decode them (the registry asked once)."""
-        return cls(settings, prepared, routes={name: judges_for(settings, name, prepared, check_once)
+        return cls(settings, prepared, routes={name: judges_for(settings, name, prepared, check_once,
+                                                                whole_records=True)
                                                for name in DESTINATIONS if prepared.has_rules_for(name)})
 
     def close(self) -> None:
