@@ -182,8 +182,9 @@ class Judge:
                 self.tally.skipped += 1
                 return Decision(SKIP, record=record)
             stage = "serializing"
-            if self.ndjson:
-                body = b"".join([_dumps(output, option=_APPEND_NEWLINE) for output in outputs])
+            if self.ndjson:  # most events make one output: no list and no join for it
+                body = _dumps(outputs[0], option=_APPEND_NEWLINE) if len(outputs) == 1 else \
+                    b"".join([_dumps(output, option=_APPEND_NEWLINE) for output in outputs])
             else:
                 body = b""
                 for output in outputs:
