@@ -22,6 +22,8 @@ from consumer.pipeline.ports import SourceCallbacks
 
 log = structlog.get_logger(__name__)
 
+FETCH_QUEUE_BACKOFF_MS = 10
+
 def consumer_config(base: dict[str, Any], kafka: KafkaConfig, *, group_id: str) -> dict[str, Any]:
     """librdkafka settings for a lane's consumer: manual commits, manual offset store, bounded prefetch.
 
@@ -30,6 +32,10 @@ def consumer_config(base: dict[str, Any], kafka: KafkaConfig, *, group_id: str) 
     assignment strategy or session timeout.
     """
     config = {
+        # When the bounded prefetch is full, look again after 10 ms rather than librdkafka's 1 s: with large
+        # events the queue fills in a fraction of a second and the default idled the lane (client_properties
+        # may still set it).
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         **base,
         "group.id": group_id,
         "enable.auto.commit": False,
