@@ -10,7 +10,7 @@ PYTEST_FLAGS ?= -q
 TEST_WORKERS ?= 2
 
 .PHONY: help setup kafka-jars lint typecheck unit integration faults chart-tools chart-test image-test lock test \
-	demo bench clean
+	demo bench bench-peers clean
 
 help:
 	@echo "make demo   - run the pipeline end to end on a local broker and emulators"
@@ -61,8 +61,13 @@ test: setup lint typecheck unit chart-test integration faults
 demo: setup
 	$(PY) scripts/demo.py
 
-bench: setup
+# The peers of `make bench` (Quix Streams, sentry-arroyo) each get a virtual environment of their own,
+# .venv-peers/<peer>, from bench/requirements-peers-<peer>.txt (bench/run.py also builds them on first use).
+bench-peers: $(STAMP)
+	$(PY) bench/peers/venvs.py
+
+bench: setup bench-peers
 	$(PY) bench/run.py $(BENCH_FLAGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .local
+	rm -rf $(VENV) .venv-peers .mypy_cache .ruff_cache .pytest_cache .hypothesis .local

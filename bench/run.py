@@ -10,6 +10,15 @@ own process), fills an 8-partition topic with realistic Avro events (Confluent f
   (f) two usage-consumer processes in one group -> Freshsuccess
   (g) with ``--baseline REV``: usage-consumer as of commit REV -> Freshsuccess, alternated with (d), so a
       change's cost on the same data and machine shows as the ratio d/g
+  (q) the Quix Streams peer and (r) the sentry-arroyo peer -> Freshsuccess (bench/peers/): what a Python user
+      would deploy instead, doing the same work (fastavro decode, the same Freshsuccess actions, gzip NDJSON
+      POSTs of the same size, commit after delivery), each from its own virtual environment
+      (``.venv-peers/*``, built on first use from ``bench/requirements-peers-*.txt``), alternated with (d);
+      ``--no-peers`` leaves them out
+  (h) one usage-consumer process delivering to both Freshsuccess and Freshpaint (the chart's default), on the
+      ``--freshpaint-events`` stream
+  (l) usage-consumer -> Freshsuccess on a stream whose events carry ~50-entry ``properties`` maps
+      (``--large-events`` of them)
 
 Every measured program runs as its own process: events/s, CPU seconds per million events (user + system,
 from ``wait4``), peak and steady resident memory. A live phase then produces at a fixed rate while (d) and
@@ -24,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import signal
 import statistics
 import subprocess
@@ -31,12 +41,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from peers import venvs as peer_venvs  # bench/peers/venvs.py (this script's directory is on sys.path)
 
 from consumer.testing.devstack import API_KEY, AUTH_KEY, TOKEN, DevStack
 from consumer.testing.eventgen import realistic_events
@@ -47,6 +58,11 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 PY = sys.executable
 FS_TYPES = {"feature_used", "module_ended", "session_synced", "user_identified", "account_identified"}
+PARTITIONS = 8
+MAX_WAIT_S = 0.5
+"""``batching.max_wait_s`` of the benchmark's consumer configuration; the peers hold batches as long at most."""
+BATCH_EVENTS = 2000
+"""usage-consumer's ``batching.max_events`` default: the peers POST batches of this many actions."""
 
 
 def say(message: str) -> None:
@@ -93,7 +109,13 @@ class Result:
 
 
 class Proc:
-    """A child process whose CPU time and peak RSS are read with wait4 when it ends."""
+    """A child process: CPU time read with wait4 when it ends, peak RSS from its own ``VmHWM``.
+
+    Not ``ru_maxrss``: Linux records the forking parent's resident size in the child's maximum when the child
+    execs, so wait4 would report at least this (large, event-producing) process's RSS for every child.
+    ``VmHWM`` belongs to the child's own address space; it is read every 0.05 s while :meth:`finish` waits
+    and at every :meth:`sample_rss`, so the last reading before exit is the peak.
+    """
 
     def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, log: Path | None = None,
                  cwd: Path = REPO) -> None:
@@ -104,17 +126,28 @@ class Proc:
                                       stderr=subprocess.STDOUT if log else subprocess.DEVNULL, cwd=cwd,
                                       preexec_fn=die_with_parent)
         self.rss_samples: list[float] = []
+        self.peak_mb = 0.0
 
-    def sample_rss(self) -> None:
+    def _status(self) -> dict[str, float]:
+        """VmRSS and VmHWM in MB (empty once the process is gone)."""
+        found = {}
         try:
             for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    self.rss_samples.append(int(line.split()[1]) / 1024)
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    found[line[:5]] = int(line.split()[1]) / 1024
         except OSError:
             pass
+        self.peak_mb = max(self.peak_mb, found.get("VmHWM", 0.0))
+        return found
+
+    def sample_rss(self) -> None:
+        rss = self._status().get("VmRSS")
+        if rss is not None:
+            self.rss_samples.append(rss)
 
     def finish(self, *, terminate: bool, timeout_s: float = 60) -> tuple[float, float, str]:
         """(cpu seconds, peak RSS MB, stdout) once the process has exited."""
+        self._status()
         if terminate and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
@@ -125,9 +158,10 @@ class Proc:
                 break
             if time.monotonic() > deadline:
                 self.popen.kill()
+            self._status()
             time.sleep(0.05)
         out = self.popen.stdout.read().decode() if self.popen.stdout else ""
-        return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out
+        return usage.ru_utime + usage.ru_stime, self.peak_mb or usage.ru_maxrss / 1024, out
 
 
 def run_loop(mode: str, stack: DevStack, topic: str, count: int, fs_url: str) -> Run:
@@ -160,14 +194,15 @@ class EmulatorClient:
 
 def consumer_config(stack: DevStack, topic: str, dlq: str, destination: str, urls: dict[str, str],
                     directory: Path, group: str) -> Path:
+    """``destination``: "freshsuccess", "freshpaint" or "both"."""
     config = {
         "kafka": {"bootstrap_servers": stack.bootstrap, "topics": [topic], "dead_letter_topic": dlq,
                   "group_id": group, "consume_batch_size": 2000},
         "decoding": {"framing": "confluent", "schema_registry_url": stack.registry.url},
-        "freshsuccess": {"enabled": destination == "freshsuccess", "base_url": urls["freshsuccess"]},
-        "freshpaint": {"enabled": destination == "freshpaint", "base_url": urls["freshpaint"],
+        "freshsuccess": {"enabled": destination in ("freshsuccess", "both"), "base_url": urls["freshsuccess"]},
+        "freshpaint": {"enabled": destination in ("freshpaint", "both"), "base_url": urls["freshpaint"],
                        "max_in_flight_requests": 64},
-        "batching": {"max_wait_s": 0.5},
+        "batching": {"max_wait_s": MAX_WAIT_S},
         "health": {"host": "127.0.0.1", "port": 0},
         "logging": {"level": "warning", "format": "json"},
     }
@@ -176,25 +211,72 @@ def consumer_config(stack: DevStack, topic: str, dlq: str, destination: str, url
     return path
 
 
+CONSUMER_ENV = {"FRESHSUCCESS_AUTH_KEY": AUTH_KEY, "FRESHSUCCESS_API_KEY": API_KEY, "FRESHPAINT_TOKEN": TOKEN}
+
+
 def run_consumers(stack: DevStack, emulator: EmulatorClient, config: Path, *, processes: int, expected: int,
-                  directory: Path, source_events: int, timeout_s: float = 1800, code: Path = REPO) -> Run:
+                  directory: Path, source_events: int, timeout_s: float = 1800, code: Path = REPO,
+                  also: list[tuple[EmulatorClient, int]] | None = None) -> Run:
     """Start ``processes`` usage-consumer processes; time from the first accepted event to the last.
 
-    The emulator counts outputs; ``source_events / expected`` scales them to source events, so events/s
-    and CPU per million are comparable with the loops (which count records consumed).
+    ``also``: further (emulator, expected outputs) the same processes deliver to (row h).
     """
+    env = {**os.environ, **CONSUMER_ENV}
+
+    def start() -> list[Proc]:
+        return [Proc([PY, "-m", "consumer.cli", "run", "--config", str(config)], env=env,
+                     log=directory / f"{config.stem}-{i}.log", cwd=code) for i in range(processes)]
+
+    return measure_procs(start, [(emulator, expected), *(also or [])], directory=directory,
+                         source_events=source_events, timeout_s=timeout_s)
+
+
+def run_peer(peer: str, stack: DevStack, emulator: EmulatorClient, topic: str, fs_url: str, *, expected: int,
+             directory: Path, source_events: int, timeout_s: float = 1800) -> Run:
+    """One peer process (bench/peers/) from its own virtual environment, measured like :func:`run_consumers`."""
+    python = peer_venvs.ensure(peer, say=say)
+    group = f"bench-{peer}-{uuid.uuid4().hex[:6]}"
+    argv = [str(python), str(peer_venvs.SCRIPTS[peer]), "--bootstrap", stack.bootstrap, "--topic", topic,
+            "--group", group, "--registry", stack.registry.url, "--freshsuccess-url", fs_url,
+            "--auth-key", AUTH_KEY, "--api-key", API_KEY, "--batch-events", str(BATCH_EVENTS)]
+    if peer == "quix":
+        # A checkpoint holds events at most as long as usage-consumer's batches do, and closes after
+        # about one full POST per partition (Quix's commit_every, as its docs suggest for batch sizes).
+        argv += ["--commit-interval", str(MAX_WAIT_S), "--commit-every", str(BATCH_EVENTS * PARTITIONS)]
+    else:
+        argv += ["--batch-time", str(MAX_WAIT_S), "--threads", "4"]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+
+    def start() -> list[Proc]:
+        return [Proc(argv, env=env, log=directory / f"{group}.log", cwd=directory)]
+
+    return measure_procs(start, [(emulator, expected)], directory=directory, source_events=source_events,
+                         timeout_s=timeout_s)
+
+
+def measure_procs(start: Callable[[], list[Proc]], targets: list[tuple[EmulatorClient, int]], *,
+                  directory: Path, source_events: int, timeout_s: float) -> Run:
+    """Reset the emulators, start the processes; time from the first accepted output to the last.
+
+    The emulators count outputs; ``source_events / expected`` scales them to source events (with several
+    destinations: all their outputs together), so events/s and CPU per million are comparable with the
+    loops (which count records consumed). Done when every emulator accepted its ``expected`` outputs; then
+    none of them may have dropped an event, refused a request or seen a protocol violation. When all outputs
+    land between two samples (only in tiny runs), the window is the whole run from the processes' start.
+    """
+    expected = sum(n for _, n in targets)
     scale = source_events / expected
-    emulator.reset()
-    env = {**os.environ, "FRESHSUCCESS_AUTH_KEY": AUTH_KEY, "FRESHSUCCESS_API_KEY": API_KEY,
-           "FRESHPAINT_TOKEN": TOKEN}
-    procs = [Proc([PY, "-m", "consumer.cli", "run", "--config", str(config)], env=env,
-                  log=directory / f"{config.stem}-{i}.log", cwd=code) for i in range(processes)]
+    for emulator, _ in targets:
+        emulator.reset()
+    started = time.perf_counter()
+    procs = start()
     first: tuple[float, int] | None = None
     last = (0.0, 0)
     deadline = time.monotonic() + timeout_s
     samples = 0
     while time.monotonic() < deadline:
-        accepted = emulator.stats()["accepted"]
+        counts = [emulator.stats()["accepted"] for emulator, _ in targets]
+        accepted = sum(counts)
         now = time.perf_counter()
         if accepted and first is None:
             first = (now, accepted)
@@ -203,19 +285,40 @@ def run_consumers(stack: DevStack, emulator: EmulatorClient, config: Path, *, pr
         if samples % 5 == 0:
             for proc in procs:
                 proc.sample_rss()
-        if accepted >= expected:
+        if all(count >= n for count, (_, n) in zip(counts, targets, strict=True)):
             break
         if any(p.popen.poll() is not None for p in procs):
-            raise RuntimeError(f"a consumer exited early; see {directory}")
+            raise RuntimeError(f"a measured process exited early; see {directory}")
         time.sleep(0.1)
     else:
-        raise RuntimeError(f"only {last[1]} of {expected} events accepted within {timeout_s}s; see {directory}")
+        raise RuntimeError(f"only {last[1]} of {expected} outputs accepted within {timeout_s}s; see {directory}")
     results = [p.finish(terminate=True) for p in procs]
     assert first is not None
-    events = last[1] - first[1]
+    for emulator, _ in targets:
+        stats = emulator.stats()
+        bad = {k: stats.get(k, 0) for k in ("dropped", "rejected", "violations") if stats.get(k, 0)}
+        if bad:
+            raise RuntimeError(f"{emulator.url}: {bad} during a measured run; see {directory}")
+    events, elapsed = last[1] - first[1], last[0] - first[0]
+    if not events:  # everything landed between two samples (a tiny run): the whole run, start-up included
+        events, elapsed = last[1], last[0] - started
     rss = [s for p in procs for s in p.rss_samples[len(p.rss_samples) // 2:]]
-    return Run(round(events * scale), last[0] - first[0], sum(r[0] for r in results), max(r[1] for r in results),
+    return Run(round(events * scale), elapsed, sum(r[0] for r in results), max(r[1] for r in results),
                statistics.median(rss) if rss else None, processed=source_events)
+
+
+def large_property_events(count: int, *, seed: int, entries: int = 50) -> Iterator[dict[str, Any]]:
+    """The realistic stream, each event's ``properties`` map filled up to ``entries`` string entries (keys of
+    6-15 characters, values of 1-34: the context, flags and campaign attributes a client SDK attaches)."""
+    rng = random.Random(seed)
+    names = [f"{prefix}_{i:02d}" for i, prefix in zip(range(entries), (
+        "context_app", "context_os", "screen", "feature_flag", "experiment", "utm", "page", "client_build",
+        "locale", "segment") * entries, strict=False)]
+    for event in realistic_events(count, seed=seed):
+        properties = event["properties"]
+        for name in names[: max(0, entries - len(properties))]:
+            properties[name] = f"{rng.getrandbits(8 + 8 * rng.randrange(17)):x}"
+        yield event
 
 
 # --------------------------------------------------------------------------------- live latency
@@ -225,8 +328,7 @@ def live_latency(stack: DevStack, emulator: EmulatorClient, config: Path, topic:
                  rate: int, seconds: float, directory: Path) -> dict[str, float]:
     """Produce at ``rate`` events/s stamped with the produce time while a consumer runs; read the latency."""
     emulator.reset()
-    env = {**os.environ, "FRESHSUCCESS_AUTH_KEY": AUTH_KEY, "FRESHSUCCESS_API_KEY": API_KEY,
-           "FRESHPAINT_TOKEN": TOKEN}
+    env = {**os.environ, **CONSUMER_ENV}
     proc = Proc([PY, "-m", "consumer.cli", "run", "--config", str(config)], env=env,
                 log=directory / f"{config.stem}-live.log")
     try:
@@ -287,12 +389,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--baseline", metavar="REV",
                         help="also measure the consumer as of this git commit, alternated with today's (row g)")
+    parser.add_argument("--large-events", type=int, default=200_000,
+                        help="events of the large-properties stream (row l); at most --events")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="leave out the Quix Streams and sentry-arroyo peers (rows q and r), which need their "
+                             "virtual environments (.venv-peers/, built with pip on first use)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.events, args.freshpaint_events, args.repeat = 6000, 1500, 1
+        args.events, args.freshpaint_events, args.large_events, args.repeat = 6000, 1500, 6000, 1
+    args.large_events = min(args.large_events, args.events)
     started = time.monotonic()
     directory = Path(tempfile.mkdtemp(prefix="usage-consumer-bench-"))
     args.baseline_code = checkout(args.baseline, directory / "baseline") if args.baseline else None
+    if not args.no_peers:
+        for peer in peer_venvs.PEERS:  # before the broker starts: a first build takes a while
+            peer_venvs.ensure(peer, say=say)
 
     with DevStack(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), emulators=False) as stack:
         ready = directory / "emulators.json"
@@ -310,21 +421,32 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             emulators.finish(terminate=True)
 
-    report = {
+    report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "events": args.events, "freshpaint_events": args.freshpaint_events, "repeat": args.repeat,
-        "smoke": args.smoke, "elapsed_s": round(time.monotonic() - started, 1),
+        "events": args.events, "freshpaint_events": args.freshpaint_events, "large_events": args.large_events,
+        "repeat": args.repeat, "smoke": args.smoke, "elapsed_s": round(time.monotonic() - started, 1),
         "results": {r.name: r.summary() for r in results},
     }
     eps = {r.name: r.median("events_per_s") or 0.0 for r in results}
+    cpu = {name: row["cpu_s_per_million"] for name, row in report["results"].items()}
     report["ratios"] = {"d/a": eps["d"] / eps["a"], "d/b": eps["d"] / eps["b"], "d/c": eps["d"] / eps["c"],
                         "f/d": eps["f"] / eps["d"]}
     if "g" in eps:
         report["baseline"] = args.baseline
         report["ratios"]["d/g"] = eps["d"] / eps["g"]
-        cpu_d, cpu_g = (report["results"][name]["cpu_s_per_million"] for name in ("d", "g"))
-        if cpu_d and cpu_g:
-            report["ratios"]["cpu d/g"] = cpu_d / cpu_g
+        if cpu["d"] and cpu["g"]:
+            report["ratios"]["cpu d/g"] = cpu["d"] / cpu["g"]
+    for peer in ("q", "r"):
+        if peer in eps:
+            report["ratios"][f"d/{peer}"] = eps["d"] / eps[peer]
+            if cpu["d"] and cpu[peer]:
+                report["ratios"][f"cpu d/{peer}"] = cpu["d"] / cpu[peer]
+    if not args.no_peers:
+        report["peers"] = {peer: peer_venvs.pinned(peer) for peer in peer_venvs.PEERS}
+    if "q" in eps:
+        ratios = report["ratios"]
+        report["targets"] = {"d/q >= 2": ratios["d/q"] >= 2,
+                             "cpu d/q <= 0.5": "cpu d/q" in ratios and ratios["cpu d/q"] <= 0.5}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
@@ -334,16 +456,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(stack: DevStack, args: argparse.Namespace, urls: dict[str, str], fs: EmulatorClient,
             fp: EmulatorClient, directory: Path) -> list[Result]:
-    topic, dlq = stack.topics(partitions=8, prefix="bench")
-    fp_topic, fp_dlq = stack.topics(partitions=8, prefix="bench-fp")
+    topic, dlq = stack.topics(partitions=PARTITIONS, prefix="bench")
+    fp_topic, fp_dlq = stack.topics(partitions=PARTITIONS, prefix="bench-fp")
+    large_topic, large_dlq = stack.topics(partitions=PARTITIONS, prefix="bench-large")
     schema_id = stack.register(topic)
     stack.register(fp_topic)
-    say(f"producing {args.events} events to {topic} (8 partitions) ...")
+    large_id = stack.register(large_topic)
+    say(f"producing {args.events} events to {topic} ({PARTITIONS} partitions) ...")
     fs_expected = 0
+    fp_fs_expected = 0  # Freshsuccess actions of the first --freshpaint-events events (row h delivers to both)
     produced = 0
     chunk: list[dict[str, Any]] = []
     for event in realistic_events(args.events, seed=1):
-        fs_expected += event["event_type"] in FS_TYPES
+        is_fs = event["event_type"] in FS_TYPES
+        fs_expected += is_fs
+        fp_fs_expected += is_fs and produced + len(chunk) < args.freshpaint_events
         chunk.append(event)
         if len(chunk) == 50_000:
             produced += stack.produce_events(topic, schema_id, chunk)
@@ -359,6 +486,19 @@ def measure(stack: DevStack, args: argparse.Namespace, urls: dict[str, str], fs:
             stack.produce_events(fp_topic, schema_id, chunk[: max(0, args.freshpaint_events - produced + len(chunk))])
     fp_count = min(args.freshpaint_events, args.events)
 
+    say(f"producing {args.large_events} events with ~50 properties each to {large_topic} ...")
+    large_expected = 0
+    chunk = []
+    for event in large_property_events(args.large_events, seed=2):
+        large_expected += event["event_type"] in FS_TYPES
+        chunk.append(event)
+        if len(chunk) == 20_000:
+            stack.produce_events(large_topic, large_id, chunk)
+            chunk = []
+    if chunk:
+        stack.produce_events(large_topic, large_id, chunk)
+    large_size = round(statistics.mean(len(stack.encode(large_id, e)) for e in large_property_events(200, seed=2)))
+
     results = {name: Result(name, label) for name, label in [
         ("a", "consume ceiling (confluent-kafka consume only)"),
         ("b", "decode ceiling (consume + fastavro decode)"),
@@ -366,30 +506,42 @@ def measure(stack: DevStack, args: argparse.Namespace, urls: dict[str, str], fs:
         ("d", "usage-consumer -> Freshsuccess"),
         ("e", f"usage-consumer -> Freshpaint ({fp_count} events)"),
         ("f", "2 usage-consumer processes -> Freshsuccess"),
+        ("h", f"usage-consumer -> Freshsuccess + Freshpaint ({fp_count} events)"),
+        ("l", f"usage-consumer -> Freshsuccess, ~50 properties ({large_size} B/event)"),
     ]}
+
+    def consumer_run(name: str, on: str, dlq_topic: str, destination: str, emulator: EmulatorClient,
+                     expected: int, source_events: int, processes: int = 1, code: Path = REPO,
+                     also: list[tuple[EmulatorClient, int]] | None = None) -> Callable[[], Run]:
+        return lambda: run_consumers(
+            stack, emulator, consumer_config(stack, on, dlq_topic, destination, urls, directory,
+                                             f"bench-{name}-{uuid.uuid4().hex[:6]}"),
+            processes=processes, expected=expected, directory=directory, source_events=source_events, code=code,
+            also=also)
+
     steps: list[tuple[str, Callable[[], Run]]] = [
         ("a", lambda: run_loop("consume", stack, topic, args.events, urls["freshsuccess"])),
         ("b", lambda: run_loop("decode", stack, topic, args.events, urls["freshsuccess"])),
         ("c", lambda: run_loop("naive", stack, topic, args.events, urls["freshsuccess"])),
-        ("d", lambda: run_consumers(stack, fs, consumer_config(stack, topic, dlq, "freshsuccess", urls, directory,
-                                                               f"bench-d-{uuid.uuid4().hex[:6]}"),
-                                    processes=1, expected=fs_expected, directory=directory,
-                                    source_events=args.events)),
-        ("e", lambda: run_consumers(stack, fp, consumer_config(stack, fp_topic, fp_dlq, "freshpaint", urls,
-                                                               directory, f"bench-e-{uuid.uuid4().hex[:6]}"),
-                                    processes=1, expected=fp_count, directory=directory, source_events=fp_count)),
-        ("f", lambda: run_consumers(stack, fs, consumer_config(stack, topic, dlq, "freshsuccess", urls, directory,
-                                                               f"bench-f-{uuid.uuid4().hex[:6]}"),
-                                    processes=2, expected=fs_expected, directory=directory,
-                                    source_events=args.events)),
+        ("d", consumer_run("d", topic, dlq, "freshsuccess", fs, fs_expected, args.events)),
     ]
     if args.baseline_code is not None:
         results["g"] = Result("g", f"usage-consumer @ {args.baseline} -> Freshsuccess (baseline)")
-        steps.insert(4, ("g", lambda: run_consumers(
-            stack, fs, consumer_config(stack, topic, dlq, "freshsuccess", urls, directory,
-                                       f"bench-g-{uuid.uuid4().hex[:6]}"),
-            processes=1, expected=fs_expected, directory=directory, source_events=args.events,
-            code=args.baseline_code)))
+        steps.append(("g", consumer_run("g", topic, dlq, "freshsuccess", fs, fs_expected, args.events,
+                                        code=args.baseline_code)))
+    if not args.no_peers:
+        for name, peer, title in (("q", "quix", "Quix Streams"), ("r", "arroyo", "sentry-arroyo")):
+            version = peer_venvs.pinned(peer)[peer_venvs.PACKAGES[peer][0]]
+            results[name] = Result(name, f"{title} {version} peer -> Freshsuccess")
+            steps.append((name, lambda peer=peer: run_peer(
+                peer, stack, fs, topic, urls["freshsuccess"], expected=fs_expected, directory=directory,
+                source_events=args.events)))
+    steps += [
+        ("e", consumer_run("e", fp_topic, fp_dlq, "freshpaint", fp, fp_count, fp_count)),
+        ("f", consumer_run("f", topic, dlq, "freshsuccess", fs, fs_expected, args.events, processes=2)),
+        ("h", consumer_run("h", fp_topic, fp_dlq, "both", fs, fp_fs_expected, fp_count, also=[(fp, fp_count)])),
+        ("l", consumer_run("l", large_topic, large_dlq, "freshsuccess", fs, large_expected, args.large_events)),
+    ]
     for repetition in range(1, args.repeat + 1):
         for name, step in steps:
             run = step()
@@ -400,15 +552,22 @@ def measure(stack: DevStack, args: argparse.Namespace, urls: dict[str, str], fs:
     results["d"].note = ("source events/s: Freshsuccess outputs scaled by events/outputs (page views have no "
                          "Freshsuccess rule and are skipped)")
     results["f"].note = "two processes share the machine's 2 cores with the broker and the emulators"
+    results["h"].note = ("both destinations' outputs together, scaled to source events; CPU per source event "
+                         "(the Freshpaint share, one request per event, dominates)")
+    results["l"].note = "the realistic mix, each event's properties map filled to 50 string entries"
+    for name in ("q", "r"):
+        if name in results:
+            results[name].note = ("own process and virtual environment; same topic, batch size (2,000 actions), "
+                                  "gzip level and emulator as (d); measured like (d)")
 
     say("live phase: fixed-rate production for produce-to-acceptance latency ...")
-    live_topic, live_dlq = stack.topics(partitions=8, prefix="bench-live")
+    live_topic, live_dlq = stack.topics(partitions=PARTITIONS, prefix="bench-live")
     live_id = stack.register(live_topic)
     seconds = 2.0 if args.smoke else 8.0
     results["d"].latency = live_latency(
         stack, fs, consumer_config(stack, live_topic, live_dlq, "freshsuccess", urls, directory, "bench-live-d"),
         live_topic, live_id, rate=5000 if args.smoke else 20_000, seconds=seconds, directory=directory)
-    live_fp, live_fp_dlq = stack.topics(partitions=8, prefix="bench-live-fp")
+    live_fp, live_fp_dlq = stack.topics(partitions=PARTITIONS, prefix="bench-live-fp")
     live_fp_id = stack.register(live_fp)
     results["e"].latency = live_latency(
         stack, fp, consumer_config(stack, live_fp, live_fp_dlq, "freshpaint", urls, directory, "bench-live-e"),
@@ -433,6 +592,11 @@ def print_table(report: dict[str, Any]) -> None:
               f"{latency.get('p50_ms', '-'):>9}{latency.get('p99_ms', '-'):>9}")
     ratios = report["ratios"]
     print("ratios: " + "  ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
+    if "peers" in report:
+        print("peers: " + "; ".join(f"{peer}: " + ", ".join(f"{k} {v}" for k, v in pins.items())
+                                    for peer, pins in report["peers"].items()))
+    if "targets" in report:
+        print("targets: " + "  ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in report["targets"].items()))
     print()
 
 
