@@ -59,7 +59,7 @@ def build_sink(settings: Settings, name: str, *, on_retry: Callable[[str, float]
         base_url=fp.base_url, token=secret(fp.token), max_in_flight=fp.max_in_flight_requests,
         timeout_s=fp.timeout_s, retry=retry_policy(settings), on_retry=on_retry,
         ssl_context=tls_context(fp.ca_bundle, key="freshpaint.ca_bundle", source=settings.source),
-        ordered=fp.ordered)
+        ordered=fp.ordered, transport=fp.http_client)
 
 
 def lane_settings(settings: Settings, *, ordered: bool = False) -> LaneSettings:

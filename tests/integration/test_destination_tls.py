@@ -123,7 +123,7 @@ def test_verification_is_on_by_default_freshsuccess_retries_and_the_ping_says_wh
     assert tls_emulators.freshsuccess.stats()["requests"] == 0  # not one request got through
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["http1", "aiohttp", "httpx"])
 def test_verification_is_on_by_default_freshpaint_retries_not_rejects(tls_emulators: Emulators,
                                                                       transport: Transport) -> None:
     retries: list[str] = []
@@ -141,7 +141,7 @@ def test_verification_is_on_by_default_freshpaint_retries_not_rejects(tls_emulat
     assert tls_emulators.freshpaint.stats()["requests"] == 0
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["http1", "aiohttp", "httpx"])
 def test_with_the_ca_bundle_both_sinks_deliver(tls_emulators: Emulators, pki: TestPki, transport: Transport) -> None:
     retries: list[str] = []
     context = tls_context(pki.ca.cert, key="freshsuccess.ca_bundle")
@@ -173,17 +173,20 @@ def test_the_bundle_replaces_the_default_trust_store_and_host_names_are_checked(
 
             async def scenario(emulators: Emulators = emulators, retries: list[str] = retries) -> None:
                 fs = freshsuccess_sink(emulators.freshsuccess_url, tls_context(pki.ca.cert, key="k"), retries)
-                fp = freshpaint_sink(emulators.freshpaint_url, tls_context(pki.ca.cert, key="k"), retries,
-                                     "aiohttp")
+                fps = [freshpaint_sink(emulators.freshpaint_url, tls_context(pki.ca.cert, key="k"), retries,
+                                       transport) for transport in ("http1", "aiohttp")]
                 try:
                     with pytest.raises(TransientError, match="TLS verification"):
                         await fs.ping()
                     await retried_not_delivered(fs.write(ndjson_batch(feature_action(), 1)), retries)
-                    retries.clear()
-                    await retried_not_delivered(fp.write(events_batch([track_event()])), retries)
+                    for fp in fps:
+                        retries.clear()
+                        await retried_not_delivered(fp.write(events_batch([track_event()])), retries)
+                        assert all("Certificate" in reason for reason in retries), retries
                 finally:
                     await fs.aclose()
-                    await fp.aclose()
+                    for fp in fps:
+                        await fp.aclose()
 
             asyncio.run(scenario())
             assert emulators.freshsuccess.stats()["requests"] == 0

@@ -1,9 +1,17 @@
-"""The librdkafka settings of a lane's consumer."""
+"""Settings that choose how the service talks to Kafka and to the destinations."""
 
 from __future__ import annotations
 
-from consumer.config import KafkaConfig
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumer.app.build import build_sink
+from consumer.config import KafkaConfig, load_settings
 from consumer.kafka.source import consumer_config
+from consumer.sinks.freshpaint import FreshpaintSink
 
 
 def test_a_lane_fetches_again_soon_after_its_prefetch_queue_was_full() -> None:
@@ -17,3 +25,13 @@ def test_a_lane_fetches_again_soon_after_its_prefetch_queue_was_full() -> None:
 def test_client_properties_may_still_choose_the_fetch_back_off() -> None:
     assert consumer_config({"fetch.queue.backoff.ms": 200}, KafkaConfig(),
                            group_id="g")["fetch.queue.backoff.ms"] == 200
+
+
+@pytest.mark.parametrize(("configured", "transport"), [({}, "http1"), ({"http_client": "aiohttp"}, "aiohttp")])
+def test_freshpaint_uses_the_lean_client_unless_configured_back_to_aiohttp(
+        tmp_path: Path, configured: dict[str, Any], transport: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"freshpaint": configured}))
+    sink = build_sink(load_settings(config, environ={"FRESHPAINT_TOKEN": "t"}), "freshpaint")
+    assert isinstance(sink, FreshpaintSink)
+    assert sink.transport == transport

@@ -20,6 +20,7 @@ from consumer.config import load_settings
 from consumer.decoding.registry import REGISTRY_CONTENT_TYPE, SchemaRegistryClient
 from consumer.errors import ConfigError, FatalError, Rejected, TransientError
 from consumer.sinks import FreshpaintSink, RetryPolicy, parse_retry_after
+from consumer.sinks.freshpaint import Transport
 from consumer.testing.fakes import events_batch, ndjson_batch
 from tests.unit.test_sinks import (
     API_KEY,
@@ -85,7 +86,8 @@ def test_freshpaint_event_level_4xx_stay_per_event_dead_letters(status: int) -> 
     assert isinstance(rejected[0][1], Rejected)
 
 
-def test_freshpaint_over_aiohttp_without_a_track_route_is_fatal() -> None:
+@pytest.mark.parametrize("transport", ["http1", "aiohttp"])
+def test_freshpaint_over_aiohttp_without_a_track_route_is_fatal(transport: Transport) -> None:
     """A real server at the wrong base URL: aiohttp answers 404 for the unknown path."""
 
     async def scenario() -> None:
@@ -101,7 +103,7 @@ def test_freshpaint_over_aiohttp_without_a_track_route_is_fatal() -> None:
         await site.start()
         port = runner.addresses[0][1]
         sink = FreshpaintSink(base_url=f"http://127.0.0.1:{port}/v1", token=TOKEN, retry=NO_JITTER,
-                              sleep=FakeSleep())
+                              sleep=FakeSleep(), transport=transport)
         try:
             with pytest.raises(FatalError, match="404") as info:
                 await sink.write(events_batch([event(0), event(1)]))

@@ -34,6 +34,7 @@ from consumer.sinks import (
     datacenter_url,
     parse_retry_after,
 )
+from consumer.sinks.freshpaint import Transport
 from consumer.testing.fakes import events_batch, ndjson_batch
 
 AUTH_KEY = "authKEY-9f3b2c71d0"
@@ -642,7 +643,7 @@ def test_freshpaint_never_leaks_token(token: str, outcomes: list[int | str], eve
     assert_no_secret([token], logs, errors, sink)
 
 
-# --- Freshpaint over aiohttp against a real local server ------------------------------------------------
+# --- Freshpaint over aiohttp's exceptions against a real local server (the lean client and aiohttp) ---------
 
 
 async def start_server(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> tuple[
@@ -657,7 +658,8 @@ async def start_server(handler: Callable[[web.Request], Awaitable[web.StreamResp
     return runner, f"http://127.0.0.1:{port}"
 
 
-def test_freshpaint_aiohttp_transport_end_to_end() -> None:
+@pytest.mark.parametrize("transport", ["http1", "aiohttp"])
+def test_freshpaint_aiohttp_transport_end_to_end(transport: Transport) -> None:
     received: list[dict[str, Any]] = []
     plan: Iterator[int | str] = iter([503, "drop", 429, 200, 400, 200, 200])
 
@@ -678,7 +680,8 @@ def test_freshpaint_aiohttp_transport_end_to_end() -> None:
     async def scenario() -> None:
         runner, base = await start_server(handler)
         sleep = FakeSleep()
-        sink = FreshpaintSink(base_url=base, token=TOKEN, retry=NO_JITTER, sleep=sleep, max_in_flight=1)
+        sink = FreshpaintSink(base_url=base, token=TOKEN, retry=NO_JITTER, sleep=sleep, max_in_flight=1,
+                              transport=transport)
         try:
             assert await sink.write(events_batch([event(0)])) == []
             assert sleep.delays == [0.5, 1.0, 0.0]
@@ -693,7 +696,8 @@ def test_freshpaint_aiohttp_transport_end_to_end() -> None:
     run(scenario())
 
 
-def test_freshpaint_aiohttp_retries_refused_connections() -> None:
+@pytest.mark.parametrize("transport", ["http1", "aiohttp"])
+def test_freshpaint_aiohttp_retries_refused_connections(transport: Transport) -> None:
     async def ok(_request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)
 
@@ -708,7 +712,7 @@ def test_freshpaint_aiohttp_retries_refused_connections() -> None:
             await asyncio.sleep(0)
 
         sink = FreshpaintSink(base_url=base, token=TOKEN, retry=NO_JITTER, sleep=sleep,
-                              on_retry=lambda r, _d: reasons.append(r))
+                              on_retry=lambda r, _d: reasons.append(r), transport=transport)
         try:
             with pytest.raises(asyncio.CancelledError):
                 await sink.write(events_batch([event()]))
