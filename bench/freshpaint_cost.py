@@ -49,30 +49,10 @@ from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.verdict import SEND, Decision, Judge
 from consumer.sinks.freshpaint import FreshpaintSink
 from consumer.testing.eventgen import realistic_events
+from consumer.testing.fakes import kafka_message
 
 TOKEN = "bench-2ce2b45b-af44-4426-a3ef-a314abce9c85"
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class Message:
-    """What the batcher reads of a consumed record."""
-
-    __slots__ = ("_offset", "_partition", "_value")
-
-    def __init__(self, partition: int, offset: int, value: bytes) -> None:
-        self._partition, self._offset, self._value = partition, offset, value
-
-    def topic(self) -> str:
-        return "usage"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
 
 
 def start_emulator(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -98,7 +78,7 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def decisions_for(count: int) -> tuple[list[Message], list[Decision]]:
+def decisions_for(count: int) -> tuple[list[Any], list[Decision]]:
     """``count`` realistic records and the Freshpaint lane's decision on each (those it sends)."""
     schema = load_schema(default_reader_schema_path())
     parsed = parse(schema)
@@ -106,10 +86,10 @@ def decisions_for(count: int) -> tuple[list[Message], list[Decision]]:
     assert mapping.freshpaint is not None
     judge = Judge(decoder=RawDecoder(parsed, parsed), map_fn=mapping.freshpaint, max_event_bytes=1 << 20,
                   ndjson=False)
-    messages: list[Message] = []
+    messages: list[Any] = []
     decisions: list[Decision] = []
     for offset, event in enumerate(realistic_events(count * 2, seed=3)):
-        message = Message(offset % 8, offset // 8, encode_raw(event, parsed))
+        message = kafka_message("usage", offset % 8, offset // 8, encode_raw(event, parsed))
         decision = judge.decide(message.value(), "usage", message.partition(), message.offset())
         if decision.kind is SEND and len(decision.outputs) == 1:
             messages.append(message)
@@ -119,7 +99,7 @@ def decisions_for(count: int) -> tuple[list[Message], list[Decision]]:
     return messages, decisions
 
 
-def feed(sink: FreshpaintSink, delivery: DeliveryLoop, messages: list[Message], decisions: list[Decision],
+def feed(sink: FreshpaintSink, delivery: DeliveryLoop, messages: list[Any], decisions: list[Decision],
          *, max_events: int, max_in_flight_batches: int) -> int:
     """What a lane does with decided messages: batch them, submit closed batches, wait for a free slot;
     returns the number of events Freshpaint rejected (0 expected)."""
@@ -182,7 +162,7 @@ def profiled(delivery: DeliveryLoop, run: Callable[[], Any], top: int) -> str:
     return out.getvalue()
 
 
-def measure(args: argparse.Namespace, sink: FreshpaintSink, delivery: DeliveryLoop, messages: list[Message],
+def measure(args: argparse.Namespace, sink: FreshpaintSink, delivery: DeliveryLoop, messages: list[Any],
             decisions: list[Decision], max_events: int, max_in_flight_batches: int,
             emulator: subprocess.Popen[bytes] | None) -> None:
     """Warm up, time ``--repeat`` runs, print each and the median; then the profile if asked."""

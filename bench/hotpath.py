@@ -29,30 +29,9 @@ from consumer.pipeline.offsets import OffsetTracker, Work
 from consumer.pipeline.verdict import SEND, Judge
 from consumer.sinks.compress import compress
 from consumer.testing.eventgen import realistic_events
+from consumer.testing.fakes import kafka_message
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class Message:
-    __slots__ = ("_offset", "_partition", "_value")
-
-    def __init__(self, partition: int, offset: int, value: bytes) -> None:
-        self._partition, self._offset, self._value = partition, offset, value
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return "usage"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
 
 
 def timed(repeat: int, events: int, run: Callable[[], Any]) -> float:
@@ -73,7 +52,7 @@ def main() -> int:
     parsed = parse(schema)
     events = list(realistic_events(args.events, seed=3))
     values = [encode_raw(e, parsed) for e in events]
-    messages = [Message(i % 8, i // 8, v) for i, v in enumerate(values)]
+    messages = [kafka_message("usage", i % 8, i // 8, v) for i, v in enumerate(values)]
     decoder = RawDecoder(parsed, parsed)
     mapping = load_mapping(default_mapping_file(), schema)
     lean = RawDecoder(parsed, parsed, mapping.fields_read["freshsuccess"])  # what the Freshsuccess lane reads
@@ -123,7 +102,7 @@ def main() -> int:
             tracker.assign(("usage", partition))
         work = Work("batch")
         for m in messages:
-            tracker.track((m.topic(), m._partition), m._offset, work)
+            tracker.track((m.topic(), m.partition()), m.offset(), work)
 
     body = bytearray()
     for out in outputs[:3000]:

@@ -38,7 +38,13 @@ from arroyo.processing.strategies import (
     RunTaskInThreads,
 )
 from arroyo.types import BaseValue, Commit, Message, Partition, Topic
-from common import BATCH_EVENTS, COMPRESS_LEVEL, ConfluentAvroDecoder, FreshsuccessPoster, Refused, freshsuccess_action
+from common import (
+    ConfluentAvroDecoder,
+    FreshsuccessPoster,
+    Refused,
+    freshsuccess_action,
+    peer_arguments,
+)
 
 Actions = list[dict[str, Any]]
 
@@ -84,17 +90,8 @@ class FreshsuccessFactory(ProcessingStrategyFactory[KafkaPayload]):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--registry", required=True)
-    parser.add_argument("--freshsuccess-url", required=True)
-    parser.add_argument("--auth-key", required=True)
-    parser.add_argument("--api-key", required=True)
-    parser.add_argument("--batch-events", type=int, default=BATCH_EVENTS)
+    parser = peer_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--batch-time", type=float, default=1.0, help="seconds a batch stays open at most")
-    parser.add_argument("--compress-level", type=int, default=COMPRESS_LEVEL)
     parser.add_argument("--threads", type=int, default=4, help="POSTs in flight (usage-consumer: 4 batches)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -20,6 +20,7 @@ so it imports nothing from usage-consumer: only the standard library, fastavro, 
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import struct
@@ -195,3 +196,14 @@ class FreshsuccessPoster:
 
     def close(self) -> None:
         self.client.close()
+
+
+def peer_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every peer takes: where to read, where to post, and the batch shape usage-consumer uses."""
+    parser = argparse.ArgumentParser(description=description)
+    for option in ("--bootstrap", "--topic", "--group", "--registry", "--freshsuccess-url", "--auth-key",
+                   "--api-key"):
+        parser.add_argument(option, required=True)
+    parser.add_argument("--batch-events", type=int, default=BATCH_EVENTS)
+    parser.add_argument("--compress-level", type=int, default=COMPRESS_LEVEL)
+    return parser

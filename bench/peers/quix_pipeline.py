@@ -19,13 +19,20 @@ Runs in ``.venv-peers/quix`` (bench/requirements-peers-quix.txt) until SIGTERM; 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import tempfile
 from typing import Any
 
-from common import BATCH_EVENTS, COMPRESS_LEVEL, ConfluentAvroDecoder, FreshsuccessPoster, Refused, freshsuccess_action
+from common import (
+    BATCH_EVENTS,
+    COMPRESS_LEVEL,
+    ConfluentAvroDecoder,
+    FreshsuccessPoster,
+    Refused,
+    freshsuccess_action,
+    peer_arguments,
+)
 from quixstreams import Application
 from quixstreams.models.serializers import Deserializer, SerializationContext
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
@@ -68,16 +75,7 @@ class FreshsuccessSink(BatchingSink):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--topic", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--registry", required=True)
-    parser.add_argument("--freshsuccess-url", required=True)
-    parser.add_argument("--auth-key", required=True)
-    parser.add_argument("--api-key", required=True)
-    parser.add_argument("--batch-events", type=int, default=BATCH_EVENTS)
-    parser.add_argument("--compress-level", type=int, default=COMPRESS_LEVEL)
+    parser = peer_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--commit-interval", type=float, default=5.0)
     parser.add_argument("--commit-every", type=int, default=0)
     args = parser.parse_args()
