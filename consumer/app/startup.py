@@ -78,18 +78,6 @@ class Prepared:
                               f"({', '.join(s.name for s in self.streams)})", key="streams")
         return self.streams[0]
 
-    @property
-    def reader_schema(self) -> dict[str, Any]:
-        return self.only("this command").reader_schema
-
-    @property
-    def mapping(self) -> CompiledMapping:
-        return self.only("this command").mapping
-
-    @property
-    def mapping_file(self) -> Path:
-        return self.only("this command").mapping_file
-
 
 def prepare(settings: Settings) -> Prepared:
     """Load each stream's reader schema and compile its mapping against it (``usage-consumer check`` stops

@@ -204,16 +204,11 @@ class Judge:
             close_decoder(decoder)
 
 
-class StreamJudges:
-    """Each topic's :class:`Judge`, for a lane that reads several streams: the record's topic picks its stream
-    (one dict lookup per event). A topic first seen matches the streams' topic patterns in configuration order
-    (names listed outright come first), and the answer is kept; a topic of no stream is parked ``no_stream``."""
+class _Router:
+    """A verdict that first picks the stream's :class:`Judge` for a record (:meth:`route`), then lets it decide;
+    records no stream takes are tallied in ``unrouted``."""
 
-    def __init__(self, by_topic: Mapping[str, Decides],
-                 patterns: Sequence[tuple[re.Pattern[str], Decides]] = ()) -> None:
-        self.by_topic = dict(by_topic)
-        self.patterns = list(patterns)
-        self._judges = [*by_topic.values(), *(judge for _, judge in patterns)]
+    def __init__(self) -> None:
         self.unrouted = Tally()
 
     def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
@@ -222,6 +217,32 @@ class StreamJudges:
         if isinstance(judge, Decision):
             return judge
         return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
+
+    def route(self, value: bytes | None, topic: str) -> Judge | Decision:
+        raise NotImplementedError
+
+    def tallies(self) -> list[tuple[str, Tally]]:
+        return [(NO_STREAM, self.unrouted), *(part for judge in self._routes() for part in judge.tallies())]
+
+    def close(self) -> None:
+        for judge in self._routes():  # a judge on several routes closes once (Judge.close)
+            judge.close()
+
+    def _routes(self) -> list[Decides]:
+        raise NotImplementedError
+
+
+class StreamJudges(_Router):
+    """Each topic's :class:`Judge`, for a lane that reads several streams: the record's topic picks its stream
+    (one dict lookup per event). A topic first seen matches the streams' topic patterns in configuration order
+    (names listed outright come first), and the answer is kept; a topic of no stream is parked ``no_stream``."""
+
+    def __init__(self, by_topic: Mapping[str, Decides],
+                 patterns: Sequence[tuple[re.Pattern[str], Decides]] = ()) -> None:
+        super().__init__()
+        self.by_topic = dict(by_topic)
+        self.patterns = list(patterns)
+        self._judges = [*by_topic.values(), *(judge for _, judge in patterns)]
 
     def route(self, value: bytes | None, topic: str) -> Judge | Decision:
         judge = self.by_topic.get(topic)
@@ -233,8 +254,8 @@ class StreamJudges:
                                                      "topics (streams[].topics)"))
         return judge.route(value, topic)
 
-    def tallies(self) -> list[tuple[str, Tally]]:
-        return [(NO_STREAM, self.unrouted), *(part for judge in self._judges for part in judge.tallies())]
+    def _routes(self) -> list[Decides]:
+        return self._judges
 
     def _matching(self, topic: str) -> Decides | None:
         for pattern, judge in self.patterns:
@@ -243,29 +264,18 @@ class StreamJudges:
                 return judge
         return None
 
-    def close(self) -> None:
-        for judge in self._judges:  # a judge on several routes closes once (Judge.close)
-            judge.close()
 
-
-class RecordTypeJudges:
+class RecordTypeJudges(_Router):
     """The judges of the streams that share a topic, picked by the record's writer schema full name (topics
     written with Confluent's ``RecordNameStrategy`` carry several record types). A record of a type that no
     stream takes is parked ``no_stream``, or skipped where a stream says ``other_records: skip``."""
 
     def __init__(self, writer_name: Callable[[bytes | None], str], by_name: Mapping[str, Judge], *,
                  skip_others: bool) -> None:
+        super().__init__()
         self.writer_name = writer_name
         self.by_name = dict(by_name)
         self.skip_others = skip_others
-        self.unrouted = Tally()
-
-    def decide(self, value: bytes | None, topic: str, partition: int, offset: int, *,
-               size_bytes: int | None = None) -> Decision:
-        judge = self.route(value, topic)
-        if isinstance(judge, Decision):
-            return judge
-        return judge.decide(value, topic, partition, offset, size_bytes=size_bytes)
 
     def route(self, value: bytes | None, topic: str) -> Judge | Decision:
         try:
@@ -282,12 +292,8 @@ class RecordTypeJudges:
         return Decision(PARK, error=NoStream(f"record type {name} on topic {topic!r} belongs to no stream; list it "
                                              "in a stream's record_names (or set other_records: skip)"))
 
-    def tallies(self) -> list[tuple[str, Tally]]:
-        return [(NO_STREAM, self.unrouted), *(part for judge in self.by_name.values() for part in judge.tallies())]
-
-    def close(self) -> None:
-        for judge in self.by_name.values():
-            judge.close()
+    def _routes(self) -> list[Decides]:
+        return list(self.by_name.values())
 
 
 def _failed(exc: Exception, stage: str, record: dict[str, Any] | None = None) -> Decision:
