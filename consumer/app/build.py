@@ -10,10 +10,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from consumer.app.startup import Prepared, tls_context
+from consumer.app.startup import Prepared, PreparedStream, tls_context
 from consumer.config import Settings, StreamConfig, is_topic_pattern
 from consumer.decoding.decoder import Decoder, checked_registry, decoder_for
 from consumer.decoding.registry import SchemaRegistryClient
+from consumer.decoding.schemas import event_time_field
 from consumer.mapping.compiler import CompiledMapping
 from consumer.pipeline.lane import LaneSettings
 from consumer.pipeline.verdict import Decides, Judge, RecordTypeJudges, StreamJudges
@@ -82,12 +83,19 @@ def judge_for(settings: Settings, name: str, decoder: Decoder, mapping: Compiled
     replay's): ``decoder`` with the stream's reader schema, and its ``mapping``'s function for ``name``."""
     return Judge(decoder=decoder, map_fn=mapping.functions.get(name, no_outputs),
                  max_event_bytes=settings.decoding.max_event_bytes, ndjson=SINKS[name].ndjson,
-                 record_name=decoder.writer_name if mapping.reads_record_name else None, stream=stream)
+                 record_name=decoder.writer_name if mapping.reads_record_name else None, stream=stream,
+                 event_time=event_time_field(decoder.reader.source))
 
 
 def no_outputs(record: dict[str, Any], topic: str, partition: int, offset: int) -> list[dict[str, Any]]:
     """The mapping of a stream that has no rules for a destination: its records are skipped there (counted)."""
     return []
+
+
+def _needed(stream: PreparedStream, name: str) -> frozenset[str]:
+    """The top-level fields a lane decodes: those its rules read, and the event time (for the event-age metric)."""
+    when = event_time_field(stream.reader_schema)
+    return stream.mapping.fields_read[name] | ({when[0]} if when else set())
 
 
 def judges_for(settings: Settings, name: str, prepared: Prepared,
@@ -100,7 +108,7 @@ def judges_for(settings: Settings, name: str, prepared: Prepared,
     the stream's rules for ``name`` read (``whole_records``: every field, for tools that show the record)."""
     registry = checked_registry(settings, check_registry)
     decoders = {stream.name: decoder_for(settings, stream.reader_schema, registry=registry,
-                                         needed=None if whole_records else stream.mapping.fields_read[name])
+                                         needed=None if whole_records else _needed(stream, name))
                 for stream in prepared.streams}
     judges = {stream.name: judge_for(settings, name, decoders[stream.name], stream.mapping, stream=stream.name)
               for stream in prepared.streams}

@@ -69,6 +69,21 @@ class ParsedSchema:
         return f"ParsedSchema({self.name!r}, fingerprint={self.fingerprint_hex})"
 
 
+_UNITS_PER_S = {"timestamp-millis": 1000, "timestamp-micros": 1_000_000}
+
+
+def event_time_field(schema: dict[str, Any]) -> tuple[str, int] | None:
+    """The field that says when an event happened, and its units per second: the record's first top-level
+    field that is a ``timestamp-millis`` or ``timestamp-micros`` long (or such a long or null). None when it has
+    none. Metrics measure the age of events at delivery from it (the default schema's: ``occurred_at``)."""
+    for field_ in schema.get("fields", []):
+        kind = field_.get("type")
+        for branch in kind if isinstance(kind, list) else [kind]:
+            if isinstance(branch, dict) and branch.get("type") == "long" and branch.get("logicalType") in _UNITS_PER_S:
+                return str(field_["name"]), _UNITS_PER_S[branch["logicalType"]]
+    return None
+
+
 def load_schema(path: Path) -> dict[str, Any]:
     """Read one ``.avsc`` file; ConfigError naming the file when it is unreadable or not a JSON object."""
     try:

@@ -7,14 +7,16 @@ batch delivery time) are observed once per batch. Each ``Metrics`` has its own r
 
 from __future__ import annotations
 
+import bisect
 import collections
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 PREFIX = "usage_consumer"
 
@@ -27,6 +29,47 @@ class Tally:
     sent: int = 0
     skipped: int = 0
     parked: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+EVENT_AGE_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+"""Event age at delivery: one hour matters most (Freshsuccess counts usage in the hour an event arrives)."""
+
+
+class AgeHistogram:
+    """How old events were when their destination accepted them, counted per bucket of
+    :data:`EVENT_AGE_BUCKETS_S` (the ``le`` bounds; the last count is ``+Inf``).
+
+    Observed once per delivered batch on the lane's thread, from the events' times to the second: events of one
+    batch share few distinct seconds, so the cost per event is a ``Counter`` update, not a bucket search."""
+
+    __slots__ = ("counts", "sum_s")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(EVENT_AGE_BUCKETS_S) + 1)
+        self.sum_s = 0.0
+
+    def observe(self, now_s: float, event_times_s: Iterable[int]) -> None:
+        counts = self.counts
+        added = 0.0
+        for when, events in collections.Counter(event_times_s).items():
+            age_s = max(0.0, now_s - when)
+            counts[bisect.bisect_left(EVENT_AGE_BUCKETS_S, age_s)] += events
+            added += age_s * events
+        self.sum_s += added
+
+    def copy(self) -> AgeHistogram:
+        other = AgeHistogram()
+        other.counts = list(self.counts)
+        other.sum_s = self.sum_s
+        return other
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, count)`` pairs as Prometheus exposes buckets (cumulative, ending at ``+Inf``)."""
+        running, buckets = 0, []
+        for bound, count in zip([*map(floatToGoString, EVENT_AGE_BUCKETS_S), "+Inf"], self.counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        return buckets
 
 
 @dataclass(frozen=True)
@@ -46,6 +89,11 @@ class LaneSnapshot:
     lag: Mapping[tuple[str, int], int]
     streams: Mapping[str, Tally] = field(default_factory=dict)
     """The verdict's counts per stream (``(none)``: records no stream takes)."""
+    lag_seconds: Mapping[tuple[str, int], float] = field(default_factory=dict)
+    """Per owned partition, the age of the oldest record consumed and not yet delivered or parked (0: none)."""
+    event_ages: AgeHistogram = field(default_factory=AgeHistogram)
+    last_commit_timestamp_s: float = 0.0
+    """Unix time of the last broker-confirmed commit (the lane's start until its first)."""
 
 
 class Reporting(Protocol):
@@ -73,6 +121,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self._lanes: list[Reporting] = []
         self.registry.register(_LaneCollector(lambda: list(self._lanes)))
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes
         self.batch_events = Histogram(f"{PREFIX}_batch_events", "Outputs per delivered batch.", ["destination"],
                                       buckets=BATCH_EVENT_BUCKETS, registry=self.registry)
         self.batch_delivery_seconds = Histogram(
@@ -122,6 +171,14 @@ class _LaneCollector(Collector):
                                       labels=["destination", "topic", "partition"])
         lag = GaugeMetricFamily(f"{PREFIX}_consumer_lag", "High watermark minus committed offset.",
                                 labels=["destination", "topic", "partition"])
+        lag_seconds = GaugeMetricFamily(f"{PREFIX}_lag_seconds", "Age of the oldest record consumed and not yet "
+                                        "delivered or dead-lettered, per owned partition (0: none).",
+                                        labels=["destination", "topic", "partition"])
+        event_age = HistogramMetricFamily(f"{PREFIX}_event_age_seconds", "Now minus the event's own time when "
+                                          "the destination accepted it.", labels=["destination"])
+        last_commit = GaugeMetricFamily(f"{PREFIX}_last_commit_timestamp_seconds", "Unix time of the last "
+                                        "broker-confirmed commit (the lane's start until its first).",
+                                        labels=["destination"])
         by_stream = CounterMetricFamily(f"{PREFIX}_stream_records", "Records judged, by stream and verdict (send, "
                                         "skip, dead_letter); a destination's later refusal is in dead_lettered.",
                                         labels=["destination", "stream", "verdict"])
@@ -143,6 +200,10 @@ class _LaneCollector(Collector):
                 committed.add_metric([name, topic, str(partition)], offset)
             for (topic, partition), value in snap.lag.items():
                 lag.add_metric([name, topic, str(partition)], value)
+            for (topic, partition), age_s in snap.lag_seconds.items():
+                lag_seconds.add_metric([name, topic, str(partition)], age_s)
+            event_age.add_metric([name], snap.event_ages.cumulative(), snap.event_ages.sum_s)
+            last_commit.add_metric([name], snap.last_commit_timestamp_s)
             for stream, tally in snap.streams.items():
                 by_stream.add_metric([name, stream, "send"], tally.sent)
                 by_stream.add_metric([name, stream, "skip"], tally.skipped)
@@ -150,4 +211,5 @@ class _LaneCollector(Collector):
                 for reason, count in tally.parked.items():
                     stream_dead.add_metric([name, stream, reason], count)
         yield from families.values()
-        yield from (dead, failed, in_flight, paused, state, committed, lag, by_stream, stream_dead)
+        yield from (dead, failed, in_flight, paused, state, committed, lag, lag_seconds, event_age, last_commit,
+                    by_stream, stream_dead)

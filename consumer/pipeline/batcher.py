@@ -43,6 +43,8 @@ class Batch:
     """Freshpaint: the Kafka message each output came from, for dead-lettering a rejected event."""
     spans: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     """(topic, partition) -> [first offset, last offset] of the messages in the batch, for logs."""
+    event_times_s: list[int] = field(default_factory=list)
+    """When each event whose time is known happened (Unix seconds), for the age of events at delivery."""
 
 
 @dataclass
@@ -92,6 +94,8 @@ class Batcher:
             batch.source_bytes += len(value) if value else 0
         batch.events += len(outputs)
         batch.messages += 1
+        if decision.event_time_s is not None:
+            batch.event_times_s.append(decision.event_time_s)
         span = batch.spans.get(key)
         if span is None:
             batch.spans[key] = [offset, offset]

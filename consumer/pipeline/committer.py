@@ -49,6 +49,8 @@ class Committer:
         """Broker-confirmed ``next_offset`` per owned partition (known from assignment or our own commits)."""
         self.refused = 0
         """Commit answers that refused at least one partition (each is retried)."""
+        self.last_confirmed_at = clock()
+        """When (on ``clock``) the broker last confirmed a commit of ours; the start until the first."""
         self.halted: str | None = None
         self._target: CommitTarget | None = None
         self._outstanding: dict[TopicPartitionKey, int] | None = None
@@ -125,6 +127,7 @@ class Committer:
             if not self.tracker.owns(key):
                 continue
             if error is None:
+                self.last_confirmed_at = self.clock()
                 if next_offset > self.confirmed.get(key, -1):
                     self.confirmed[key] = next_offset
             else:

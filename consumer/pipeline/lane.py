@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from consumer.config import BatchingConfig, CommitConfig, KafkaConfig, RetryConfig
 from consumer.errors import EventError, FatalError, Rejected, TransientError
-from consumer.observability.metrics import LaneSnapshot, Metrics
+from consumer.observability.metrics import AgeHistogram, LaneSnapshot, Metrics
 from consumer.pipeline.batcher import Batch, Batcher
 from consumer.pipeline.committer import CommitResult, Committer
 from consumer.pipeline.delivery import Delivery
@@ -130,6 +130,9 @@ class LaneStats:
     """Broker-confirmed ``next_offset`` per owned partition (the committer's own record)."""
     lag: dict[TopicPartitionKey, int] = field(default_factory=dict)
     """High watermark minus committed offset, refreshed about once a second."""
+    oldest_unfinished_ms: dict[TopicPartitionKey, int] = field(default_factory=dict)
+    """Kafka timestamp of the oldest record consumed and not yet finished, per partition; refreshed with ``lag``."""
+    event_ages: AgeHistogram = field(default_factory=AgeHistogram)
 
 
 class Lane:
@@ -137,8 +140,12 @@ class Lane:
 
     def __init__(self, *, sink: Sink, source_factory: SourceFactory, judge: Decides,
                  dead_letters: DeadLetters, delivery: Delivery, settings: LaneSettings = LaneSettings(),
-                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """``clock`` times the lane's own work (batch age, deadlines); ``wall_clock`` is compared with Kafka
+        timestamps and event times (lag in seconds, event age)."""
         self.name = sink.name
+        self.wall_clock = wall_clock
         self.sink = sink
         self.judge = judge
         self.dead_letters = dead_letters
@@ -317,7 +324,7 @@ class Lane:
                 decision = decide(message.value(), topic, partition, offset)
                 kind = decision.kind
                 if kind is SEND:
-                    track(key, offset, add(decision, message, key, offset))
+                    track(key, offset, add(decision, message, key, offset), message)
                     if batcher.full:
                         if len(in_flight) < max_in_flight:
                             self._submit()
@@ -325,13 +332,13 @@ class Lane:
                             self._held.extend(messages[index + 1:])
                             return
                 elif kind is SKIP:
-                    track(key, offset, NOTHING_TO_DO)
+                    track(key, offset, NOTHING_TO_DO, message)
                     skipped += 1
                 elif kind is PARK:
                     assert isinstance(decision.error, EventError)
                     work = Work(f"dead letter {topic}[{partition}]@{offset}", holds=0)
                     self.dead_letters.park(message, decision.error, self.name, work)
-                    track(key, offset, work)
+                    track(key, offset, work, message)
                     self.stats.dead_lettered[decision.error.reason] += 1
                 elif kind is WAIT:
                     assert isinstance(decision.error, TransientError)
@@ -377,7 +384,16 @@ class Lane:
             dead_lettered=dict(stats.dead_lettered), failed=self.fatal is not None,
             in_flight_batches=len(self._in_flight), paused_partitions=len(self._paused),
             destination_state=self.destination_state, committed=dict(stats.committed), lag=dict(stats.lag),
-            streams=tallies_by_stream(self.judge))
+            streams=tallies_by_stream(self.judge), lag_seconds=self._lag_seconds(),
+            event_ages=stats.event_ages.copy(),
+            last_commit_timestamp_s=self.wall_clock() - (self.clock() - self.committer.last_confirmed_at))
+
+    def _lag_seconds(self) -> dict[TopicPartitionKey, float]:
+        """Per owned partition, how long its oldest unfinished record has waited since Kafka stamped it."""
+        now_ms = self.wall_clock() * 1000
+        oldest = dict(self.stats.oldest_unfinished_ms)
+        return {key: max(0.0, (now_ms - oldest[key]) / 1000) if key in oldest else 0.0
+                for key in self.tracker.owned()}
 
     @property
     def destination_state(self) -> str:
@@ -401,6 +417,7 @@ class Lane:
         if not self._in_flight:
             return
         still: list[tuple[Batch, concurrent.futures.Future[list[tuple[int, Rejected]]]]] = []
+        before = len(self._in_flight)
         for batch, future in self._in_flight:
             if not future.done():
                 still.append((batch, future))
@@ -415,6 +432,8 @@ class Lane:
             else:
                 self._fail(f"{self.name} delivery failed unexpectedly: {type(error).__name__}: {error}")
         self._in_flight = still
+        if len(still) < before:
+            self._refresh_oldest()
 
     def _delivered(self, batch: Batch, rejected: list[tuple[int, Rejected]]) -> None:
         for index, error in rejected:
@@ -423,6 +442,7 @@ class Lane:
         batch.work.release()
         if self.metrics is not None:
             self.metrics.batch_delivery_seconds.labels(self.name).observe(self.clock() - batch.submitted_at)
+        self.stats.event_ages.observe(self.wall_clock(), batch.event_times_s)
         self.stats.delivered_events += batch.events - len(rejected)
         self.stats.delivered_messages += batch.messages
         self.stats.batches_delivered += 1
@@ -463,6 +483,17 @@ class Lane:
             if high is not None:
                 lag[key] = max(0, high - committed)
         self.stats.lag = lag
+        self._refresh_oldest()
+
+    def _refresh_oldest(self) -> None:
+        """Find each partition's oldest unfinished record, for lag in seconds: once a second and after deliveries."""
+        oldest = self.tracker.oldest_unfinished_ms()
+        for message in self._held:  # consumed, waiting for a retry or for capacity: not tracked yet
+            key = (message.topic(), message.partition())
+            kind, timestamp_ms = message.timestamp()
+            if kind and key not in oldest:
+                oldest[key] = timestamp_ms
+        self.stats.oldest_unfinished_ms = oldest
 
     def _wait_for(self, keys: set[TopicPartitionKey] | None, timeout_s: float) -> bool:
         """Deliver what is open or in flight until ``keys`` (None: all) have no unfinished work.

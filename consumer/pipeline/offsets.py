@@ -15,8 +15,15 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 TopicPartitionKey = tuple[str, int]
+
+
+class Timestamped(Protocol):
+    """A consumed record's Kafka timestamp, as ``confluent_kafka.Message.timestamp()`` gives it."""
+
+    def timestamp(self) -> tuple[int, int]: ...
 
 
 class Work:
@@ -57,6 +64,8 @@ NOTHING_TO_DO = Work("nothing to do", holds=0)
 class _Segment:
     work: Work
     last_offset: int
+    first_timestamp_ms: int = -1
+    """Kafka timestamp of the segment's first record (-1: unknown), for the age of the oldest unfinished one."""
 
 
 @dataclass
@@ -65,6 +74,13 @@ class _PartitionState:
     next_offset: int | None = None
     """One past the last finished message of the done prefix: what may be committed."""
     last_tracked: int = -1
+
+
+def _timestamp_ms(record: Timestamped | None) -> int:
+    if record is None:
+        return -1
+    kind, timestamp_ms = record.timestamp()
+    return timestamp_ms if kind else -1  # kind 0: TIMESTAMP_NOT_AVAILABLE
 
 
 class OffsetTracker:
@@ -86,10 +102,12 @@ class OffsetTracker:
     def owns(self, key: TopicPartitionKey) -> bool:
         return key in self._partitions
 
-    def track(self, key: TopicPartitionKey, offset: int, work: Work) -> None:
+    def track(self, key: TopicPartitionKey, offset: int, work: Work, record: Timestamped | None = None) -> None:
         """Record that the message at ``offset`` finishes when ``work`` does. Offsets arrive in order.
 
-        Only assigned partitions are tracked: a record of any other is a caller's bug (``KeyError``).
+        ``record`` (the message) is asked for its timestamp only when it opens a segment: the first record of
+        each segment is all :meth:`oldest_unfinished_ms` needs. Only assigned partitions are tracked: a record of
+        any other is a caller's bug (``KeyError``).
         """
         state = self._partitions[key]
         if offset <= state.last_tracked:
@@ -99,7 +117,7 @@ class OffsetTracker:
         if segments and segments[-1].work is work:
             segments[-1].last_offset = offset
         else:
-            segments.append(_Segment(work, offset))
+            segments.append(_Segment(work, offset, _timestamp_ms(record)))
 
     def _advance(self, state: _PartitionState) -> None:
         segments = state.segments
@@ -122,6 +140,15 @@ class OffsetTracker:
             return False
         self._advance(state)
         return bool(state.segments)
+
+    def oldest_unfinished_ms(self) -> dict[TopicPartitionKey, int]:
+        """Per partition with unfinished messages, the Kafka timestamp (ms) of the oldest (when known)."""
+        oldest: dict[TopicPartitionKey, int] = {}
+        for key, state in self._partitions.items():
+            self._advance(state)
+            if state.segments and state.segments[0].first_timestamp_ms >= 0:
+                oldest[key] = state.segments[0].first_timestamp_ms
+        return oldest
 
     def unfinished(self) -> int:
         """How many partitions still wait on some work (for shutdown and revocation)."""

@@ -76,10 +76,11 @@ class Decision:
     """What to do with one event. ``outputs`` and ``body`` are set for ``send``, ``error`` otherwise
     (``park``: an :class:`EventError` whose ``reason`` goes to the dead-letter headers)."""
 
-    __slots__ = ("body", "error", "kind", "outputs", "record")
+    __slots__ = ("body", "error", "event_time_s", "kind", "outputs", "record")
 
     def __init__(self, kind: Kind, outputs: list[dict[str, Any]] | None = None, body: bytes = b"",
-                 error: Exception | None = None, record: dict[str, Any] | None = None) -> None:
+                 error: Exception | None = None, record: dict[str, Any] | None = None,
+                 event_time_s: int | None = None) -> None:
         self.kind = kind
         self.outputs = outputs or []
         self.body = body
@@ -87,6 +88,8 @@ class Decision:
         self.error = error
         self.record = record
         """The decoded record, when decoding got that far (dry runs show it)."""
+        self.event_time_s = event_time_s
+        """``send``: when the event happened (Unix seconds, from the stream's event-time field), if known."""
 
     @property
     def reason(self) -> str | None:
@@ -141,9 +144,12 @@ class Judge:
     function, and whether its requests carry NDJSON."""
 
     def __init__(self, *, decoder: RecordDecoder, map_fn: MapFn, max_event_bytes: int, ndjson: bool,
-                 record_name: Callable[[bytes | None], str] | None = None, stream: str = "") -> None:
+                 record_name: Callable[[bytes | None], str] | None = None, stream: str = "",
+                 event_time: tuple[str, int] | None = None) -> None:
         """``record_name``: where the mapping reads ``$record_name``, the writer schema's full name of a value
-        (the decoder's ``writer_name``); ``stream``: the stream's name, for dry runs and logs."""
+        (the decoder's ``writer_name``); ``stream``: the stream's name, for dry runs and logs; ``event_time``:
+        the record field that says when the event happened and its units per second
+        (:func:`~consumer.decoding.schemas.event_time_field`), for the age of events at delivery."""
         self.decoder = decoder
         self.map_fn = map_fn
         self.max_event_bytes = max_event_bytes
@@ -151,6 +157,7 @@ class Judge:
         self.record_name = record_name
         self.stream = stream
         self.tally = Tally()
+        self._time_field, self._time_units = event_time or ("", 1)
 
     def route(self, value: bytes | None, topic: str) -> Judge:
         return self
@@ -190,7 +197,9 @@ class Judge:
                 for output in outputs:
                     _dumps(output)  # the sink serializes it again with the token; refuse it here instead
             self.tally.sent += 1
-            return Decision(SEND, outputs, body, record=record)
+            when = record.get(self._time_field) if self._time_field else None
+            return Decision(SEND, outputs, body, record=record,
+                            event_time_s=when // self._time_units if type(when) is int else None)
         except Exception as exc:  # one event's value must never stop its partition
             decision = _failed(exc, stage, record)
             if decision.kind is PARK:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
 from consumer.pipeline.batcher import Batch
 from consumer.pipeline.offsets import Work
@@ -24,6 +24,10 @@ def events_batch(outputs: Sequence[dict[str, Any]], sources: Sequence[Any] = ())
 
 
 def kafka_message(topic: str, partition: int, offset: int, value: bytes | None, *, key: bytes | None = None,
-                  headers: list[tuple[str, bytes]] | None = None) -> Any:
-    """A consumed record as librdkafka hands it over (``confluent_kafka.Message``), without a broker."""
-    return Message(topic=topic, partition=partition, offset=offset, key=key, value=value, headers=headers)
+                  headers: list[tuple[str, bytes]] | None = None, timestamp_ms: int | None = None) -> Any:
+    """A consumed record as librdkafka hands it over (``confluent_kafka.Message``), without a broker;
+    ``timestamp_ms``: its CreateTime (none by default, as for a record without one)."""
+    if timestamp_ms is None:
+        return Message(topic=topic, partition=partition, offset=offset, key=key, value=value, headers=headers)
+    return Message(topic=topic, partition=partition, offset=offset, key=key, value=value, headers=headers,
+                   timestamp=(TIMESTAMP_CREATE_TIME, timestamp_ms))
