@@ -1,5 +1,5 @@
-"""The ``usage-consumer`` command line: ``run``, ``check``, ``emulate``, and the operator tools ``map``,
-``dlq inspect|replay`` and ``ping``.
+"""The ``usage-consumer`` command line: ``run``, ``check``, ``emulate``, and the operator tools ``status``,
+``map``, ``dlq inspect|replay`` and ``ping``.
 
 Start-up failures print one line naming the cause (file, line and key for configuration) and exit
 non-zero; ``--debug`` adds the traceback.
@@ -45,7 +45,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The operator tools: ``map`` (dry run), ``dlq inspect|replay`` and ``ping`` (docs/runbook.md)."""
+    """The operator tools: ``status``, ``map`` (dry run), ``dlq inspect|replay`` and ``ping`` (docs/runbook.md)."""
+    status = commands.add_parser(
+        "status", help="lag in messages and seconds, members and dead letters per destination, from Kafka alone",
+        description="One screen per destination's consumer group: its state, members and their partitions; per "
+                    "partition the committed offset, end offset, lag in messages and in seconds (age of the next "
+                    "unconsumed record); then dead letters by reason over --window. Joins no group, commits "
+                    "nothing.")
+    status.add_argument("--config", type=Path)
+    status.add_argument("--json", action="store_true", help="machine-readable output (keys in docs/runbook.md)")
+    status.add_argument("--watch", nargs="?", type=float, const=5.0, default=None, metavar="SECONDS",
+                        help="refresh every SECONDS (default 5) until Ctrl-C")
+    status.add_argument("--window", default="1h", metavar="DURATION",
+                        help="count dead letters parked in the last DURATION: 90s, 15m, 1h, 1h30m, 7d (default 1h)")
+    status.add_argument("--timeout-s", type=float,
+                        help="per Kafka request (default: kafka.startup_timeout_s)")
     dry = commands.add_parser(
         "map", help="dry run: show what each sample event would become (no request is sent)",
         description="For each sample event print the rules it matches and the exact requests that would be "
@@ -169,7 +183,8 @@ def _report(exc: BaseException, debug: bool, what: str, text: str | None = None)
 
 
 def _tool(args: argparse.Namespace) -> int:
-    """``map``, ``dlq`` and ``ping``: settings from --config and the environment, quiet logs, one result."""
+    """``status``, ``map``, ``dlq`` and ``ping``: settings from --config and the environment, quiet logs, one
+    result."""
     from consumer.config import load_settings
     from consumer.observability.logs import configure_logging
 
@@ -186,6 +201,13 @@ def _tool(args: argparse.Namespace) -> int:
                               "stdin) or --from-topic N")
         return run_map(settings, files=args.samples, from_topic=args.from_topic, partition=args.partition,
                        offset=args.offset, as_json=args.json, out=sys.stdout, topic=args.topic, stream=args.stream)
+    if args.command == "status":
+        from consumer.tools.durations import parse_duration_s
+        from consumer.tools.status import run_status
+
+        return run_status(settings, as_json=args.json, watch_s=args.watch,
+                          window_s=parse_duration_s(args.window, option="--window"), out=sys.stdout,
+                          timeout_s=args.timeout_s)
     if args.command == "ping":
         from consumer.tools.ping import run_ping
 

@@ -55,7 +55,7 @@ def test_every_metric_the_runbook_names_is_exported() -> None:
             return LaneSnapshot(name="freshsuccess", counters=dict.fromkeys(COUNTERS, 1),
                                 dead_lettered={"undecodable": 1}, failed=False, in_flight_batches=0,
                                 paused_partitions=0, destination_state="ok", committed={("t", 0): 1},
-                                lag={("t", 0): 1},
+                                lag={("t", 0): 1}, lag_seconds={("t", 0): 1.0},
                                 streams={"default": Tally(sent=1, parked=Counter({"undecodable": 1}))})
 
     lane = Lane()
