@@ -1,5 +1,6 @@
-"""Is it keeping up? With a destination held down, lag in seconds and the age of events at delivery rise, in
-``/metrics`` and in ``usage-consumer status --json``; after recovery they fall back (issue 15)."""
+"""Is it keeping up? With a destination held down, lag in seconds rises in ``/metrics`` and in ``usage-consumer
+status --json``, and the events it held are counted old at delivery; after recovery lag is back to 0 and fresh
+events are counted young (issue 15)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,25 @@ from typing import Any
 import httpx
 import pytest
 
+from consumer.config import load_settings
 from consumer.testing.devstack import DevStack, RunningService
 from consumer.testing.emulators.common import Fault
 from consumer.testing.eventgen import realistic_events
 from tests.helpers import wait_for
 from tests.integration.test_pipeline import metric_values
+from tests.integration.test_tools_status import of, status
 
 OUTAGE_S = 6.0
 """How long Freshsuccess refuses everything: every event of the first wave is at least this old when delivered."""
 
 
 @pytest.fixture(autouse=True)
-def fresh_emulators(stack: DevStack) -> None:
+def fresh_emulators(stack: DevStack, monkeypatch: pytest.MonkeyPatch) -> None:
     for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
         emulator.clear_faults()
         emulator.reset()
+    for name, value in DevStack.secrets_env().items():  # for `usage-consumer status`, run in-process
+        monkeypatch.setenv(name, value)
 
 
 def happening_now(count: int, seed: int) -> list[dict[str, Any]]:
@@ -46,10 +51,11 @@ def age_bucket(text: str, le: str) -> float:
 
 
 def test_a_destination_outage_raises_lag_seconds_and_event_age_and_both_fall_back_after_recovery(
-        stack: DevStack) -> None:
+        stack: DevStack, capsys: pytest.CaptureFixture[str]) -> None:
     topic, dlq = stack.topics(partitions=2)
     schema_id = stack.register(topic)
-    settings = stack.settings(topic, dlq)
+    config = stack.config_file(topic, dlq)
+    settings = load_settings(config, environ=DevStack.secrets_env())
     first = happening_now(40, seed=51)
 
     with RunningService(settings) as running:
@@ -71,6 +77,9 @@ def test_a_destination_outage_raises_lag_seconds_and_event_age_and_both_fall_bac
                  what=f"freshsuccess lag of at least {OUTAGE_S}s while it is down")
         held = time.time() - produced_at
         assert max(lag_seconds()) <= held + 1  # the age of the oldest record waiting, not anything larger
+        shown = of(status(capsys, config), "freshsuccess")  # from Kafka alone: the next uncommitted record
+        assert shown["lag_messages"] == len(first)
+        assert OUTAGE_S <= shown["lag_s"] <= time.time() - produced_at + 1
         assert freshsuccess(exposition(), "usage_consumer_event_age_seconds_count") == {
             (("destination", "freshsuccess"),): 0}
         assert stack.emulators.freshsuccess.events() == []
@@ -78,6 +87,8 @@ def test_a_destination_outage_raises_lag_seconds_and_event_age_and_both_fall_bac
         stack.emulators.freshsuccess.clear_faults()
         stack.emulators.freshsuccess.wait_for_events(len(first), timeout_s=60)
         wait_for(lambda: lag_seconds() == [0.0, 0.0], timeout_s=30, what="freshsuccess lag back to 0 seconds")
+        wait_for(lambda: of(status(capsys, config), "freshsuccess")["lag_s"] == 0, timeout_s=30,
+                 what="status: freshsuccess lag back to 0 seconds once its commits land")
         text = exposition()
         assert freshsuccess(text, "usage_consumer_event_age_seconds_count")[
             (("destination", "freshsuccess"),)] == len(first)

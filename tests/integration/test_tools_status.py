@@ -25,7 +25,6 @@ from consumer.cli import main
 from consumer.config import Settings, load_settings
 from consumer.kafka.groups import GroupInspector
 from consumer.testing.devstack import DevStack, RunningService, retrying
-from consumer.testing.emulators.common import Fault
 from consumer.testing.eventgen import one_of_each
 from tests.helpers import wait_for
 
@@ -244,33 +243,3 @@ def test_an_idle_offset_reader_never_joins_the_group(stack: DevStack) -> None:
         for _ in range(3):
             described = inspector.describe([group])[group]
             assert (described.state, described.members) == ("empty", ())
-
-
-def test_lag_in_seconds_rises_while_a_destination_is_down_and_falls_after_recovery(
-    stack: DevStack, capsys: pytest.CaptureFixture[str]
-) -> None:
-    topic, dlq = stack.topics(partitions=1, prefix="status-down")
-    schema_id = stack.register(topic)
-    config = stack.config_file(topic, dlq, freshpaint={"enabled": False})
-    settings = load_settings(config, environ=DevStack.secrets_env())
-    stack.emulators.freshsuccess.inject(Fault(status=503))
-    stack.produce_events(topic, schema_id, [e for e in one_of_each(seed=53) if e["event_type"] == "feature_used"])
-    with RunningService(settings, destinations=["freshsuccess"]):
-        def lagging() -> float:
-            """The lag in seconds while the lane holds the records it cannot deliver (0.0 until then)."""
-            fs = of(status(capsys, config), "freshsuccess")
-            held = fs["state"] == "stable" and fs["lag_messages"] > 0 and fs["lag_s"] is not None
-            return float(fs["lag_s"]) if held else 0.0
-
-        first = wait_for(lagging, timeout_s=60, interval_s=0.3, what="lag while Freshsuccess answers 503")
-        wait_for(lambda: lagging() > first + 1, timeout_s=30, interval_s=0.3, what="the lag to grow")
-        assert stack.emulators.freshsuccess.events() == []
-
-        stack.emulators.freshsuccess.clear_faults()
-
-        def caught_up() -> bool:
-            fs = of(status(capsys, config), "freshsuccess")
-            return bool(fs["lag_messages"] == 0 and fs["lag_s"] == 0)
-
-        wait_for(caught_up, timeout_s=60, interval_s=0.3, what="the lag to fall back to 0 after recovery")
-    assert stack.emulators.freshsuccess.events()
