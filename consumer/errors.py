@@ -115,3 +115,16 @@ class FatalError(UsageConsumerError):
 
 class BadCredentials(FatalError):
     """401/403 from a destination: the lane pauses and reports instead of dead-lettering."""
+
+
+def dead_letter_reasons() -> list[str]:
+    """Every ``reason`` an :class:`EventError` can carry, sorted. Metrics export each at 0 from the start, so
+    that the first dead letter of a reason shows as an increase, not as a new series already at 1."""
+    found: set[str] = set()
+    pending: list[type[EventError]] = [EventError]
+    while pending:
+        kind = pending.pop()
+        pending.extend(kind.__subclasses__())
+        if kind is not EventError:
+            found.add(kind.reason)
+    return sorted(found)

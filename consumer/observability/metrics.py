@@ -18,6 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from consumer.errors import dead_letter_reasons
+
 PREFIX = "usage_consumer"
 
 
@@ -189,8 +191,8 @@ class _LaneCollector(Collector):
             name = snap.name
             for metric in COUNTERS:
                 families[metric].add_metric([name], snap.counters[metric])
-            for reason, count in snap.dead_lettered.items():
-                dead.add_metric([name, reason], count)
+            for reason in sorted({*dead_letter_reasons(), *snap.dead_lettered}):
+                dead.add_metric([name, reason], snap.dead_lettered.get(reason, 0))
             failed.add_metric([name], 1 if snap.failed else 0)
             in_flight.add_metric([name], snap.in_flight_batches)
             paused.add_metric([name], snap.paused_partitions)

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.decoding.schemas import event_time_field
+from consumer.errors import dead_letter_reasons
 from consumer.observability.metrics import EVENT_AGE_BUCKETS_S, AgeHistogram, Metrics
 from consumer.pipeline.lane import Lane, LaneSettings
 from consumer.pipeline.ports import SourceCallbacks
@@ -155,3 +156,14 @@ def test_the_exposition_carries_lag_seconds_event_age_buckets_last_commit_and_pr
 def test_the_event_time_is_the_first_top_level_timestamp_field(fields: list[dict[str, Any]],
                                                                 expected: tuple[str, int] | None) -> None:
     assert event_time_field({"type": "record", "name": "E", "fields": fields}) == expected
+
+
+def test_every_dead_letter_reason_is_exported_at_zero_before_its_first_letter(delivery: SteppedDelivery) -> None:
+    metrics = Metrics()
+    produced = [WALL_START_S] * 2
+    timed_lane(timed_messages(produced, produced), RecordingDestination(), delivery, metrics)
+    samples = {s.labels["reason"]: s.value
+               for family in text_string_to_metric_families(metrics.exposition().decode())
+               for s in family.samples if s.name == "usage_consumer_dead_lettered_total"}
+    assert samples == dict.fromkeys(dead_letter_reasons(), 0.0)
+    assert {"undecodable", "mapping_failed", "rejected", "no_stream", "schema_mismatch"} <= samples.keys()
