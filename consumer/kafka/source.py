@@ -9,6 +9,8 @@ partition's answer (:func:`commit_checked` for synchronous commits, the ``on_com
 
 from __future__ import annotations
 
+import socket
+
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -36,6 +38,9 @@ def consumer_config(base: dict[str, Any], kafka: KafkaConfig, *, group_id: str) 
         # events the queue fills in a fraction of a second and the default idled the lane (client_properties
         # may still set it).
         "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+        # Names the member in the group's description (`usage-consumer status`, kafka-consumer-groups): the pod's
+        # hostname, where librdkafka's default is "rdkafka" for everyone.
+        "client.id": f"usage-consumer@{socket.gethostname()}",
         **base,
         "group.id": group_id,
         "enable.auto.commit": False,

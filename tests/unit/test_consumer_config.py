@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,13 @@ def test_a_lane_fetches_again_soon_after_its_prefetch_queue_was_full() -> None:
 def test_client_properties_may_still_choose_the_fetch_back_off() -> None:
     assert consumer_config({"fetch.queue.backoff.ms": 200}, KafkaConfig(),
                            group_id="g")["fetch.queue.backoff.ms"] == 200
+
+
+def test_each_member_is_named_by_its_host_unless_client_properties_name_it() -> None:
+    """`usage-consumer status` and kafka-consumer-groups list members by client id: librdkafka's default
+    ("rdkafka") would make every pod look the same."""
+    assert consumer_config({}, KafkaConfig(), group_id="g")["client.id"] == f"usage-consumer@{socket.gethostname()}"
+    assert consumer_config({"client.id": "mine"}, KafkaConfig(), group_id="g")["client.id"] == "mine"
 
 
 @pytest.mark.parametrize(("configured", "transport"), [({}, "http1"), ({"http_client": "aiohttp"}, "aiohttp")])
