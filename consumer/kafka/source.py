@@ -10,7 +10,6 @@ partition's answer (:func:`commit_checked` for synchronous commits, the ``on_com
 from __future__ import annotations
 
 import socket
-
 from collections.abc import Iterable, Sequence
 from typing import Any
 
