@@ -22,7 +22,7 @@ import orjson
 from consumer.config import default_mapping_file
 from consumer.decoding.decoder import RawDecoder
 from consumer.decoding.encoding import encode_raw
-from consumer.decoding.schemas import default_reader_schema_path, load_schema, parse
+from consumer.decoding.schemas import default_reader_schema_path, event_time_field, load_schema, parse
 from consumer.mapping import load_mapping
 from consumer.pipeline.batcher import Batcher
 from consumer.pipeline.offsets import OffsetTracker, Work
@@ -52,30 +52,33 @@ def main() -> int:
     parsed = parse(schema)
     events = list(realistic_events(args.events, seed=3))
     values = [encode_raw(e, parsed) for e in events]
-    messages = [kafka_message("usage", i % 8, i // 8, v) for i, v in enumerate(values)]
-    decoder = RawDecoder(parsed, parsed)
+    messages = [kafka_message("usage", i % 8, i // 8, v, timestamp_ms=i) for i, v in enumerate(values)]
     mapping = load_mapping(default_mapping_file(), schema)
-    lean = RawDecoder(parsed, parsed, mapping.fields_read["freshsuccess"])  # what the Freshsuccess lane reads
+    when = event_time_field(schema)
+    assert when is not None
+    needed = mapping.fields_read["freshsuccess"] | {when[0]}  # what the Freshsuccess lane reads
+    decoders = {(fields, reader): RawDecoder(parsed, parsed, None if fields == "every" else needed,
+                                              generated=reader == "generated")
+                for fields in ("every", "rules") for reader in ("fastavro", "generated")}
+    decoder, lean = decoders["every", "generated"], decoders["rules", "generated"]
     map_fs = mapping.freshsuccess
     assert map_fs is not None
     records = [decoder.decode(v) for v in values]
     outputs = [map_fs(r, "usage", 0, i) for i, r in enumerate(records)]
 
-    def decode_all() -> None:
-        decode = decoder.decode
-        for v in values:
-            decode(v)
-
-    def decode_lean() -> None:
-        decode = lean.decode
-        for v in values:
-            decode(v)
+    def decode_with(chosen: RawDecoder) -> Callable[[], None]:
+        def run() -> None:
+            decode = chosen.decode
+            for v in values:
+                decode(v)
+        return run
 
     def map_all() -> None:
         for i, r in enumerate(records):
             map_fs(r, "usage", 0, i)
 
-    judge = Judge(decoder=lean, map_fn=map_fs, max_event_bytes=1 << 20, ndjson=True)  # as the lane builds it
+    judge = Judge(decoder=lean, map_fn=map_fs, max_event_bytes=1 << 20, ndjson=True,  # as the lane builds it
+                  event_time=when)
     decisions = [judge.decide(v, "usage", 0, i) for i, v in enumerate(values)]
 
     def serialize_all() -> None:
@@ -102,7 +105,7 @@ def main() -> int:
             tracker.assign(("usage", partition))
         work = Work("batch")
         for m in messages:
-            tracker.track((m.topic(), m.partition()), m.offset(), work)
+            tracker.track((m.topic(), m.partition()), m.offset(), work, m)
 
     body = bytearray()
     for out in outputs[:3000]:
@@ -115,8 +118,13 @@ def main() -> int:
             compress(bytes(body), "gzip", 1)
 
     stages = {
-        "decode, every field (fastavro, cached schema)": timed(args.repeat, args.events, decode_all),
-        "decode, the fields the Freshsuccess rules read": timed(args.repeat, args.events, decode_lean),
+        "decode, every field, fastavro (cached schema)": timed(args.repeat, args.events,
+                                                              decode_with(decoders["every", "fastavro"])),
+        "decode, every field, generated reader": timed(args.repeat, args.events, decode_with(decoder)),
+        "decode, Freshsuccess fields, fastavro": timed(args.repeat, args.events,
+                                                      decode_with(decoders["rules", "fastavro"])),
+        "decode, Freshsuccess fields, generated reader (the lane)": timed(args.repeat, args.events,
+                                                                        decode_with(lean)),
         "map (compiled default mapping, Freshsuccess)": timed(args.repeat, args.events, map_all),
         "serialize the NDJSON lines (orjson)": timed(args.repeat, args.events, serialize_all),
         "append to the batch body": timed(args.repeat, args.events, batch_all),
@@ -126,7 +134,8 @@ def main() -> int:
     print(f"per-event CPU, median of {args.repeat} runs over {args.events:,} events (µs/event):")
     for name, value in stages.items():
         print(f"  {name:<58}{value:6.2f}")
-    poll_thread = sum(v for k, v in stages.items() if "gzip" not in k and "every field" not in k)
+    poll_thread = sum(v for k, v in stages.items()
+                      if "gzip" not in k and "every field" not in k and "fastavro" not in k)
     print(f"  {'sum on the poll thread':<58}{poll_thread:6.2f}  -> at most {1e6 / poll_thread:,.0f} events/s/core")
     verdict = timed(args.repeat, args.events, decide_all)
     print(f"  {'the verdict as the lane calls it (size+decode+map+serialize)':<58}{verdict:6.2f}")

@@ -85,6 +85,9 @@ class DecodingConfig(_Section):
     schema_registry_user: str | None = None
     schema_registry_timeout_s: Seconds = 5.0
     max_event_bytes: int = Field(1_048_576, ge=64)
+    reader: Literal["generated", "fastavro"] = "generated"
+    """``generated``: a reader written once per writer schema reads each body (about twice as fast);
+    ``fastavro``: fastavro's schemaless reader, for every record. Resolution always uses fastavro."""
 
 
 class MappingConfig(_Section):

@@ -19,6 +19,7 @@ resolve to the reader schema, both named), and from the registry :class:`Transie
 
 from __future__ import annotations
 
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from fastavro import schemaless_reader
 from fastavro.read import SchemaResolutionError
 
 from consumer.config import Settings
+from consumer.decoding.compiled import compile_reader
 from consumer.decoding.encoding import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
@@ -99,10 +101,10 @@ class _Plan:
     objects built, no bytes walked). Resolution is still skipped when writer and reader are the same schema.
     """
 
-    __slots__ = ("label", "reader", "reader_name", "whole", "writer", "writer_name")
+    __slots__ = ("label", "read", "reader", "reader_name", "whole", "writer", "writer_name")
 
     def __init__(self, writer: ParsedSchema, reader: ParsedSchema, label: str,
-                 needed: frozenset[str] | None = None) -> None:
+                 needed: frozenset[str] | None = None, *, generated: bool = True) -> None:
         self.reader_name = reader.name
         self.writer_name = writer.name
         self.label = label
@@ -115,6 +117,8 @@ class _Plan:
             self.reader = None if writer.canonical_form == reader.canonical_form else reader.reader
         else:
             self.writer, self.reader = prefix
+        self.read = compile_reader(self.writer) if self.reader is None and generated else None
+        """The reader generated for this layout (no resolution needed), or None: fastavro reads it."""
 
 
 def _prefix(writer: ParsedSchema, reader: ParsedSchema, needed: frozenset[str],
@@ -145,11 +149,14 @@ class Decoder(ABC):
 
     framing: ClassVar[Framing]
 
-    def __init__(self, reader: ParsedSchema, needed: frozenset[str] | None = None) -> None:
+    def __init__(self, reader: ParsedSchema, needed: frozenset[str] | None = None, *, generated: bool = True,
+                 ) -> None:
         """``needed``: the top-level fields the caller reads; a body is read only as far as they go (the
-        decoded dict may then lack later fields). None reads every field."""
+        decoded dict may then lack later fields). None reads every field. ``generated``: read bodies with
+        readers generated per writer schema (:mod:`consumer.decoding.compiled`) where no resolution is needed."""
         self.reader = reader
         self.needed = needed
+        self.generated = generated
 
     @abstractmethod
     def decode(self, value: bytes | None) -> dict[str, Any]:
@@ -174,8 +181,9 @@ class _HeaderDecoder(Decoder):
     only finds the plan for a writer schema it has not seen yet.
     """
 
-    def __init__(self, reader: ParsedSchema, needed: frozenset[str] | None = None) -> None:
-        super().__init__(reader, needed)
+    def __init__(self, reader: ParsedSchema, needed: frozenset[str] | None = None, *, generated: bool = True,
+                 ) -> None:
+        super().__init__(reader, needed, generated=generated)
         self._header = FRAMING_HEADERS[self.framing]
         self._header_bytes = self._header.size  # read per event: one attribute, not two
         self._plans: dict[bytes, _Plan] = {}  # by the whole header: one slice and one lookup per event
@@ -187,7 +195,7 @@ class _HeaderDecoder(Decoder):
         plan = self._plans.get(value[:size])
         if plan is None:
             plan = self._new_plan(value)
-        return _read_body(plan, value[size:])
+        return _read_value(plan, value, size)
 
     def writer_name(self, value: bytes | None) -> str:
         if value is None:
@@ -218,8 +226,8 @@ class ConfluentDecoder(_HeaderDecoder):
     framing = "confluent"
 
     def __init__(self, reader: ParsedSchema, registry: SchemaRegistryClient,
-                 needed: frozenset[str] | None = None) -> None:
-        super().__init__(reader, needed)
+                 needed: frozenset[str] | None = None, *, generated: bool = True) -> None:
+        super().__init__(reader, needed, generated=generated)
         self._registry = registry
 
     def close(self) -> None:
@@ -235,7 +243,8 @@ class ConfluentDecoder(_HeaderDecoder):
             writer = parse(schema)
         except ConfigError as exc:
             raise UnknownSchema(f"schema id {schema_id} from the registry is not usable: {exc}") from exc
-        return _Plan(writer, self.reader, f"schema id {schema_id} ({writer.name})", self.needed)
+        return _Plan(writer, self.reader, f"schema id {schema_id} ({writer.name})", self.needed,
+                     generated=self.generated)
 
 
 class SingleObjectDecoder(_HeaderDecoder):
@@ -243,15 +252,16 @@ class SingleObjectDecoder(_HeaderDecoder):
 
     framing = "single-object"
 
-    def __init__(self, reader: ParsedSchema, store: SchemaStore, needed: frozenset[str] | None = None) -> None:
-        super().__init__(reader, needed)
+    def __init__(self, reader: ParsedSchema, store: SchemaStore, needed: frozenset[str] | None = None, *,
+                 generated: bool = True) -> None:
+        super().__init__(reader, needed, generated=generated)
         self._store = store
 
     def _writer_plan(self, key: bytes) -> _Plan:
         fingerprint = key
         writer = self.reader if fingerprint == self.reader.fingerprint else self._store.find(fingerprint)
         return _Plan(writer, self.reader, f"writer schema {writer.name} (fingerprint {fingerprint.hex()})",
-                     self.needed)
+                     self.needed, generated=self.generated)
 
 
 class RawDecoder(Decoder):
@@ -259,14 +269,15 @@ class RawDecoder(Decoder):
 
     framing = "raw"
 
-    def __init__(self, reader: ParsedSchema, writer: ParsedSchema, needed: frozenset[str] | None = None) -> None:
-        super().__init__(reader, needed)
-        self._plan = _Plan(writer, reader, f"raw Avro (writer schema {writer.name})", needed)
+    def __init__(self, reader: ParsedSchema, writer: ParsedSchema, needed: frozenset[str] | None = None, *,
+                 generated: bool = True) -> None:
+        super().__init__(reader, needed, generated=generated)
+        self._plan = _Plan(writer, reader, f"raw Avro (writer schema {writer.name})", needed, generated=generated)
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         if value is None:
             raise DecodeError(_NO_VALUE)
-        return _read_body(self._plan, value)
+        return _read_value(self._plan, value, 0)
 
     def writer_name(self, value: bytes | None) -> str:
         return self._plan.writer_name
@@ -280,6 +291,7 @@ def make_decoder(
     store: SchemaStore | None = None,
     writer_schema: dict[str, Any] | ParsedSchema | None = None,
     needed: frozenset[str] | None = None,
+    generated: bool = True,
 ) -> Decoder:
     """Build the decoder for ``framing``; schemas are parsed here, once.
 
@@ -288,6 +300,7 @@ def make_decoder(
     ``writer_schema`` serves ``raw`` (default: the reader schema) and is refused for other framings, where
     the writer schema travels with each event. Arguments a framing does not use are otherwise ignored.
     ``needed``: the top-level fields the caller reads (a lane: its mapping's), so bodies are read only that far.
+    ``generated``: read with readers generated per writer schema where no resolution is needed (else fastavro).
     """
     reader = _parsed(reader_schema, "reader_schema")
     if reader.source.get("type") != "record":
@@ -300,13 +313,13 @@ def make_decoder(
     if framing == "confluent":
         if registry is None:
             raise ConfigError("confluent framing needs a schema registry URL", key="schema_registry")
-        return ConfluentDecoder(reader, registry, needed)
+        return ConfluentDecoder(reader, registry, needed, generated=generated)
     if framing == "single-object":
         return SingleObjectDecoder(reader, store if store is not None else SchemaStore.from_directory(
-            default_schema_dir()), needed)
+            default_schema_dir()), needed, generated=generated)
     if framing == "raw":
         writer = reader if writer_schema is None else _parsed(writer_schema, "writer_schema")
-        return RawDecoder(reader, writer, needed)
+        return RawDecoder(reader, writer, needed, generated=generated)
     raise ConfigError(f"unknown framing {framing!r}; expected one of {', '.join(FRAMINGS)}", key="framing")
 
 
@@ -317,6 +330,26 @@ def _parsed(schema: dict[str, Any] | ParsedSchema, key: str) -> ParsedSchema:
         return parse(schema)
     except ConfigError as exc:
         raise ConfigError(str(exc), key=key) from exc
+
+
+def _read_value(plan: _Plan, value: bytes, start: int) -> dict[str, Any]:
+    """Decode the Avro body that starts at ``start`` of ``value`` with ``plan``'s generated reader, or with
+    fastavro when it has none; the whole body must be one record."""
+    read = plan.read
+    if read is None:
+        return _read_body(plan, value[start:])
+    try:
+        record, end = read(value, start)
+    except (IndexError, struct.error) as exc:  # read past the end: a length or count in it is wrong
+        raise _body_error(plan, EOFError()) from exc
+    except Exception as exc:  # bad UTF-8, an index out of range
+        raise _body_error(plan, exc) from exc
+    if end != len(value):
+        if end > len(value):
+            raise _body_error(plan, EOFError())
+        if plan.whole:
+            raise _trailing_error(plan, len(value) - end)
+    return record
 
 
 def _read_body(plan: _Plan, body: bytes) -> dict[str, Any]:
@@ -394,4 +427,4 @@ def decoder_for(settings: Settings, reader_schema: dict[str, Any] | ParsedSchema
         if decoding.framing == "single-object" else None
     writer = load_schema(decoding.writer_schema) if decoding.writer_schema else None
     return make_decoder(decoding.framing, reader_schema=reader_schema, registry=registry, store=store,
-                        writer_schema=writer, needed=needed)
+                        writer_schema=writer, needed=needed, generated=decoding.reader == "generated")
