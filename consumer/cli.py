@@ -8,7 +8,6 @@ non-zero; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import signal
 import sys
@@ -272,10 +271,6 @@ def _run(config: Path | None, destinations: list[str] | None, shutdown_timeout_s
         service.close()
         raise
     deadline_s = settings.shutdown.timeout_s if shutdown_timeout_s is None else shutdown_timeout_s
-    # What start-up built (modules, schemas, the compiled mapping) lives as long as the process: move it out of
-    # the collector's generations, so the collections the per-event garbage triggers do not walk it again.
-    gc.collect()
-    gc.freeze()
     code = service.run(shutdown_timeout_s=deadline_s)
     for lane in service.lanes:
         if lane.fatal:
