@@ -1,7 +1,7 @@
 """The comparison loops of ``make bench``, each run as its own process so its CPU and memory are its own.
 
 - ``consume``: the consume ceiling, a confluent-kafka loop that only consumes (batch ``consume``).
-- ``decode``: the decode ceiling, consume + usage-consumer's decoder (fastavro, cached schemas).
+- ``decode``: the decode ceiling, consume + usage-consumer's decoder (generated readers, cached schemas).
 - ``naive``: the loop a user would write first: confluent-kafka's generic ``AvroDeserializer`` per message,
   a hand-written mapping, ``json.dumps``, ``gzip.compress``, one synchronous httpx POST per batch of 1,000
   events to Freshsuccess, and a synchronous commit after each POST.

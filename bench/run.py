@@ -501,7 +501,7 @@ def measure(stack: DevStack, args: argparse.Namespace, urls: dict[str, str], fs:
 
     results = {name: Result(name, label) for name, label in [
         ("a", "consume ceiling (confluent-kafka consume only)"),
-        ("b", "decode ceiling (consume + fastavro decode)"),
+        ("b", "decode ceiling (consume + usage-consumer's decoder)"),
         ("c", "naive baseline (AvroDeserializer, json, 1 POST/1000, sync commit)"),
         ("d", "usage-consumer -> Freshsuccess"),
         ("e", f"usage-consumer -> Freshpaint ({fp_count} events)"),
