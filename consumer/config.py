@@ -163,6 +163,14 @@ class FreshpaintConfig(_Section):
     max_in_flight_requests: int = Field(64, ge=1, le=4096)
     ordered: bool = False
     """Send each partition's events one after another, in offset order (partitions still run concurrently)."""
+    max_requests_per_s: float | None = Field(None, gt=0)
+    """This process's cap on requests per second (Freshpaint's burst limit of 5,000/s is per account: keep
+    replicas x this under it); None: only ``max_in_flight_requests`` bounds the rate."""
+    max_properties_per_event: int = Field(255, ge=1)
+    """Events with more properties are dead-lettered ``too_large`` (Mixpanel's limit, the model Freshpaint
+    follows: Freshpaint answers 200 before validating, so a refusal would never be seen)."""
+    max_request_bytes: int = Field(1_000_000, ge=256)
+    """Events whose JSON body is larger are dead-lettered ``too_large`` (Mixpanel's 1 MB per event)."""
     http_client: Literal["http1", "aiohttp"] = "http1"
     """``http1``: the sink's own lean HTTP/1.1 client (~40 CPU-µs per request); ``aiohttp``: aiohttp's request
     path (~130 µs), which sends the same bytes and fails the same way, kept as a switch back."""

@@ -11,6 +11,7 @@
     │   ├── MappingFailed        a rule could not be applied to this event (e.g. a value that won't convert)
     │   ├── MissingRequiredField an output lacks a field its destination requires
     │   ├── OversizedEvent       the record is larger than the configured limit
+    │   ├── TooLarge             an output exceeds its destination's caps (properties, request bytes)
     │   └── Rejected             the destination refused this event for good (non-retryable 4xx)
     ├── TransientError           worth retrying later: registry or destination down, timeouts, 5xx, 429
     └── FatalError               the consumer must stop and say why (e.g. Freshsuccess answered 400)
@@ -90,6 +91,10 @@ class NoStream(EventError, reason="no_stream"):
 
 class OversizedEvent(EventError, reason="oversized"):
     """The record is larger than the configured limit."""
+
+
+class TooLarge(EventError, reason="too_large"):
+    """An output exceeds its destination's configured caps: it would be refused, or silently dropped."""
 
 
 class Rejected(EventError, reason="rejected"):

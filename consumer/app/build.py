@@ -17,7 +17,7 @@ from consumer.decoding.registry import SchemaRegistryClient
 from consumer.decoding.schemas import event_time_field
 from consumer.mapping.compiler import CompiledMapping
 from consumer.pipeline.lane import LaneSettings
-from consumer.pipeline.verdict import Decides, Judge, RecordTypeJudges, StreamJudges
+from consumer.pipeline.verdict import Decides, Judge, OutputCaps, RecordTypeJudges, StreamJudges
 from consumer.sinks.freshpaint import FreshpaintSink
 from consumer.sinks.freshsuccess import FreshsuccessSink, datacenter_url
 from consumer.sinks.preview import MASK
@@ -60,7 +60,7 @@ def build_sink(settings: Settings, name: str, *, on_retry: Callable[[str, float]
         base_url=fp.base_url, token=secret(fp.token), max_in_flight=fp.max_in_flight_requests,
         timeout_s=fp.timeout_s, retry=retry_policy(settings), on_retry=on_retry,
         ssl_context=tls_context(fp.ca_bundle, key="freshpaint.ca_bundle", source=settings.source),
-        ordered=fp.ordered, transport=fp.http_client)
+        ordered=fp.ordered, transport=fp.http_client, max_requests_per_s=fp.max_requests_per_s)
 
 
 def lane_settings(settings: Settings, *, ordered: bool = False) -> LaneSettings:
@@ -84,7 +84,15 @@ def judge_for(settings: Settings, name: str, decoder: Decoder, mapping: Compiled
     return Judge(decoder=decoder, map_fn=mapping.functions.get(name, no_outputs),
                  max_event_bytes=settings.decoding.max_event_bytes, ndjson=SINKS[name].ndjson,
                  record_name=decoder.writer_name if mapping.reads_record_name else None, stream=stream,
-                 event_time=event_time_field(decoder.reader.source))
+                 event_time=event_time_field(decoder.reader.source), caps=output_caps(settings, name))
+
+
+def output_caps(settings: Settings, name: str) -> OutputCaps | None:
+    """The limits on one output of destination ``name`` (Freshpaint: every event is a request), if it has any."""
+    if name != "freshpaint":
+        return None
+    freshpaint = settings.freshpaint
+    return OutputCaps(max_properties=freshpaint.max_properties_per_event, max_bytes=freshpaint.max_request_bytes)
 
 
 def no_outputs(record: dict[str, Any], topic: str, partition: int, offset: int) -> list[dict[str, Any]]:

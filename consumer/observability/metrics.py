@@ -96,6 +96,8 @@ class LaneSnapshot:
     event_ages: AgeHistogram = field(default_factory=AgeHistogram)
     last_commit_timestamp_s: float = 0.0
     """Unix time of the last broker-confirmed commit (the lane's start until its first)."""
+    throttled_s: float = 0.0
+    """Time the sink's requests waited for its rate cap (``freshpaint.max_requests_per_s``)."""
 
 
 class Reporting(Protocol):
@@ -178,6 +180,9 @@ class _LaneCollector(Collector):
                                         labels=["destination", "topic", "partition"])
         event_age = HistogramMetricFamily(f"{PREFIX}_event_age_seconds", "Now minus the event's own time when "
                                           "the destination accepted it.", labels=["destination"])
+        throttled = CounterMetricFamily(f"{PREFIX}_throttled_seconds", "Time requests waited for the "
+                                        "destination's rate cap (max_requests_per_s), summed over requests.",
+                                        labels=["destination"])
         last_commit = GaugeMetricFamily(f"{PREFIX}_last_commit_timestamp_seconds", "Unix time of the last "
                                         "broker-confirmed commit (the lane's start until its first).",
                                         labels=["destination"])
@@ -206,6 +211,7 @@ class _LaneCollector(Collector):
                 lag_seconds.add_metric([name, topic, str(partition)], age_s)
             event_age.add_metric([name], snap.event_ages.cumulative(), snap.event_ages.sum_s)
             last_commit.add_metric([name], snap.last_commit_timestamp_s)
+            throttled.add_metric([name], snap.throttled_s)
             for stream, tally in snap.streams.items():
                 by_stream.add_metric([name, stream, "send"], tally.sent)
                 by_stream.add_metric([name, stream, "skip"], tally.skipped)
@@ -214,4 +220,4 @@ class _LaneCollector(Collector):
                     stream_dead.add_metric([name, stream, reason], count)
         yield from families.values()
         yield from (dead, failed, in_flight, paused, state, committed, lag, lag_seconds, event_age, last_commit,
-                    by_stream, stream_dead)
+                    throttled, by_stream, stream_dead)

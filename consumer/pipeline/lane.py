@@ -71,6 +71,10 @@ class Sink(Protocol):
     def state(self) -> str:
         """``ok``, ``retrying`` or ``bad_credentials``, for health and metrics."""
 
+    @property
+    def throttled_s(self) -> float:
+        """Time its requests waited for a rate cap so far (0 without one), for metrics."""
+
     def write(self, batch: Batch) -> Coroutine[Any, Any, list[tuple[int, Rejected]]]: ...
 
 
@@ -385,7 +389,7 @@ class Lane:
             in_flight_batches=len(self._in_flight), paused_partitions=len(self._paused),
             destination_state=self.destination_state, committed=dict(stats.committed), lag=dict(stats.lag),
             streams=tallies_by_stream(self.judge), lag_seconds=self._lag_seconds(),
-            event_ages=stats.event_ages.copy(),
+            event_ages=stats.event_ages.copy(), throttled_s=self.sink.throttled_s,
             last_commit_timestamp_s=self.wall_clock() - (self.clock() - self.committer.last_confirmed_at))
 
     def _lag_seconds(self) -> dict[TopicPartitionKey, float]:

@@ -9,7 +9,8 @@ one destination::
                                                         stop   (the registry is not a registry)
     map        the compiled mapping                  -> park   (missing_required_field, mapping_failed, ...)
                                                         skip   (no rule selects it)
-    serialize  each output as JSON                   -> park   (mapping_failed: a value JSON cannot carry)
+    serialize  each output as JSON                   -> park   (mapping_failed: a value JSON cannot carry;
+                                                                too_large: over the destination's caps)
                                                         send   (the outputs, and for NDJSON the body lines)
 
 The lane, ``usage-consumer map`` and ``dlq replay`` all call it, so they cannot disagree. Nothing that one
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import orjson
@@ -31,6 +33,7 @@ from consumer.errors import (
     MappingFailed,
     NoStream,
     OversizedEvent,
+    TooLarge,
     TransientError,
 )
 from consumer.mapping.compiler import MapFn
@@ -145,11 +148,12 @@ class Judge:
 
     def __init__(self, *, decoder: RecordDecoder, map_fn: MapFn, max_event_bytes: int, ndjson: bool,
                  record_name: Callable[[bytes | None], str] | None = None, stream: str = "",
-                 event_time: tuple[str, int] | None = None) -> None:
+                 event_time: tuple[str, int] | None = None, caps: OutputCaps | None = None) -> None:
         """``record_name``: where the mapping reads ``$record_name``, the writer schema's full name of a value
         (the decoder's ``writer_name``); ``stream``: the stream's name, for dry runs and logs; ``event_time``:
         the record field that says when the event happened and its units per second
-        (:func:`~consumer.decoding.schemas.event_time_field`), for the age of events at delivery."""
+        (:func:`~consumer.decoding.schemas.event_time_field`), for the age of events at delivery; ``caps``: the
+        destination's limits on one output (one-event-per-request destinations)."""
         self.decoder = decoder
         self.map_fn = map_fn
         self.max_event_bytes = max_event_bytes
@@ -158,6 +162,7 @@ class Judge:
         self.stream = stream
         self.tally = Tally()
         self._time_field, self._time_units = event_time or ("", 1)
+        self.caps = caps
 
     def route(self, value: bytes | None, topic: str) -> Judge:
         return self
@@ -195,7 +200,10 @@ class Judge:
             else:
                 body = b""
                 for output in outputs:
-                    _dumps(output)  # the sink serializes it again with the token; refuse it here instead
+                    # The sink serializes it again with the token: refuse here what it could not send
+                    size = len(_dumps(output))
+                    if self.caps is not None:
+                        self.caps.check(output, size)
             self.tally.sent += 1
             when = record.get(self._time_field) if self._time_field else None
             return Decision(SEND, outputs, body, record=record,
@@ -303,6 +311,26 @@ class RecordTypeJudges(_Router):
 
     def _routes(self) -> list[Decides]:
         return list(self.by_name.values())
+
+
+@dataclass(frozen=True)
+class OutputCaps:
+    """A destination's limits on one output sent as its own request: the number of ``properties`` and the
+    size of the serialized body. An output over either is parked ``too_large``: Freshpaint answers 200 before
+    it validates, so what it drops later would otherwise vanish without a trace."""
+
+    max_properties: int
+    max_bytes: int
+
+    def check(self, output: dict[str, Any], size_bytes: int) -> None:
+        properties = output.get("properties")
+        count = len(properties) if isinstance(properties, dict) else 0
+        if count > self.max_properties:
+            raise TooLarge(f"the event has {count} properties, more than max_properties_per_event="
+                           f"{self.max_properties}")
+        if size_bytes > self.max_bytes:
+            raise TooLarge(f"the event's request body is {size_bytes} bytes, more than max_request_bytes="
+                           f"{self.max_bytes}")
 
 
 def _failed(exc: Exception, stage: str, record: dict[str, Any] | None = None) -> Decision:

@@ -30,6 +30,11 @@ class HttpSink:
         return base
 
     @property
+    def throttled_s(self) -> float:
+        """Time requests waited for a rate cap so far; a sink without one never waits."""
+        return 0.0
+
+    @property
     def state(self) -> SinkState:
         """``ok``, ``retrying`` (timeouts/5xx/429) or ``bad_credentials`` (401/403), for health and metrics."""
         return self._retrier.state

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,6 +31,7 @@ from consumer.errors import ConfigError, FatalError, Rejected
 from consumer.sinks.base import HttpSink
 from consumer.sinks.http1 import Http1Client
 from consumer.sinks.preview import MASK, Preview
+from consumer.sinks.ratelimit import TokenBucket
 from consumer.sinks.retry import DEFAULT_RETRY, RETRYABLE_ERRORS, Answer, OnRetry, RetryPolicy, Sleep
 
 if TYPE_CHECKING:
@@ -73,9 +75,11 @@ class FreshpaintSink(HttpSink):
                  client: httpx.AsyncClient | None = None, sleep: Sleep = asyncio.sleep,
                  rng: random.Random | None = None, on_retry: OnRetry | None = None,
                  transport: Transport = "http1", ssl_context: ssl.SSLContext | None = None,
-                 ordered: bool = False) -> None:
+                 ordered: bool = False, max_requests_per_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``ssl_context`` verifies the server's certificate (default: the standard trust store); it is
-        ignored when ``client`` is given. ``ordered``: see :meth:`write`."""
+        ignored when ``client`` is given. ``ordered``: see :meth:`write`. ``max_requests_per_s``: this sink's
+        cap on requests (retries included), waited for on ``clock`` with ``sleep``."""
         if not token:
             raise ConfigError("must be set", key="freshpaint.token")
         if max_in_flight < 1:
@@ -119,6 +123,22 @@ class FreshpaintSink(HttpSink):
             self._yarl_url = yarl.URL(url)
             self._post = self._post_aiohttp
             self._retryable = _AIOHTTP_RETRYABLE_ERRORS
+        self._bucket: TokenBucket | None = None
+        if max_requests_per_s is not None:
+            self._bucket = TokenBucket(max_requests_per_s, clock=clock, sleep=sleep)
+            self._post = self._paced(self._post, self._bucket)
+
+    @property
+    def throttled_s(self) -> float:
+        """Time requests waited for ``max_requests_per_s`` so far (summed over concurrent requests)."""
+        return self._bucket.waited_s if self._bucket is not None else 0.0
+
+    @staticmethod
+    def _paced(post: Callable[[bytes], Awaitable[Answer]], bucket: TokenBucket) -> Callable[[bytes], Awaitable[Answer]]:
+        async def paced(body: bytes) -> Answer:
+            await bucket.take()
+            return await post(body)
+        return paced
 
     def __repr__(self) -> str:
         return f"FreshpaintSink(host={self.host!r}, max_in_flight={self._max_in_flight}, state={self.state!r})"

@@ -175,6 +175,7 @@ class RecordingDestination:
     def __init__(self, name: str, *, blocked: bool = False) -> None:
         self.name = name
         self.state = "ok"
+        self.throttled_s = 0.0
         self.ndjson = name == "freshsuccess"
         self.gate = asyncio.Event()
         if not blocked:

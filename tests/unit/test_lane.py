@@ -144,6 +144,7 @@ class RecordingDestination:
     name = "freshsuccess"
     ndjson = True
     state = "ok"
+    throttled_s = 0.0
 
     def __init__(self, *, open_gate: bool = True, let_through: int = 0) -> None:
         self.gate = asyncio.Event()

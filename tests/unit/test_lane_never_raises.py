@@ -142,6 +142,7 @@ class WireDestination:
 
     def __init__(self, *, ndjson: bool) -> None:
         self.state = "ok"
+        self.throttled_s = 0.0
         self.ndjson = ndjson
         self.offsets: list[int] = []
 
