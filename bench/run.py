@@ -193,15 +193,15 @@ class EmulatorClient:
 
 
 def consumer_config(stack: DevStack, topic: str, dlq: str, destination: str, urls: dict[str, str],
-                    directory: Path, group: str) -> Path:
-    """``destination``: "freshsuccess", "freshpaint" or "both"."""
+                    directory: Path, group: str, freshpaint: dict[str, Any] | None = None) -> Path:
+    """``destination``: "freshsuccess", "freshpaint" or "both"; ``freshpaint``: more Freshpaint settings."""
     config = {
         "kafka": {"bootstrap_servers": stack.bootstrap, "topics": [topic], "dead_letter_topic": dlq,
                   "group_id": group, "consume_batch_size": 2000},
         "decoding": {"framing": "confluent", "schema_registry_url": stack.registry.url},
         "freshsuccess": {"enabled": destination in ("freshsuccess", "both"), "base_url": urls["freshsuccess"]},
         "freshpaint": {"enabled": destination in ("freshpaint", "both"), "base_url": urls["freshpaint"],
-                       "max_in_flight_requests": 64},
+                       "max_in_flight_requests": 64, **(freshpaint or {})},
         "batching": {"max_wait_s": MAX_WAIT_S},
         "health": {"host": "127.0.0.1", "port": 0},
         "logging": {"level": "warning", "format": "json"},
@@ -391,12 +391,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure the consumer as of this git commit, alternated with today's (row g)")
     parser.add_argument("--large-events", type=int, default=200_000,
                         help="events of the large-properties stream (row l); at most --events")
+    parser.add_argument("--paced-rate", type=float, default=2000.0,
+                        help="row k: freshpaint.max_requests_per_s, held for --paced-s seconds (measured once)")
+    parser.add_argument("--paced-s", type=float, default=60.0)
     parser.add_argument("--no-peers", action="store_true",
                         help="leave out the Quix Streams and sentry-arroyo peers (rows q and r), which need their "
                              "virtual environments (.venv-peers/, built with pip on first use)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.events, args.freshpaint_events, args.large_events, args.repeat = 6000, 1500, 6000, 1
+        args.paced_rate, args.paced_s = 200.0, 5.0
     args.large_events = min(args.large_events, args.events)
     started = time.monotonic()
     directory = Path(tempfile.mkdtemp(prefix="usage-consumer-bench-"))
@@ -443,6 +447,12 @@ def main(argv: list[str] | None = None) -> int:
                 report["ratios"][f"cpu d/{peer}"] = cpu["d"] / cpu[peer]
     if not args.no_peers:
         report["peers"] = {peer: peer_venvs.pinned(peer) for peer in peer_venvs.PEERS}
+    if "k" in eps:
+        measured = eps["k"]
+        report["paced"] = {"max_requests_per_s": args.paced_rate, "seconds": args.paced_s,
+                           "measured_per_s": round(measured, 1),
+                           "deviation": round(measured / args.paced_rate - 1, 4),
+                           "within_5pct": abs(measured / args.paced_rate - 1) <= 0.05}
     if "q" in eps:
         ratios = report["ratios"]
         report["targets"] = {"d/q >= 2": ratios["d/q"] >= 2,
@@ -459,6 +469,8 @@ def measure(stack: DevStack, args: argparse.Namespace, urls: dict[str, str], fs:
     topic, dlq = stack.topics(partitions=PARTITIONS, prefix="bench")
     fp_topic, fp_dlq = stack.topics(partitions=PARTITIONS, prefix="bench-fp")
     large_topic, large_dlq = stack.topics(partitions=PARTITIONS, prefix="bench-large")
+    paced_topic, paced_dlq = stack.topics(partitions=PARTITIONS, prefix="bench-paced")
+    paced_id = stack.register(paced_topic)
     schema_id = stack.register(topic)
     stack.register(fp_topic)
     large_id = stack.register(large_topic)
@@ -512,10 +524,11 @@ def measure(stack: DevStack, args: argparse.Namespace, urls: dict[str, str], fs:
 
     def consumer_run(name: str, on: str, dlq_topic: str, destination: str, emulator: EmulatorClient,
                      expected: int, source_events: int, processes: int = 1, code: Path = REPO,
-                     also: list[tuple[EmulatorClient, int]] | None = None) -> Callable[[], Run]:
+                     also: list[tuple[EmulatorClient, int]] | None = None,
+                     freshpaint: dict[str, Any] | None = None) -> Callable[[], Run]:
         return lambda: run_consumers(
             stack, emulator, consumer_config(stack, on, dlq_topic, destination, urls, directory,
-                                             f"bench-{name}-{uuid.uuid4().hex[:6]}"),
+                                             f"bench-{name}-{uuid.uuid4().hex[:6]}", freshpaint),
             processes=processes, expected=expected, directory=directory, source_events=source_events, code=code,
             also=also)
 
@@ -548,6 +561,16 @@ def measure(stack: DevStack, args: argparse.Namespace, urls: dict[str, str], fs:
             results[name].runs.append(run)
             say(f"run {repetition}/{args.repeat} ({name}) {results[name].label}: {run.events_per_s:,.0f} events/s, "
                 f"{run.cpu_s:.1f} CPU s, peak RSS {run.peak_rss_mb:.0f} MB")
+    # Row k, once: does Freshpaint delivery hold freshpaint.max_requests_per_s over a sustained period?
+    paced_count = int(args.paced_rate * args.paced_s)
+    say(f"producing {paced_count} events to {paced_topic} for row k ({args.paced_rate:,.0f} requests/s) ...")
+    for start in range(0, paced_count, 50_000):
+        stack.produce_events(paced_topic, paced_id, realistic_events(min(50_000, paced_count - start), seed=3 + start))
+    results["k"] = Result("k", f"usage-consumer -> Freshpaint, max_requests_per_s={args.paced_rate:,.0f} "
+                               f"({args.paced_s:.0f} s)")
+    results["k"].runs.append(consumer_run("k", paced_topic, paced_dlq, "freshpaint", fp, paced_count, paced_count,
+                                          freshpaint={"max_requests_per_s": args.paced_rate})())
+    say(f"(k) {results['k'].label}: {results['k'].runs[0].events_per_s:,.1f} requests/s")
     results["c"].note = "CPU and memory include the naive loop's own process only"
     results["d"].note = ("source events/s: Freshsuccess outputs scaled by events/outputs (page views have no "
                          "Freshsuccess rule and are skipped)")
@@ -595,6 +618,11 @@ def print_table(report: dict[str, Any]) -> None:
     if "peers" in report:
         print("peers: " + "; ".join(f"{peer}: " + ", ".join(f"{k} {v}" for k, v in pins.items())
                                     for peer, pins in report["peers"].items()))
+    if "paced" in report:
+        paced = report["paced"]
+        print(f"paced (k): {paced['measured_per_s']:,.1f} requests/s against max_requests_per_s "
+              f"{paced['max_requests_per_s']:,.0f} over {paced['seconds']:.0f} s: {paced['deviation']:+.2%} "
+              f"({'within' if paced['within_5pct'] else 'NOT within'} 5%)")
     if "targets" in report:
         print("targets: " + "  ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in report["targets"].items()))
     print()
