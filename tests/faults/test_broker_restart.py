@@ -29,7 +29,8 @@ def test_the_consumer_recovers_from_a_broker_restart_without_restarting_itself(
     broker.restart()
     restarted_at = producer.produced
     # Progress after the restart on events written after it: the consumer is reading from the new broker.
-    wait_until(lambda: producer.acked > restarted_at + 300, timeout_s=90, what="the producer to resume")
+    wait_until(lambda: producer.acked > restarted_at + 300, timeout_s=90, what="the producer to resume",
+               diagnose=lambda: f"broker pid {broker.pid}, log tail:\n{broker.log_tail(120)}")
     scenario.wait_progress(300, timeout_s=120)
     assert consumer.alive(), consumer.log_tail()
     scenario.drain(producer, commit_timeout_s=90)
