@@ -32,7 +32,7 @@ from tests.chart.chart import (
 )
 
 CASES = [pytest.param((), id="defaults")] + [pytest.param((p,), id=p.stem) for p in CI_VALUES]
-FEATURES = {"keda", "hpa", "servicemonitor", "prometheusrule", "existing-secret", "sasl"}
+FEATURES = {"keda", "hpa", "servicemonitor", "prometheusrule", "existing-secret", "sasl", "networkpolicy"}
 SHIPPED_MAPPING = ROOT / "consumer" / "defaults" / "mapping.yaml"
 
 
@@ -284,8 +284,9 @@ def test_pod_disruption_budget_selects_the_pods():
 
 def test_resources_are_set():
     resources = render().container["resources"]
-    assert set(resources["requests"]) == {"cpu", "memory"}
-    assert set(resources["limits"]) == {"memory"}  # no CPU limit: throttling would stall the poll loop
+    assert set(resources["requests"]) == {"cpu", "memory", "ephemeral-storage"}
+    # No CPU limit: throttling would stall the poll loop (kube-score's finding is silenced, helm/README.md).
+    assert set(resources["limits"]) == {"memory", "ephemeral-storage"}
 
 
 # ------------------------------------------------------------------------------------- consumer group, KEDA
@@ -475,3 +476,18 @@ def test_notes_warn_about_dev_secrets(tmp_path: Path):
     notes = _notes(tmp_path, CHART / "ci" / "dev-secret-values.yaml")
     assert "WARNING: secrets.dev is set" in notes
     assert "--from-literal" not in notes
+
+
+@pytest.mark.parametrize(("members", "rate", "says"), [
+    (12, 500, "WARNING: up to 12 members x freshpaint.max_requests_per_s 500 = 6000 requests/s"),
+    (12, 400, "Freshpaint: at most 12 members x 400 = 4800 requests/s (account limit 5000/s)"),
+    (12, None, "Set it to at most 416"),
+], ids=["over", "under", "unset"])
+def test_notes_check_members_times_the_freshpaint_rate_against_the_account_limit(
+        tmp_path: Path, members: int, rate: int | None, says: str):
+    values: dict[str, Any] = {"keda": {"enabled": True, "maxReplicaCount": members}}
+    if rate is not None:
+        values["config"] = {"freshpaint": {"max_requests_per_s": rate}}
+    notes = _notes(tmp_path, write_values(tmp_path, "rate.yaml", values))
+    assert says in notes
+    assert ("WARNING: up to" in notes) == (rate == 500)

@@ -300,3 +300,106 @@ decoding.reader_schema or mapping.file (the consumer refuses them together with 
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* A non-secret setting as the consumer sees it: a literal `value` of extraEnv (the consumer's environment
+overrides config.yaml for KAFKA_BOOTSTRAP_SERVERS and SCHEMA_REGISTRY_URL), else the config value. A value from
+a ConfigMap or Secret (valueFrom) cannot be read at template time: the config value is used. */}}
+{{- define "usage-consumer.effectiveSetting" -}}
+{{- $value := .value }}
+{{- range .root.Values.extraEnv }}
+{{- if and (eq .name $.env) (hasKey . "value") }}{{ $value = .value }}{{ end }}
+{{- end }}
+{{- $value | default "" }}
+{{- end }}
+
+{{/* The TCP ports of Kafka bootstrap servers ("[PROTOCOL://]host[:port],..."; 9092 without a port), as a YAML
+list of integers, each once. */}}
+{{- define "usage-consumer.kafkaPorts" -}}
+{{- $kafka := include "usage-consumer.section" (dict "root" . "name" "kafka") | fromYaml }}
+{{- $servers := include "usage-consumer.effectiveSetting" (dict "root" . "env" "KAFKA_BOOTSTRAP_SERVERS" "value" $kafka.bootstrap_servers) }}
+{{- $ports := list }}
+{{- range splitList "," $servers }}
+{{- $server := regexReplaceAll "^[A-Za-z_]+://" (trim .) "" }}
+{{- if $server }}
+{{- $port := regexFind ":[0-9]+$" $server | trimPrefix ":" }}
+{{- $ports = append $ports (ternary ($port | int) 9092 (ne $port "")) }}
+{{- end }}
+{{- end }}
+{{- toYaml (uniq $ports) }}
+{{- end }}
+
+{{/* The TCP ports of URLs ("scheme://host[:port]/path,...": the port, else 443 for https and 80 for http), as a
+YAML list of integers, each once. */}}
+{{- define "usage-consumer.urlPorts" -}}
+{{- $ports := list }}
+{{- range splitList "," (. | default "") }}
+{{- $url := trim . }}
+{{- if $url }}
+{{- $parsed := urlParse $url }}
+{{- $port := regexFind ":[0-9]+$" $parsed.host | trimPrefix ":" }}
+{{- $ports = append $ports (ternary ($port | int) (ternary 80 443 (eq (lower $parsed.scheme) "http")) (ne $port "")) }}
+{{- end }}
+{{- end }}
+{{- toYaml (uniq $ports) }}
+{{- end }}
+
+{{/* The egress the consumer needs besides DNS, as a YAML list of {name, ports, to}: the Kafka bootstrap servers
+(and brokers), the schema registry when one is configured, and each enabled destination. `ports` are the
+networkPolicy.egress.<name>.ports, or those derived from the config when that list is empty; `to` the
+NetworkPolicyPeers of networkPolicy.egress.<name>.to (empty: any address). */}}
+{{- define "usage-consumer.egressTargets" -}}
+{{- $egress := .Values.networkPolicy.egress }}
+{{- $derived := dict "kafka" (include "usage-consumer.kafkaPorts" . | fromYamlArray) }}
+{{- $decoding := include "usage-consumer.section" (dict "root" . "name" "decoding") | fromYaml }}
+{{- $registry := include "usage-consumer.effectiveSetting" (dict "root" . "env" "SCHEMA_REGISTRY_URL" "value" $decoding.schema_registry_url) }}
+{{- $_ := set $derived "schemaRegistry" (include "usage-consumer.urlPorts" $registry | fromYamlArray) }}
+{{- $freshsuccess := include "usage-consumer.section" (dict "root" . "name" "freshsuccess") | fromYaml }}
+{{- $_ := set $derived "freshsuccess" (include "usage-consumer.urlPorts" ($freshsuccess.base_url | default "https://") | fromYamlArray) }}
+{{- $freshpaint := include "usage-consumer.section" (dict "root" . "name" "freshpaint") | fromYaml }}
+{{- $_ := set $derived "freshpaint" (include "usage-consumer.urlPorts" ($freshpaint.base_url | default "https://") | fromYamlArray) }}
+{{- $destinations := include "usage-consumer.destinations" . | fromYamlArray }}
+{{- $out := list }}
+{{- range $name := list "kafka" "schemaRegistry" "freshsuccess" "freshpaint" }}
+{{- $rule := index $egress $name | default dict }}
+{{- $ports := $rule.ports | default (index $derived $name) }}
+{{- $wanted := true }}
+{{- if and (has $name (list "freshsuccess" "freshpaint")) (not (has $name $destinations)) }}
+{{- $wanted = false }}
+{{- end }}
+{{- /* No port: no rule (a rule without ports would allow every port). */}}
+{{- if and $wanted $ports }}
+{{- $out = append $out (dict "name" $name "ports" $ports "to" ($rule.to | default list)) }}
+{{- end }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* The kube-score checks (github.com/zegl/kube-score) this release does not follow on purpose, each only while
+its reason holds; helm/README.md ("kube-score") says why for each. Comma-separated, for the `kube-score/ignore`
+annotation. */}}
+{{- define "usage-consumer.kubeScoreIgnored" -}}
+{{- $ignored := list }}
+{{- $limits := (.Values.resources | default dict).limits | default dict }}
+{{- if not (hasKey $limits "cpu") }}
+{{- $ignored = append $ignored "container-resources" }}
+{{- end }}
+{{- if ne .Values.image.pullPolicy "Always" }}
+{{- $ignored = append $ignored "container-image-pull-policy" }}
+{{- end }}
+{{- $spreadByHost := not .Values.topologySpreadConstraints }}
+{{- range .Values.topologySpreadConstraints }}
+{{- if eq .topologyKey "kubernetes.io/hostname" }}{{ $spreadByHost = true }}{{ end }}
+{{- end }}
+{{- if and $spreadByHost (not (.Values.affinity | default dict).podAntiAffinity) }}
+{{- $ignored = append $ignored "deployment-has-host-podantiaffinity" }}
+{{- end }}
+{{- if not .Values.networkPolicy.enabled }}
+{{- $ignored = append $ignored "pod-networkpolicy" }}
+{{- end }}
+{{- /* kube-score checks the replicas of a Deployment behind a Service only. */}}
+{{- $service := or .Values.service.enabled .Values.serviceMonitor.enabled }}
+{{- if and .Values.keda.enabled (ge (.Values.keda.minReplicaCount | int) 2) $service }}
+{{- $ignored = append $ignored "deployment-replicas" }}
+{{- end }}
+{{- join "," $ignored }}
+{{- end }}
