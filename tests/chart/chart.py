@@ -43,21 +43,23 @@ def venv_bin() -> Path:
     return Path(sys.executable).parent
 
 
+def built_tool(name: str, cache: Path | None = None) -> str:
+    """A tool ``scripts/dev-tools`` builds into the cache (helm, promtool, kube-score): the chart tests fail
+    without it, never skip."""
+    path = (cache or cache_dir()) / "bin" / name
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{name} is not installed at {path}: {INSTALL_HINT}", pytrace=False)
+    return str(path)
+
+
 @cache
 def helm_path() -> str:
-    path = cache_dir() / "bin" / "helm"
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"helm is not installed at {path}: {INSTALL_HINT}", pytrace=False)
-    return str(path)
+    return built_tool("helm")
 
 
 @cache
 def promtool_path() -> str:
-    """promtool, built by ``scripts/dev-tools`` next to helm: the alert-rule tests fail without it, never skip."""
-    path = cache_dir() / "bin" / "promtool"
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"promtool is not installed at {path}: {INSTALL_HINT}", pytrace=False)
-    return str(path)
+    return built_tool("promtool")
 
 
 def venv_tool(name: str) -> str:

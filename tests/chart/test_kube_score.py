@@ -10,7 +10,6 @@ helm/README.md ("kube-score") explains, since an ignored check would otherwise h
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -27,7 +26,7 @@ from tests.chart.chart import (
     CI_VALUES,
     FIXTURES,
     ROOT,
-    cache_dir,
+    built_tool,
     render,
     template_error,
     template_result,
@@ -52,17 +51,9 @@ RENDERINGS = [pytest.param((), id="defaults"), pytest.param((ALL_FEATURES,), id=
 EVERY_RENDERING = RENDERINGS + [pytest.param((p,), id=p.stem) for p in CI_VALUES]
 
 
-def _kube_score_at(cache: Path) -> str:
-    path = cache / "bin" / "kube-score"
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"kube-score is not installed at {path}: run `make chart-tools` (scripts/dev-tools builds it)",
-                    pytrace=False)
-    return str(path)
-
-
 @cache
 def kube_score_path() -> str:
-    return _kube_score_at(cache_dir())
+    return built_tool("kube-score")
 
 
 @dataclass(frozen=True)
@@ -254,8 +245,8 @@ def test_a_network_policy_that_selects_no_pod_is_critical():
 
 
 def test_missing_kube_score_says_to_run_make_chart_tools(tmp_path: Path):
-    with pytest.raises(pytest.fail.Exception, match=re.escape("run `make chart-tools`")):
-        _kube_score_at(tmp_path)
+    with pytest.raises(pytest.fail.Exception, match=re.escape("make chart-tools does the same")):
+        built_tool("kube-score", tmp_path)
 
 
 # -------------------------------------------------------------------------- ephemeral storage and emptyDir

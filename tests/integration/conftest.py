@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+import structlog
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.testing.devstack import DevStack
@@ -76,3 +77,21 @@ def make_topic(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
                 future.result(timeout=30)
             except Exception as exc:  # deletion is best effort; the broker is temporary anyway
                 print(f"topic deletion failed: {exc}")
+
+
+@pytest.fixture
+def fresh_emulators(stack: DevStack) -> None:
+    """Each test reads only what it sent: the emulators are shared by a module's tests."""
+    for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
+        emulator.clear_faults()
+        emulator.reset()
+
+
+@pytest.fixture
+def tool_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The secrets in the environment, where the tools read them in a pod; structlog reset afterwards (a tool
+    run in-process configures it)."""
+    for name, value in DevStack.secrets_env().items():
+        monkeypatch.setenv(name, value)
+    yield
+    structlog.reset_defaults()

@@ -12,13 +12,7 @@ from consumer.testing.devstack import DevStack, RunningService
 from consumer.testing.eventgen import realistic_events
 from tests.helpers import wait_for
 
-
-@pytest.fixture(autouse=True)
-def fresh_emulators(stack: DevStack) -> None:
-    for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
-        emulator.clear_faults()
-        emulator.reset()
-
+pytestmark = pytest.mark.usefixtures("fresh_emulators")
 
 def feature_events(count: int, seed: int) -> list[dict[str, Any]]:
     return [e for e in realistic_events(count * 3, seed=seed) if e["event_type"] == "feature_used"][:count]

@@ -28,9 +28,9 @@ from consumer.testing.devstack import DevStack, RunningService
 from consumer.testing.emulators.common import Fault
 from consumer.testing.eventgen import make_event
 from tests.helpers import wait_for
-from tests.integration.test_tools_dlq import cli, fresh
+from tests.integration.test_tools_dlq import cli
 
-__all__ = ["fresh"]  # the autouse fixture: clean emulators and the secrets in the environment
+pytestmark = pytest.mark.usefixtures("fresh_emulators", "tool_environment")
 
 DESTINATIONS = ("freshsuccess", "freshpaint")
 SMALL_EVENT_BYTES = 1500

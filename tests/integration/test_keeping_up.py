@@ -22,14 +22,7 @@ OUTAGE_S = 6.0
 """How long Freshsuccess refuses everything: every event of the first wave is at least this old when delivered."""
 
 
-@pytest.fixture(autouse=True)
-def fresh_emulators(stack: DevStack, monkeypatch: pytest.MonkeyPatch) -> None:
-    for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
-        emulator.clear_faults()
-        emulator.reset()
-    for name, value in DevStack.secrets_env().items():  # for `usage-consumer status`, run in-process
-        monkeypatch.setenv(name, value)
-
+pytestmark = pytest.mark.usefixtures("fresh_emulators", "tool_environment")
 
 def happening_now(count: int, seed: int) -> list[dict[str, Any]]:
     """Events of the Freshsuccess kinds that happened just now (their ``occurred_at`` is the wall clock)."""

@@ -20,13 +20,7 @@ from consumer.testing.emulators.common import Fault
 from consumer.testing.eventgen import malformed_values, one_of_each, realistic_events
 from tests.helpers import wait_for
 
-
-@pytest.fixture(autouse=True)
-def fresh_emulators(stack: DevStack) -> None:
-    for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
-        emulator.clear_faults()
-        emulator.reset()
-
+pytestmark = pytest.mark.usefixtures("fresh_emulators")
 
 def by_type(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {e["event_type"]: e for e in events}

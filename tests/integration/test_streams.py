@@ -23,14 +23,7 @@ from consumer.testing.eventgen import realistic_events
 from tests.helpers import wait_for
 from tests.unit.test_streams import PAGE_VIEW, VISITOR_HEADER, WEB_MAPPING, write
 
-
-@pytest.fixture(autouse=True)
-def fresh_emulators(stack: DevStack) -> None:
-    """Each test reads only what it sent (the emulators are shared by the module's tests)."""
-    for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
-        emulator.clear_faults()
-        emulator.reset()
-
+pytestmark = pytest.mark.usefixtures("fresh_emulators")
 
 def page_views(count: int) -> list[dict[str, Any]]:
     return [{"id": str(uuid.uuid4()), "at": 1_767_000_000_000 + i, "visitor": f"v{i % 7}",

@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from consumer.cli import main
 from consumer.config import default_mapping_file
@@ -36,16 +34,7 @@ class Scenario:
     bad_value: bytes
 
 
-@pytest.fixture(autouse=True)
-def fresh(stack: DevStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
-        emulator.clear_faults()
-        emulator.reset()
-    for name, value in DevStack.secrets_env().items():
-        monkeypatch.setenv(name, value)
-    yield
-    structlog.reset_defaults()
-
+pytestmark = pytest.mark.usefixtures("fresh_emulators", "tool_environment")
 
 def park(stack: DevStack) -> Scenario:
     """Run the consumer over the four records until both lanes committed to the end; return where things are."""

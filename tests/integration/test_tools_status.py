@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from confluent_kafka import Consumer, TopicPartition
 
 from consumer.cli import main
@@ -46,16 +44,7 @@ class Placed:
     """Timestamp of partition 1's offset 0: Freshsuccess committed nothing there (auto.offset.reset=earliest)."""
 
 
-@pytest.fixture(autouse=True)
-def fresh(stack: DevStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
-        emulator.clear_faults()
-        emulator.reset()
-    for name, value in DevStack.secrets_env().items():
-        monkeypatch.setenv(name, value)
-    yield
-    structlog.reset_defaults()
-
+pytestmark = pytest.mark.usefixtures("fresh_emulators", "tool_environment")
 
 def produce_at(stack: DevStack, topic: str, partition: int, value: bytes, timestamp_ms: int,
                headers: list[tuple[str, bytes]] | None = None) -> None:
