@@ -127,15 +127,24 @@ def _add_tool_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
                              "takes longer than this (default 120)")
 
     ping = commands.add_parser(
-        "ping", help="check the broker, the schema registry and each destination with the configured keys",
+        "ping", help="check the broker, the schema registry and each destination with the configured keys; "
+                     "creates nothing unless --freshpaint-check event",
         description="Checks Kafka (metadata, topics exist), the schema registry (confluent framing) and each "
-                    "enabled destination, prints one table, and exits 0 only if every check passed.")
+                    "enabled destination (DNS, TCP, TLS with certificate verification; Freshsuccess POST "
+                    "/v1/ping and its keys with an empty body), prints one table whose CHECK column names each "
+                    "check that ran, and exits 0 only if every check passed. Nothing is created in either "
+                    "destination unless --freshpaint-check event is given.")
     ping.add_argument("--config", type=Path)
     ping.add_argument("--timeout-s", type=float, help="per check (default: kafka.startup_timeout_s for Kafka, "
                                                       "the destination's timeout_s for HTTP)")
-    ping.add_argument("--freshpaint-check", choices=["event", "connect"], default="event",
-                      help="event (default): POST a test event routed to no Freshpaint destination; "
-                           "connect: open a connection only, send nothing")
+    ping.add_argument("--freshpaint-check", choices=["connect", "event"], default="connect",
+                      help="connect (default): DNS, TCP connect and TLS handshake with certificate verification; "
+                           "sends no request and creates nothing, so it cannot prove the token. event: POST one "
+                           "test event to /track (over the same DNS, TCP and verified TLS), which creates in the "
+                           "token's Freshpaint environment the event 'usage-consumer ping' for the user "
+                           "(distinct_id) 'usage-consumer-ping', routed to no destination ($options.integrations "
+                           "{\"All\": false}), with $insert_id usage-consumer-ping-YYYYMMDD (UTC day: repeats "
+                           "that day are de-duplicated)")
     ping.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -233,6 +242,8 @@ def _check(config: Path | None) -> int:
 
     configure_logging(level="warning")
     settings = load_settings(config)
+    configure_logging(level="warning", secrets=settings.secret_values())
+    settings.require_secrets()  # those the Kafka settings need; the destinations' keys are checked by run and ping
     prepared = prepare(settings)
     for stream in prepared.streams:
         lanes = [name for name in settings.destinations() if name in stream.mapping.functions]

@@ -1,10 +1,11 @@
 """Service configuration: one YAML file plus environment variables, parsed once into frozen objects.
 
 Secrets come only from the environment and are held as ``pydantic.SecretStr``, so no ``repr``, log line or
-error message shows them. They are listed once, in :data:`SECRETS`: the environment variables, the start-up
-check that names a missing one, the log scrubber and the refusal of a secret written in the file all come
-from that table. A few non-secret settings can also come from the environment
-(``KAFKA_BOOTSTRAP_SERVERS``, ``SCHEMA_REGISTRY_URL``) because that is how platforms hand them out.
+error message shows them. They are listed once, in :data:`SECRETS`: the environment variables, the librdkafka
+properties they set, the start-up check that names a missing one, the log scrubber and the refusal of a secret
+written in the file (``kafka.client_properties`` included) all come from that table. A few non-secret settings
+can also come from the environment (``KAFKA_BOOTSTRAP_SERVERS``, ``SCHEMA_REGISTRY_URL``) because that is how
+platforms hand them out.
 
 Every key is documented in ``docs/configuration.md``. Unknown keys are rejected; a bad value stops
 start-up with a :class:`~consumer.errors.ConfigError` naming the file, the line and the key.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +26,7 @@ from consumer.errors import ConfigError
 from consumer.yamlsource import Located, closest, load_yaml, load_yaml_text
 
 PACKAGE_DEFAULTS = Path(__file__).resolve().parent / "defaults"
+_ABSENT = object()
 
 
 class _Section(BaseModel):
@@ -66,7 +68,8 @@ class KafkaConfig(_Section):
     prefetch_max_kbytes: int = Field(16_384, ge=1024)
     """librdkafka's ``queued.max.messages.kbytes``: the bound on fetched-but-unprocessed data in memory."""
     client_properties: dict[str, str] = Field(default_factory=dict)
-    """Extra librdkafka settings (non-secret), e.g. ``fetch.max.bytes``."""
+    """Extra librdkafka settings of every Kafka client, e.g. ``fetch.max.bytes``; those that carry a secret are
+    refused (:data:`SECRETS`)."""
     startup_timeout_s: float = Field(15.0, gt=0, le=600)
     metadata_refresh_interval_s: Seconds = 30.0
     """How often the consumers look for new topics matching a stream's topic pattern (and for new partitions)."""
@@ -247,6 +250,12 @@ class Settings(_Section):
     schema_registry_password: SecretStr | None = Field(None, exclude=True)
     kafka_sasl_password: SecretStr | None = Field(None, exclude=True)
     kafka_ssl_key_password: SecretStr | None = Field(None, exclude=True)
+    kafka_ssl_key_pem: SecretStr | None = Field(None, exclude=True)
+    kafka_ssl_keystore_password: SecretStr | None = Field(None, exclude=True)
+    kafka_sasl_oauthbearer_client_secret: SecretStr | None = Field(None, exclude=True)
+    kafka_sasl_oauthbearer_config: SecretStr | None = Field(None, exclude=True)
+    kafka_sasl_oauthbearer_assertion_private_key_passphrase: SecretStr | None = Field(None, exclude=True)
+    kafka_sasl_oauthbearer_assertion_private_key_pem: SecretStr | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _something_enabled(self) -> Settings:
@@ -358,12 +367,26 @@ class Settings(_Section):
                     "ssl.certificate.location": kafka.ssl_certificate_location,
                     "ssl.key.location": kafka.ssl_key_location}
         config.update({k: str(v) for k, v in optional.items() if v is not None})
-        if self.kafka_sasl_password is not None:
-            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
-        if self.kafka_ssl_key_password is not None:
-            config["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+        self.require_secrets()
+        refused = next((name for name in kafka.client_properties if name in CLIENT_PROPERTY_SECRETS), None)
+        if refused is not None:  # settings built in code; a file's are refused when loaded
+            raise ConfigError(secret_refusal(CLIENT_PROPERTY_SECRETS[refused]), file=self.source,
+                              key=f"kafka.client_properties.{refused}")
         config.update(kafka.client_properties)
+        for secret in SECRETS:
+            value = self.secret(secret)
+            if secret.client_properties and value is not None:
+                config[secret.client_properties[0]] = value.get_secret_value()
         return config
+
+    def kafka_sasl_mechanism(self) -> str | None:
+        """The SASL mechanism of the Kafka clients (``client_properties`` may set it), None without SASL."""
+        kafka = self.kafka
+        if not kafka.security_protocol.startswith("SASL_"):
+            return None
+        properties = kafka.client_properties
+        return (properties.get("sasl.mechanism") or properties.get("sasl.mechanisms") or kafka.sasl_mechanism
+                or "GSSAPI")  # librdkafka's default
 
     def destination(self, name: str) -> FreshsuccessConfig | FreshpaintConfig:
         """The section of destination ``name`` (``freshsuccess`` or ``freshpaint``)."""
@@ -378,12 +401,31 @@ class Settings(_Section):
     def group_for(self, destination: str) -> str:
         return f"{self.kafka.group_id}.{destination}" if self.kafka.group_per_destination else self.kafka.group_id
 
-    def require_secrets(self, destinations: list[str]) -> None:
-        """Fail at start-up, naming the environment variable, when a destination's secret is missing."""
-        missing = [secret.variable for secret in SECRETS
-                   if secret.needed_by in destinations and self.secret(secret) is None]
-        if missing:
-            raise ConfigError(f"missing secret environment variable(s): {', '.join(missing)}", file=self.source)
+    def require_secrets(self, destinations: Iterable[str] = ()) -> None:
+        """Fail, naming the environment variable, when a secret that is needed is missing: those of the
+        ``destinations``, and the SASL password when the Kafka settings use a mechanism that needs one (``check``,
+        ``run`` and every Kafka client ask; the client's own complaint would point at ``client_properties``)."""
+        needs = set(destinations)
+        mechanism = self.kafka_sasl_mechanism()
+        if mechanism in SASL_PASSWORD_MECHANISMS:
+            needs.add(SASL)
+            if self.kafka.sasl_username is None and "sasl.username" not in self.kafka.client_properties:
+                raise ConfigError(f"must be set when kafka.security_protocol is {self.kafka.security_protocol} with "
+                                  f"SASL mechanism {mechanism} (the password comes from KAFKA_SASL_PASSWORD)",
+                                  file=self.source, key="kafka.sasl_username")
+        missing = [secret for secret in SECRETS if secret.needed_by in needs and self.secret(secret) is None]
+        if not missing:
+            return
+        message = f"missing secret environment variable(s): {', '.join(secret.variable for secret in missing)}"
+        if any(secret.needed_by == SASL for secret in missing):
+            message += (f" (kafka.security_protocol {self.kafka.security_protocol} with SASL mechanism {mechanism} "
+                        "needs the SASL password)")
+        raise ConfigError(message, file=self.source)
+
+
+SASL = "sasl"
+"""``Secret.needed_by`` of the SASL password: needed when the Kafka clients log in with a password mechanism."""
+SASL_PASSWORD_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True)
@@ -394,29 +436,88 @@ class Secret:
     section: str | None
     """The settings section that holds it, or None for a top-level ``Settings`` field."""
     key: str
+    what: str
+    """What it is, in messages: "the SASL password"."""
     needed_by: str | None = None
-    """The destination whose lane cannot run without it (start-up names the variable when it is missing)."""
-    yaml_keys: tuple[tuple[str, str], ...] = ()
-    """``(section, key)`` spellings in the YAML that are refused with a pointer to ``variable``."""
+    """The destination whose lane cannot run without it, or :data:`SASL` (start-up names a missing one)."""
+    yaml_keys: tuple[tuple[str, ...], ...] = ()
+    """Spellings in the YAML (key paths) that are refused with a pointer to ``variable``; ``(section, key)``
+    (or ``(key,)`` for a top-level field) and ``client_properties`` are refused too."""
+    client_properties: tuple[str, ...] = ()
+    """The librdkafka properties that carry it: the first is set on every Kafka client (the consumers, the
+    dead-letter producer, the tools') from ``variable``; each, written in ``kafka.client_properties`` (or
+    directly under ``kafka``), is refused."""
 
     @property
-    def refused_keys(self) -> tuple[tuple[str, str], ...]:
-        own = ((self.section, self.key),) if self.section else ()
-        return own + self.yaml_keys
+    def refused_keys(self) -> tuple[tuple[str, ...], ...]:
+        own = (self.section, self.key) if self.section else (self.key,)
+        return (own, *self.yaml_keys, *(("kafka", "client_properties", name) for name in self.client_properties),
+                *(("kafka", name) for name in self.client_properties))
 
 
 SECRETS: tuple[Secret, ...] = (
-    Secret("FRESHSUCCESS_AUTH_KEY", "freshsuccess", "auth_key", needed_by="freshsuccess"),
-    Secret("FRESHSUCCESS_API_KEY", "freshsuccess", "api_key", needed_by="freshsuccess"),
-    Secret("FRESHPAINT_TOKEN", "freshpaint", "token", needed_by="freshpaint"),
-    Secret("SCHEMA_REGISTRY_PASSWORD", None, "schema_registry_password",
+    Secret("FRESHSUCCESS_AUTH_KEY", "freshsuccess", "auth_key", "the Freshsuccess auth key",
+           needed_by="freshsuccess"),
+    Secret("FRESHSUCCESS_API_KEY", "freshsuccess", "api_key", "the Freshsuccess API key", needed_by="freshsuccess"),
+    Secret("FRESHPAINT_TOKEN", "freshpaint", "token", "the Freshpaint token", needed_by="freshpaint"),
+    Secret("SCHEMA_REGISTRY_PASSWORD", None, "schema_registry_password", "the schema registry password",
            yaml_keys=(("decoding", "schema_registry_password"),)),
-    Secret("KAFKA_SASL_PASSWORD", None, "kafka_sasl_password", yaml_keys=(("kafka", "sasl_password"),)),
-    Secret("KAFKA_SSL_KEY_PASSWORD", None, "kafka_ssl_key_password", yaml_keys=(("kafka", "ssl_key_password"),)),
+    Secret("KAFKA_SASL_PASSWORD", None, "kafka_sasl_password", "the SASL password", needed_by=SASL,
+           yaml_keys=(("kafka", "sasl_password"),), client_properties=("sasl.password",)),
+    Secret("KAFKA_SSL_KEY_PASSWORD", None, "kafka_ssl_key_password", "the TLS client key's password",
+           yaml_keys=(("kafka", "ssl_key_password"),), client_properties=("ssl.key.password",)),
+    Secret("KAFKA_SSL_KEY_PEM", None, "kafka_ssl_key_pem", "the TLS client key (PEM)",
+           yaml_keys=(("kafka", "ssl_key_pem"),), client_properties=("ssl.key.pem", "ssl_key")),
+    Secret("KAFKA_SSL_KEYSTORE_PASSWORD", None, "kafka_ssl_keystore_password", "the PKCS#12 keystore's password",
+           yaml_keys=(("kafka", "ssl_keystore_password"),), client_properties=("ssl.keystore.password",)),
+    Secret("KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET", None, "kafka_sasl_oauthbearer_client_secret",
+           "the OAUTHBEARER (OIDC) client secret",
+           client_properties=("sasl.oauthbearer.client.secret", "sasl.oauthbearer.client.credentials.client.secret")),
+    Secret("KAFKA_SASL_OAUTHBEARER_CONFIG", None, "kafka_sasl_oauthbearer_config", "the OAUTHBEARER configuration",
+           client_properties=("sasl.oauthbearer.config",)),
+    Secret("KAFKA_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_PASSPHRASE", None,
+           "kafka_sasl_oauthbearer_assertion_private_key_passphrase", "the OAUTHBEARER assertion key's passphrase",
+           client_properties=("sasl.oauthbearer.assertion.private.key.passphrase",)),
+    Secret("KAFKA_SASL_OAUTHBEARER_ASSERTION_PRIVATE_KEY_PEM", None, "kafka_sasl_oauthbearer_assertion_private_key_pem",
+           "the OAUTHBEARER assertion key (PEM)", client_properties=("sasl.oauthbearer.assertion.private.key.pem",)),
 )
-"""Every secret, once: the environment variables, ``require_secrets``, the log scrubber and the YAML refusal
-are all derived from this table."""
-REFUSED_KEYS: dict[tuple[str, str], Secret] = {key: secret for secret in SECRETS for key in secret.refused_keys}
+"""Every secret, once: the environment variables, ``require_secrets``, the librdkafka properties they set, the log
+scrubber and the refusal of a secret written in the file are all derived from this table.
+
+The Kafka rows are librdkafka's secret-carrying properties (those its CONFIGURATION.md flags sensitive, less
+the paths ``ssl.key.location`` and ``sasl.oauthbearer.assertion.private.key.file``, the public ``ssl.ca.pem``
+and the ``sasl.username`` identity, which ``client_properties`` may set); each has the variable
+``KAFKA_`` + its name in capitals with ``_`` for ``.``."""
+REFUSED_KEYS: dict[tuple[str, ...], Secret] = {key: secret for secret in SECRETS for key in secret.refused_keys}
+CLIENT_PROPERTY_SECRETS: dict[str, Secret] = {name: secret for secret in SECRETS for name in secret.client_properties}
+_SECRET_LOOKING = re.compile(r"pass(word|wd|phrase)?|secret|token|api_?key|auth_?key|private_?key|credential|"
+                             r"(^|[._])pem$", re.IGNORECASE)
+
+
+def secret_refusal(secret: Secret) -> str:
+    """The message for a secret written in the file (never its value)."""
+    return (f"secrets are read from the environment only: {secret.what} comes from the environment variable "
+            f"{secret.variable}; remove this key")
+
+
+def secret_looked_for(path: tuple[Any, ...]) -> list[Secret]:
+    """The secret(s) an unknown, secret-looking key at ``path`` most likely meant (none if it does not look like a
+    secret or its section holds none): the closest spelling, else every secret of that section."""
+    name = str(path[-1])
+    if not _SECRET_LOOKING.search(name):
+        return []
+    section = tuple(str(part) for part in path[:-1])
+    spellings: dict[str, Secret] = {}
+    for secret in SECRETS:
+        for key in secret.refused_keys:
+            if key[:-1] == section:
+                spellings[key[-1].replace(".", "_")] = secret
+            elif not section:  # top level: "freshpaint_token", "kafka_sasl_password"
+                spellings["_".join(key).replace(".", "_")] = secret
+    hint = closest(name.replace(".", "_"), spellings)
+    if hint is not None:
+        return [spellings[hint]]
+    return list(dict.fromkeys(spellings.values()))
 
 
 ENV_SETTINGS: dict[str, tuple[str, str]] = {
@@ -437,10 +538,11 @@ def settings_from(located: Located, environ: Mapping[str, str]) -> Settings:
     data = located.value if located.value is not None else {}
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping of sections", file=located.source, line=1)
-    for (section, key), secret in REFUSED_KEYS.items():
-        if isinstance(data.get(section), dict) and key in data[section]:
-            raise ConfigError(f"secrets are read from the environment only ({secret.variable}); remove this key",
-                              file=located.source, line=located.line_of((section, key)), key=f"{section}.{key}")
+    written = sorted(((located.line_of(path) or 0, path, secret) for path, secret in REFUSED_KEYS.items()
+                      if located.get(path, _ABSENT) is not _ABSENT), key=lambda found: found[0])
+    if written:
+        line, path, secret = written[0]
+        raise ConfigError(secret_refusal(secret), file=located.source, line=line or None, key=".".join(path))
     merged: dict[str, Any] = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
     top_level: dict[str, str | None] = {}
     from_environment: list[tuple[str, str | None, str]] = [
@@ -493,7 +595,13 @@ def _config_error(exc: ValidationError, located: Located) -> ConfigError:
             known = list(section_model.model_fields) if section_model is not None else []
             hint = closest(str(loc[-1]), known)
             message = "unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
-        if tuple(loc[:2]) in REFUSED_KEYS or "secret" in error["type"]:
+            meant = secret_looked_for(loc)
+            if len(meant) == 1:
+                message = secret_refusal(meant[0])
+            elif meant:
+                message = ("looks like a secret; secrets are read from the environment only ("
+                           f"{', '.join(secret.variable for secret in meant)}); remove this key")
+        if tuple(loc[:2]) in REFUSED_KEYS or tuple(loc[:1]) in REFUSED_KEYS or "secret" in error["type"]:
             message = "invalid value (not shown: secret)"
         elif "input" in error and error["type"] != "extra_forbidden" and not isinstance(error["input"], dict):
             message = f"{message} (got {error['input']!r})"

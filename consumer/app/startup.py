@@ -24,7 +24,7 @@ from consumer.decoding.decoder import registry_client
 from consumer.decoding.registry import SchemaRegistryClient
 from consumer.decoding.schemas import default_reader_schema_path, load_schema, parse
 from consumer.errors import ConfigError, FatalError, MappingInvalid, TransientError, UnknownSchema
-from consumer.kafka.failures import unreachable
+from consumer.kafka.failures import metadata_or_refusal
 from consumer.mapping import CompiledMapping, load_mapping
 from consumer.observability.health import HealthServer
 from consumer.pipeline.delivery import DeliveryLoop
@@ -156,14 +156,11 @@ def check_kafka(settings: Settings, timeout_s: float | None = None) -> None:
     if timeout_s is None:
         timeout_s = settings.kafka.startup_timeout_s
     # librdkafka would print a line per failed connection attempt; the one error below says it all.
-    # Authentication and TLS failures reach only the error callback (list_topics just times out).
+    # Authentication and TLS failures reach only the error callback (list_topics just times out): the first
+    # one stops the wait.
     seen: list[KafkaError] = []
     admin = AdminClient({"log_level": 0, "error_cb": seen.append, **settings.kafka_client_config()})
-    try:
-        metadata = admin.list_topics(timeout=timeout_s)
-    except Exception as exc:
-        admin.poll(0)  # serves error_cb
-        raise unreachable(settings, seen, exc, timeout_s) from None
+    metadata = metadata_or_refusal(admin, settings, seen, timeout_s)
     missing = [t for t in (*settings.named_topics(), settings.kafka.dead_letter_topic) if t not in metadata.topics]
     if missing:
         where = "streams[].topics" if settings.streams else "kafka.topics"

@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from consumer.config import Settings, is_topic_pattern
 from consumer.errors import ConfigError, FatalError
-from consumer.kafka.failures import kafka_error_text, unreachable
+from consumer.kafka.failures import kafka_error_text, metadata_or_refusal
 from consumer.kafka.reader import client_config
 from consumer.pipeline.offsets import TopicPartitionKey
 
@@ -113,11 +113,7 @@ class GroupInspector:
     def partitions(self, topics: Iterable[str]) -> list[TopicPartitionKey]:
         """Every partition of ``topics`` (names, and ``^`` patterns matched against the cluster's topics), in
         order. One clear error when the broker does not answer, or a named topic does not exist."""
-        try:
-            metadata = self._probe.list_topics(timeout=self.timeout_s)
-        except KafkaException as exc:
-            self._probe.poll(0)  # serves the error callback
-            raise unreachable(self.settings, self._errors, exc, self.timeout_s) from None
+        metadata = metadata_or_refusal(self._probe, self.settings, self._errors, self.timeout_s)
         found: dict[TopicPartitionKey, None] = {}  # ordered, each partition once (a name may match two patterns)
         for topic in topics:
             if is_topic_pattern(topic):  # what the lanes' subscription matches now (internal topics never)

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.config import Settings
 from consumer.errors import ConfigError, FatalError
-from consumer.kafka.failures import kafka_error_text, unreachable
+from consumer.kafka.failures import kafka_error_text, metadata_or_refusal
 from consumer.kafka.source import commit_checked
 from consumer.pipeline.offsets import TopicPartitionKey
 
@@ -80,11 +80,7 @@ class Reader:
 
     def partitions(self, topic: str) -> list[int]:
         """The topic's partitions; one clear error when the broker is unreachable or the topic is missing."""
-        try:
-            metadata = self._consumer.list_topics(topic, timeout=self.timeout_s)
-        except KafkaException as exc:
-            self._consumer.poll(0)  # serves the error callback
-            raise unreachable(self.settings, self._errors, exc, self.timeout_s) from None
+        metadata = metadata_or_refusal(self._consumer, self.settings, self._errors, self.timeout_s, topic)
         described = metadata.topics.get(topic)
         if described is None or described.error is not None or not described.partitions:
             raise ConfigError(f"topic {topic!r} does not exist on {self.settings.kafka.bootstrap_servers}",

@@ -96,9 +96,10 @@ def _check(rendered: Rendered, tmp_path: Path) -> subprocess.CompletedProcess[st
     config["mapping"]["file"] = str(mapping)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    # The pod's environment has the SASL password from the credentials Secret; `check` names it when missing.
     return subprocess.run([venv_tool("usage-consumer"), "check", "--config", str(config_path)],
                           capture_output=True, text=True, timeout=120, check=False,
-                          env={"PATH": "/usr/bin:/bin"})
+                          env={"PATH": "/usr/bin:/bin", "KAFKA_SASL_PASSWORD": "from-the-secret"})
 
 
 @pytest.mark.parametrize("values", CASES)

@@ -102,7 +102,7 @@ def test_a_secret_written_in_the_file_is_refused_naming_its_environment_variable
         tmp_path: Path, yaml: str, variable: str) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(yaml)
-    with pytest.raises(ConfigError, match=f"secrets are read from the environment only \\({variable}\\)") as info:
+    with pytest.raises(ConfigError, match=f"comes from the environment variable {variable}; remove this key") as info:
         load_settings(path, environ={})
     assert "hunter2" not in str(info.value)
     assert "t0k3n" not in str(info.value)
