@@ -492,3 +492,18 @@ def test_notes_check_members_times_the_freshpaint_rate_against_the_account_limit
     notes = _notes(tmp_path, write_values(tmp_path, "rate.yaml", values))
     assert says in notes
     assert ("WARNING: up to" in notes) == (rate == 500)
+
+
+
+def test_the_values_schema_refuses_exactly_the_secret_client_properties_the_consumer_refuses(tmp_path: Path):
+    """One table decides (consumer.config.SECRETS): the chart refuses the same librdkafka properties before a pod
+    would refuse them at start-up."""
+    from consumer.config import SECRETS
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    refused = schema["properties"]["config"]["properties"]["kafka"]["properties"]["client_properties"]
+    assert sorted(refused["propertyNames"]["not"]["enum"]) == sorted(
+        p for secret in SECRETS for p in secret.client_properties)
+    error = template_error((write_values(tmp_path, "secret.yaml",
+                                         {"config": {"kafka": {"client_properties": {"sasl.password": "x"}}}}),))
+    assert "sasl.password" in error or "client_properties" in error
