@@ -29,8 +29,9 @@ def test_benchmark_harness_runs_and_reports_every_measurement(kafka_bootstrap: s
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(output.read_text())
     # g: the consumer as of --baseline; q, r: the Quix Streams and sentry-arroyo peers (their own virtual
-    # environments, built with pip on first use); h: both destinations; l: large property maps
-    assert set(report["results"]) == {"a", "b", "c", "d", "e", "f", "g", "h", "l", "q", "r"}
+    # environments, built with pip on first use); h: both destinations; l: large property maps; k: Freshpaint
+    # paced by max_requests_per_s
+    assert set(report["results"]) == {"a", "b", "c", "d", "e", "f", "g", "h", "k", "l", "q", "r"}
     for name, row in report["results"].items():
         assert row["events_per_s"] > 0, name
         assert row["cpu_s_per_million"] > 0, name
@@ -43,6 +44,8 @@ def test_benchmark_harness_runs_and_reports_every_measurement(kafka_bootstrap: s
     assert report["peers"]["quix"]["quixstreams"]
     assert report["peers"]["arroyo"]["sentry-arroyo"]
     assert set(report["targets"]) == {"d/q >= 2", "cpu d/q <= 0.5"}
+    assert report["paced"]["max_requests_per_s"] == 200
+    assert report["paced"]["measured_per_s"] > 0
     assert "usage-consumer benchmark" in proc.stdout
 
 
