@@ -16,6 +16,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.testing.devstack import DevStack
 from consumer.testing.local_kafka import LocalKafka
+from consumer.testing.testpki import TestPki, make_test_pki, secured_local_kafka
+from tests.integration.secured import KEY_PASSWORD, SCRAM_PASSWORD, SCRAM_USER
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +97,21 @@ def tool_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setenv(name, value)
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """The CA, broker and client certificates of the secured broker (client keys under ``KEY_PASSWORD``)."""
+    return make_test_pki(tmp_path_factory.mktemp("kafka-pki"), client_key_password=KEY_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def secured_broker(pki: TestPki) -> Iterator[LocalKafka]:
+    """A broker with PLAINTEXT (topics and offsets), SASL_SSL (SCRAM) and mTLS listeners, shared by the
+    security tests: starting one takes seconds."""
+    broker = secured_local_kafka(pki, {SCRAM_USER: SCRAM_PASSWORD})
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

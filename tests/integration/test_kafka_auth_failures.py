@@ -28,18 +28,12 @@ from consumer.cli import main
 from consumer.config import load_settings
 from consumer.testing.local_kafka import LocalKafka
 from consumer.testing.testpki import (
-    MTLS_LISTENER,
-    SASL_SSL_LISTENER,
     SCRAM_MECHANISM,
     TestPki,
-    make_test_pki,
-    secured_local_kafka,
 )
+from tests.integration.secured import KEY_PASSWORD, SCRAM_PASSWORD, SCRAM_USER, mtls_settings, scram_settings
 
-SCRAM_USER = "usage-consumer"
-SCRAM_PASSWORD = "scram-pw-61c0aa"
 WRONG_PASSWORD = "wrong-pw-3f9d2e"
-KEY_PASSWORD = "client-key-pw-8e41"
 STARTUP_TIMEOUT_S = 40
 FAST_S = 5.0
 DESTINATION_SECRETS = {"FRESHSUCCESS_AUTH_KEY": "auth-key-77a1", "FRESHSUCCESS_API_KEY": "api-key-5c2e",
@@ -47,26 +41,12 @@ DESTINATION_SECRETS = {"FRESHSUCCESS_AUTH_KEY": "auth-key-77a1", "FRESHSUCCESS_A
 SECRETS = (SCRAM_PASSWORD, WRONG_PASSWORD, KEY_PASSWORD, *DESTINATION_SECRETS.values())
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("auth-pki"), client_key_password=KEY_PASSWORD)
-
 
 @pytest.fixture(scope="module")
-def broker(pki: TestPki) -> Iterator[LocalKafka]:
-    secured = secured_local_kafka(pki, {SCRAM_USER: SCRAM_PASSWORD})
-    secured.start()
-    try:
-        yield secured
-    finally:
-        secured.stop()
-
-
-@pytest.fixture(scope="module")
-def topics(broker: LocalKafka) -> tuple[str, str]:
+def topics(secured_broker: LocalKafka) -> tuple[str, str]:
     """A topic and a dead-letter topic, made over PLAINTEXT, so that the right settings pass start-up's check."""
     names = (f"auth-{uuid.uuid4().hex[:8]}", f"auth-dlq-{uuid.uuid4().hex[:8]}")
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin = AdminClient({"bootstrap.servers": secured_broker.bootstrap})
     for future in admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)
                                        for name in names]).values():
         future.result(timeout=30)
@@ -81,17 +61,6 @@ def cli_process_state() -> Iterator[None]:
     structlog.reset_defaults()
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
-
-
-def scram(broker: LocalKafka, pki: TestPki) -> dict[str, Any]:
-    return {"bootstrap_servers": broker.listener_bootstrap(SASL_SSL_LISTENER), "security_protocol": "SASL_SSL",
-            "sasl_mechanism": SCRAM_MECHANISM, "sasl_username": SCRAM_USER, "ssl_ca_location": str(pki.ca.cert)}
-
-
-def mtls(broker: LocalKafka, pki: TestPki) -> dict[str, Any]:
-    return {"bootstrap_servers": broker.listener_bootstrap(MTLS_LISTENER), "security_protocol": "SSL",
-            "ssl_ca_location": str(pki.ca.cert), "ssl_certificate_location": str(pki.client.cert),
-            "ssl_key_location": str(pki.client.key)}
 
 
 def config_file(directory: Path, topics: tuple[str, str], kafka: dict[str, Any]) -> Path:
@@ -125,10 +94,10 @@ def the_error_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("mode", ["scram", "mtls"])
-def test_the_right_settings_pass_the_broker_check(broker: LocalKafka, pki: TestPki, topics: tuple[str, str],
+def test_the_right_settings_pass_the_broker_check(secured_broker: LocalKafka, pki: TestPki, topics: tuple[str, str],
                                                   tmp_path: Path, mode: str) -> None:
-    kafka, secrets = ((scram(broker, pki), {"KAFKA_SASL_PASSWORD": SCRAM_PASSWORD}) if mode == "scram"
-                      else (mtls(broker, pki), {"KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD}))
+    kafka, secrets = ((scram_settings(secured_broker, pki), {"KAFKA_SASL_PASSWORD": SCRAM_PASSWORD}) if mode == "scram"
+                      else (mtls_settings(secured_broker, pki), {"KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD}))
     started = time.monotonic()
     check_kafka(load_settings(config_file(tmp_path, topics, kafka), environ=secrets))
     assert time.monotonic() - started < FAST_S
@@ -136,9 +105,9 @@ def test_the_right_settings_pass_the_broker_check(broker: LocalKafka, pki: TestP
 
 @pytest.mark.usefixtures("cli_process_state")
 def test_a_wrong_password_fails_run_at_once_naming_the_sasl_keys(
-        broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
+        secured_broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    path = config_file(tmp_path, topics, scram(broker, pki))
+    path = config_file(tmp_path, topics, scram_settings(secured_broker, pki))
     code, err, elapsed = timed_run(path, {"KAFKA_SASL_PASSWORD": WRONG_PASSWORD}, monkeypatch, capsys)
     assert code == 3, err
     line = the_error_line(err)
@@ -150,9 +119,9 @@ def test_a_wrong_password_fails_run_at_once_naming_the_sasl_keys(
 
 @pytest.mark.usefixtures("cli_process_state")
 def test_a_broker_certificate_from_another_ca_fails_run_at_once_naming_the_ca_key(
-        broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
+        secured_broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    kafka = {**scram(broker, pki), "ssl_ca_location": str(pki.untrusted_ca.cert)}
+    kafka = {**scram_settings(secured_broker, pki), "ssl_ca_location": str(pki.untrusted_ca.cert)}
     code, err, elapsed = timed_run(config_file(tmp_path, topics, kafka), {"KAFKA_SASL_PASSWORD": SCRAM_PASSWORD},
                                    monkeypatch, capsys)
     assert code == 3, err
@@ -165,9 +134,9 @@ def test_a_broker_certificate_from_another_ca_fails_run_at_once_naming_the_ca_ke
 
 @pytest.mark.usefixtures("cli_process_state")
 def test_no_client_certificate_on_an_mtls_listener_fails_run_at_once_saying_none_is_configured(
-        broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
+        secured_broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    kafka = {key: value for key, value in mtls(broker, pki).items()
+    kafka = {key: value for key, value in mtls_settings(secured_broker, pki).items()
              if key not in ("ssl_certificate_location", "ssl_key_location")}
     code, err, elapsed = timed_run(config_file(tmp_path, topics, kafka), {}, monkeypatch, capsys)
     assert code == 3, err
@@ -180,9 +149,9 @@ def test_no_client_certificate_on_an_mtls_listener_fails_run_at_once_saying_none
 
 @pytest.mark.usefixtures("cli_process_state")
 def test_an_untrusted_client_certificate_fails_run_at_once_naming_the_certificate_keys(
-        broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
+        secured_broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    kafka = {**mtls(broker, pki), "ssl_certificate_location": str(pki.untrusted_client.cert),
+    kafka = {**mtls_settings(secured_broker, pki), "ssl_certificate_location": str(pki.untrusted_client.cert),
              "ssl_key_location": str(pki.untrusted_client.key)}
     code, err, elapsed = timed_run(config_file(tmp_path, topics, kafka), {"KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD},
                                    monkeypatch, capsys)
@@ -195,9 +164,9 @@ def test_an_untrusted_client_certificate_fails_run_at_once_naming_the_certificat
 
 @pytest.mark.usefixtures("cli_process_state")
 def test_ping_reports_a_wrong_password_at_once(
-        broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
+        secured_broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    path = config_file(tmp_path, topics, scram(broker, pki))
+    path = config_file(tmp_path, topics, scram_settings(secured_broker, pki))
     for name, value in {**DESTINATION_SECRETS, "KAFKA_SASL_PASSWORD": WRONG_PASSWORD}.items():
         monkeypatch.setenv(name, value)
     started = time.monotonic()

@@ -29,41 +29,21 @@ from consumer.testing.devstack import DevStack, RunningService
 from consumer.testing.eventgen import one_of_each
 from consumer.testing.local_kafka import LocalKafka
 from consumer.testing.testpki import (
-    MTLS_LISTENER,
-    SASL_SSL_LISTENER,
     SCRAM_MECHANISM,
     TestPki,
-    make_test_pki,
-    secured_local_kafka,
 )
 from tests.helpers import wait_for
+from tests.integration.secured import KEY_PASSWORD, SCRAM_PASSWORD, SCRAM_USER, mtls_settings, scram_settings
 
-SCRAM_USER = "usage-consumer"
-SCRAM_PASSWORD = "scram-pw-4d7e1b"
 WRONG_PASSWORD = "not-the-pw-90aa"
-KEY_PASSWORD = "client-key-pw-2c5f"
 STARTUP_TIMEOUT_S = 8  # how long a refused start-up waits for the broker before saying why
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("kafka-pki"), client_key_password=KEY_PASSWORD)
-
 
 @pytest.fixture(scope="module")
-def secure_broker(pki: TestPki) -> Iterator[LocalKafka]:
-    broker = secured_local_kafka(pki, {SCRAM_USER: SCRAM_PASSWORD})
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(secure_broker: LocalKafka) -> Iterator[DevStack]:
+def stack(secured_broker: LocalKafka) -> Iterator[DevStack]:
     """Schema registry and emulators; the broker's PLAINTEXT listener for topics, producing and offsets."""
-    with DevStack(secure_broker.bootstrap) as running:
+    with DevStack(secured_broker.bootstrap) as running:
         yield running
 
 
@@ -84,16 +64,11 @@ def cli_process_state() -> Iterator[None]:
 
 
 def scram_kafka(broker: LocalKafka, pki: TestPki) -> dict[str, Any]:
-    return {"bootstrap_servers": broker.listener_bootstrap(SASL_SSL_LISTENER), "security_protocol": "SASL_SSL",
-            "sasl_mechanism": SCRAM_MECHANISM, "sasl_username": SCRAM_USER, "ssl_ca_location": str(pki.ca.cert),
-            "startup_timeout_s": STARTUP_TIMEOUT_S}
+    return {**scram_settings(broker, pki), "startup_timeout_s": STARTUP_TIMEOUT_S}
 
 
 def mtls_kafka(broker: LocalKafka, pki: TestPki, *, client: str = "trusted") -> dict[str, Any]:
-    issued = pki.client if client == "trusted" else pki.untrusted_client
-    return {"bootstrap_servers": broker.listener_bootstrap(MTLS_LISTENER), "security_protocol": "SSL",
-            "ssl_ca_location": str(pki.ca.cert), "ssl_certificate_location": str(issued.cert),
-            "ssl_key_location": str(issued.key), "startup_timeout_s": STARTUP_TIMEOUT_S}
+    return {**mtls_settings(broker, pki, client=client), "startup_timeout_s": STARTUP_TIMEOUT_S}
 
 
 MODES = {
@@ -113,16 +88,16 @@ def environment(secrets: dict[str, str]) -> dict[str, str]:
 @pytest.mark.usefixtures("fresh_emulators")
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_consumer_and_dead_letter_producer_deliver_over_the_secured_listener(
-        stack: DevStack, secure_broker: LocalKafka, pki: TestPki, mode: str) -> None:
+        stack: DevStack, secured_broker: LocalKafka, pki: TestPki, mode: str) -> None:
     kafka_for, secrets = MODES[mode]
     topic, dlq = stack.topics(partitions=2, prefix="secure")
     schema_id = stack.register(topic)
     events = one_of_each()
     stack.produce_events(topic, schema_id, events)
     stack.produce(topic, [(b"bad", b"not avro at all")])
-    path = config(stack, topic, dlq, kafka_for(secure_broker, pki))
+    path = config(stack, topic, dlq, kafka_for(secured_broker, pki))
     settings: Settings = load_settings(path, environ=environment(secrets))
-    assert settings.kafka_client_config()["bootstrap.servers"] != secure_broker.bootstrap  # not PLAINTEXT
+    assert settings.kafka_client_config()["bootstrap.servers"] != secured_broker.bootstrap  # not PLAINTEXT
 
     with RunningService(settings) as running:
         stack.emulators.freshsuccess.wait_for_events(5, timeout_s=90)
@@ -155,9 +130,9 @@ def refused_start(stack: DevStack, kafka: dict[str, Any], secrets: dict[str, str
 
 @pytest.mark.usefixtures("cli_process_state")
 def test_a_wrong_sasl_password_stops_start_up_naming_authentication(
-        stack: DevStack, secure_broker: LocalKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch,
+        stack: DevStack, secured_broker: LocalKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    code, err = refused_start(stack, scram_kafka(secure_broker, pki), {"KAFKA_SASL_PASSWORD": WRONG_PASSWORD},
+    code, err = refused_start(stack, scram_kafka(secured_broker, pki), {"KAFKA_SASL_PASSWORD": WRONG_PASSWORD},
                               monkeypatch, capsys)
     assert code == 3
     line = err.strip().splitlines()[-1]
@@ -173,9 +148,9 @@ def test_a_wrong_sasl_password_stops_start_up_naming_authentication(
 
 @pytest.mark.usefixtures("cli_process_state")
 def test_an_untrusted_client_certificate_stops_start_up_naming_the_certificate(
-        stack: DevStack, secure_broker: LocalKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch,
+        stack: DevStack, secured_broker: LocalKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    code, err = refused_start(stack, mtls_kafka(secure_broker, pki, client="untrusted"),
+    code, err = refused_start(stack, mtls_kafka(secured_broker, pki, client="untrusted"),
                               {"KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD}, monkeypatch, capsys)
     assert code == 3
     line = err.strip().splitlines()[-1]
@@ -186,9 +161,9 @@ def test_an_untrusted_client_certificate_stops_start_up_naming_the_certificate(
 
 @pytest.mark.usefixtures("cli_process_state")
 def test_a_broker_certificate_from_an_untrusted_ca_stops_start_up(
-        stack: DevStack, secure_broker: LocalKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch,
+        stack: DevStack, secured_broker: LocalKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    kafka = {**scram_kafka(secure_broker, pki), "ssl_ca_location": str(pki.untrusted_ca.cert)}
+    kafka = {**scram_kafka(secured_broker, pki), "ssl_ca_location": str(pki.untrusted_ca.cert)}
     code, err = refused_start(stack, kafka, {"KAFKA_SASL_PASSWORD": SCRAM_PASSWORD}, monkeypatch, capsys)
     assert code == 3
     line = err.strip().splitlines()[-1]
@@ -200,9 +175,9 @@ def test_a_broker_certificate_from_an_untrusted_ca_stops_start_up(
 
 @pytest.mark.usefixtures("cli_process_state")
 def test_a_wrong_client_key_password_stops_start_up_without_showing_it(
-        stack: DevStack, secure_broker: LocalKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch,
+        stack: DevStack, secured_broker: LocalKafka, pki: TestPki, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    code, err = refused_start(stack, mtls_kafka(secure_broker, pki), {"KAFKA_SSL_KEY_PASSWORD": WRONG_PASSWORD},
+    code, err = refused_start(stack, mtls_kafka(secured_broker, pki), {"KAFKA_SSL_KEY_PASSWORD": WRONG_PASSWORD},
                               monkeypatch, capsys)
     assert code != 0
     line = err.strip().splitlines()[-1]
