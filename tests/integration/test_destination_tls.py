@@ -33,16 +33,11 @@ from consumer.testing.devstack import API_KEY, AUTH_KEY, TOKEN, DevStack, Runnin
 from consumer.testing.emulators import Emulators
 from consumer.testing.eventgen import one_of_each
 from consumer.testing.fakes import events_batch, ndjson_batch
-from consumer.testing.testpki import TestPki, make_test_pki
+from consumer.testing.testpki import TestPki
 from tests.helpers import wait_for
 
 FAST_RETRY = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05, credentials_backoff_s=0.05)
 RETRIES_TO_SEE = 3
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return make_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 def https_emulators(cert: Path, key: Path) -> Emulators:
