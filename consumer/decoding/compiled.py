@@ -62,7 +62,6 @@ def compile_reader(schema: Mapping[str, Any]) -> Reader | None:
                                  "_double": struct.Struct("<d").unpack_from}
     exec(compile(source, f"<avro reader {schema.get('name', '')}>", "exec"), namespace)
     read: Reader = namespace["read"]
-    read.source = source  # type: ignore[attr-defined]  # for tests and curious readers
     return read
 
 

@@ -35,7 +35,7 @@ from consumer.observability.metrics import AgeHistogram, LaneSnapshot, Metrics
 from consumer.pipeline.batcher import Batch, Batcher
 from consumer.pipeline.committer import CommitResult, Committer
 from consumer.pipeline.delivery import Delivery
-from consumer.pipeline.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work
+from consumer.pipeline.offsets import NOTHING_TO_DO, OffsetTracker, TopicPartitionKey, Work, kafka_timestamp_ms
 from consumer.pipeline.ports import MessageSource, SourceCallbacks
 from consumer.pipeline.verdict import PARK, SEND, SKIP, WAIT, Decides, tallies_by_stream
 
@@ -395,7 +395,7 @@ class Lane:
     def _lag_seconds(self) -> dict[TopicPartitionKey, float]:
         """Per owned partition, how long its oldest unfinished record has waited since Kafka stamped it."""
         now_ms = self.wall_clock() * 1000
-        oldest = dict(self.stats.oldest_unfinished_ms)
+        oldest = self.stats.oldest_unfinished_ms  # replaced whole on the poll thread, never changed in place
         return {key: max(0.0, (now_ms - oldest[key]) / 1000) if key in oldest else 0.0
                 for key in self.tracker.owned()}
 
@@ -494,8 +494,8 @@ class Lane:
         oldest = self.tracker.oldest_unfinished_ms()
         for message in self._held:  # consumed, waiting for a retry or for capacity: not tracked yet
             key = (message.topic(), message.partition())
-            kind, timestamp_ms = message.timestamp()
-            if kind and key not in oldest:
+            timestamp_ms = kafka_timestamp_ms(message)
+            if timestamp_ms >= 0 and key not in oldest:
                 oldest[key] = timestamp_ms
         self.stats.oldest_unfinished_ms = oldest
 

@@ -76,7 +76,8 @@ class _PartitionState:
     last_tracked: int = -1
 
 
-def _timestamp_ms(record: Timestamped | None) -> int:
+def kafka_timestamp_ms(record: Timestamped | None) -> int:
+    """The record's Kafka timestamp in ms, or -1 when it has none."""
     if record is None:
         return -1
     kind, timestamp_ms = record.timestamp()
@@ -117,7 +118,7 @@ class OffsetTracker:
         if segments and segments[-1].work is work:
             segments[-1].last_offset = offset
         else:
-            segments.append(_Segment(work, offset, _timestamp_ms(record)))
+            segments.append(_Segment(work, offset, kafka_timestamp_ms(record)))
 
     def _advance(self, state: _PartitionState) -> None:
         segments = state.segments
