@@ -82,12 +82,12 @@ def test_ping_creates_no_event_unless_asked_and_then_exactly_one(stack: DevStack
     fp_requests = freshpaint.stats()["requests"]
 
     assert main(["ping", "--config", config]) == 0
+    assert (counts(freshsuccess), counts(freshpaint)) == (fs_before, fp_before)  # first: the defect itself
+    assert freshpaint.stats()["requests"] == fp_requests  # not one request reached Freshpaint
+    assert freshsuccess.events() == []
     rows = table(capsys.readouterr().out)
     assert rows["freshpaint connect"][0] == "ok"
     assert "nothing sent" in rows["freshpaint connect"][1]
-    assert (counts(freshsuccess), counts(freshpaint)) == (fs_before, fp_before)
-    assert freshpaint.stats()["requests"] == fp_requests  # not one request reached Freshpaint
-    assert freshsuccess.events() == []
 
     assert main(["ping", "--config", config, "--freshpaint-check", "event"]) == 0
     rows = table(capsys.readouterr().out)
