@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from consumer.app.startup import Prepared, PreparedStream, tls_context
 from consumer.config import Settings, StreamConfig, is_topic_pattern
@@ -18,17 +18,30 @@ from consumer.decoding.schemas import event_time_field
 from consumer.mapping.compiler import CompiledMapping
 from consumer.pipeline.lane import LaneSettings
 from consumer.pipeline.verdict import Decides, Judge, OutputCaps, RecordTypeJudges, StreamJudges
-from consumer.sinks.freshpaint import FreshpaintSink
 from consumer.sinks.freshsuccess import FreshsuccessSink, datacenter_url
 from consumer.sinks.preview import MASK
 from consumer.sinks.retry import RetryPolicy
 
-SINKS: dict[str, type[FreshsuccessSink] | type[FreshpaintSink]] = {
-    "freshsuccess": FreshsuccessSink, "freshpaint": FreshpaintSink,
-}
-"""Each destination's sink, by the name the configuration and the mapping use."""
+if TYPE_CHECKING:
+    from consumer.sinks.freshpaint import FreshpaintSink
 
-Sink = FreshsuccessSink | FreshpaintSink
+DESTINATIONS = ("freshsuccess", "freshpaint")
+"""The destinations, by the name the configuration and the mapping use."""
+
+Sink: TypeAlias = "FreshsuccessSink | FreshpaintSink"
+
+
+def sink_class(name: str) -> type[FreshsuccessSink] | type[FreshpaintSink]:
+    """Destination ``name``'s sink class."""
+    return FreshsuccessSink if name == "freshsuccess" else _freshpaint_sink()
+
+
+def _freshpaint_sink() -> type[FreshpaintSink]:
+    """Imported here, on first use: Freshpaint's HTTP client pulls in aiohttp, about 0.1 s of start-up that a
+    pod delivering only to Freshsuccess need not pay."""
+    from consumer.sinks.freshpaint import FreshpaintSink
+
+    return FreshpaintSink
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -56,7 +69,7 @@ def build_sink(settings: Settings, name: str, *, on_retry: Callable[[str, float]
             timeout_s=fs.timeout_s, retry=retry_policy(settings), on_retry=on_retry,
             ssl_context=tls_context(fs.ca_bundle, key="freshsuccess.ca_bundle", source=settings.source))
     fp = settings.freshpaint
-    return FreshpaintSink(
+    return _freshpaint_sink()(
         base_url=fp.base_url, token=secret(fp.token), max_in_flight=fp.max_in_flight_requests,
         timeout_s=fp.timeout_s, retry=retry_policy(settings), on_retry=on_retry,
         ssl_context=tls_context(fp.ca_bundle, key="freshpaint.ca_bundle", source=settings.source),
@@ -82,7 +95,7 @@ def judge_for(settings: Settings, name: str, decoder: Decoder, mapping: Compiled
     """The verdict on each event of one stream for destination ``name`` (the lane's, the dry run's and the
     replay's): ``decoder`` with the stream's reader schema, and its ``mapping``'s function for ``name``."""
     return Judge(decoder=decoder, map_fn=mapping.functions.get(name, no_outputs),
-                 max_event_bytes=settings.decoding.max_event_bytes, ndjson=SINKS[name].ndjson,
+                 max_event_bytes=settings.decoding.max_event_bytes, ndjson=sink_class(name).ndjson,
                  record_name=decoder.writer_name if mapping.reads_record_name else None, stream=stream,
                  event_time=event_time_field(decoder.reader.source), caps=output_caps(settings, name))
 

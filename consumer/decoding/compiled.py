@@ -7,6 +7,10 @@ exactly that layout from a ``bytes`` and an offset: no file object, no slicing o
 dispatch. It produces the same values as fastavro (``tests/unit/test_compiled_reader.py`` checks that as a
 property over generated schemas and records), about twice as fast (``bench/hotpath.py``).
 
+Given the top-level fields a caller reads (``keep``), the others are skipped where they lie: a string is
+stepped over by its length, without decoding it, and nothing is built for them, as fastavro does for fields a
+projected reader schema leaves out (their bytes are not checked either).
+
 Only reading without resolution is generated: a writer schema read as itself, or as a prefix of its
 fields. Resolution against a different reader schema stays with fastavro, as do schemas this module does
 not generate (recursive types, arrays of items that take no bytes); :func:`compile_reader` returns None for
@@ -51,11 +55,12 @@ def _bad(message: str) -> None:
     raise ValueError(message)
 
 
-def compile_reader(schema: Mapping[str, Any]) -> Reader | None:
+def compile_reader(schema: Mapping[str, Any], keep: frozenset[str] | None = None) -> Reader | None:
     """A reader for bodies written with the fastavro-parsed record ``schema`` (logical types stripped), or None
-    when this module does not generate one for it."""
+    when this module does not generate one for it. ``keep``: the top-level fields to read (None: every one);
+    the record it returns holds only those."""
     try:
-        source = _Generator().function(schema)
+        source = _Generator().function(schema, keep)
     except Unsupported:
         return None
     namespace: dict[str, Any] = {"_tail": _varint_tail, "_bad": _bad, "_float": struct.Struct("<f").unpack_from,
@@ -74,11 +79,11 @@ class _Generator:
         self.named: dict[str, Mapping[str, Any]] = {}
         self.expanding: set[str] = set()
 
-    def function(self, schema: Mapping[str, Any]) -> str:
+    def function(self, schema: Mapping[str, Any], keep: frozenset[str] | None = None) -> str:
         if schema.get("type") != "record":
             raise Unsupported("not a record")
         self.lines = ["def read(b, i):"]
-        result = self.value(schema, 1)
+        result = self.value(schema, 1, keep)
         self.lines.append(f"    return {result}, i")
         return "\n".join(self.lines) + "\n"
 
@@ -99,8 +104,9 @@ class _Generator:
         self.long(depth, target)
         self.emit(depth, f"if {target} < 0: _bad('negative {what} length')")
 
-    def value(self, schema: Any, depth: int) -> str:
-        """Emit the reading of one ``schema`` value; returns the expression that holds it."""
+    def value(self, schema: Any, depth: int, keep: frozenset[str] | None = None) -> str:
+        """Emit the reading of one ``schema`` value; returns the expression that holds it. ``keep``: of a record,
+        the fields to read (None: every one); the others are skipped."""
         if isinstance(schema, list):
             return self.union(schema, depth)
         if isinstance(schema, str):
@@ -121,7 +127,12 @@ class _Generator:
             if name in self.expanding:
                 raise Unsupported(f"recursive type {name}")
             self.expanding.add(name)
-            fields = [(str(f["name"]), self.value(f["type"], depth)) for f in schema.get("fields", [])]
+            fields = []
+            for f in schema.get("fields", []):
+                if keep is None or f["name"] in keep:
+                    fields.append((str(f["name"]), self.value(f["type"], depth)))
+                else:
+                    self.skip(f["type"], depth)
             self.expanding.discard(name)
             target = self.fresh()
             self.emit(depth, f"{target} = {{" + ", ".join(f"{n!r}: {v}" for n, v in fields) + "}")
@@ -198,6 +209,94 @@ class _Generator:
             self.emit(inner + 1, f"{target}.append({item})")
         self.long(inner, count)
         return target
+
+    def skip(self, schema: Any, depth: int) -> None:
+        """Emit the stepping over of one ``schema`` value: the offset moves past it and nothing is built."""
+        if isinstance(schema, list):
+            index = self.fresh()
+            self.long(depth, index)
+            for position, branch in enumerate(schema):
+                self.emit(depth, f"{'if' if position == 0 else 'elif'} {index} == {position}:")
+                self.skip_or_pass(branch, depth + 1)
+            self.emit(depth, "else:")
+            self.emit(depth + 1, "_bad('union index out of range')")
+            return
+        if isinstance(schema, str):
+            if schema in _PRIMITIVES:
+                self.skip_primitive(schema, depth)
+                return
+            if schema not in self.named:
+                raise Unsupported(f"unknown named type {schema}")
+            schema = self.named[schema]
+        kind = schema.get("type")
+        if isinstance(kind, (list, dict)):
+            self.skip(kind, depth)
+            return
+        if kind in _PRIMITIVES:
+            self.skip_primitive(kind, depth)
+            return
+        name = schema.get("name")
+        if kind in ("record", "enum", "fixed") and isinstance(name, str):
+            self.named.setdefault(name, schema)
+        if kind == "record":
+            if name in self.expanding:
+                raise Unsupported(f"recursive type {name}")
+            self.expanding.add(name)
+            for f in schema.get("fields", []):
+                self.skip(f["type"], depth)
+            self.expanding.discard(name)
+        elif kind == "enum":
+            self.skip_primitive("long", depth)
+        elif kind == "fixed":
+            self.emit(depth, f"i += {int(schema['size'])}")
+        elif kind in ("array", "map"):
+            self.skip_blocks(schema, kind, depth)
+        else:
+            raise Unsupported(f"type {kind!r}")
+
+    def skip_or_pass(self, schema: Any, depth: int) -> None:
+        before = len(self.lines)
+        self.skip(schema, depth)
+        if len(self.lines) == before:
+            self.emit(depth, "pass")
+
+    def skip_primitive(self, kind: str, depth: int) -> None:
+        if kind in ("int", "long"):  # every byte but the last has its high bit set
+            target = self.fresh()
+            self.emit(depth, f"{target} = b[i]; i += 1")
+            self.emit(depth, f"while {target} > 127: {target} = b[i]; i += 1")
+        elif kind == "boolean":
+            self.emit(depth, "i += 1")
+        elif kind == "float":
+            self.emit(depth, "i += 4")
+        elif kind == "double":
+            self.emit(depth, "i += 8")
+        elif kind in ("bytes", "string"):
+            target = self.fresh()
+            self.length(depth, target, kind)
+            self.emit(depth, f"i += {target}")
+
+    def skip_blocks(self, schema: Mapping[str, Any], kind: str, depth: int) -> None:
+        """Arrays and maps: a block written with its size in bytes is stepped over whole."""
+        items = schema["items"] if kind == "array" else schema["values"]
+        if kind == "array" and not _takes_bytes(items, self.named):
+            raise Unsupported("array of items that take no bytes")
+        count, size, step = self.fresh(), self.fresh(), self.fresh()
+        self.long(depth, count)
+        self.emit(depth, f"while {count}:")
+        inner = depth + 1
+        self.emit(inner, f"if {count} < 0:")
+        self.long(inner + 1, size)
+        self.emit(inner + 1, f"if {size} < 0: _bad('negative {kind} block size')")
+        self.emit(inner + 1, f"i += {size}")
+        self.emit(inner, "else:")
+        self.emit(inner + 1, f"if {count} > len(b) - i: raise EOFError('{kind} block of ' + str({count}) + ' items "
+                             "exceeds the body')")
+        self.emit(inner + 1, f"for {step} in range({count}):")
+        if kind == "map":
+            self.skip_primitive("string", inner + 2)
+        self.skip_or_pass(items, inner + 2)
+        self.long(inner, count)
 
 
 def _takes_bytes(schema: Any, named: Mapping[str, Mapping[str, Any]]) -> bool:

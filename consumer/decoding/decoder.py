@@ -98,7 +98,7 @@ class _Plan:
 
     With ``needed`` (the top-level fields a lane's mapping reads), the body is read only up to the last writer
     field that holds one of them: Avro writes fields one after another, so the rest is simply not read (no
-    objects built, no bytes walked). Resolution is still skipped when writer and reader are the same schema.
+    objects built, no bytes walked); the generated reader also steps over the unneeded fields before it. Resolution is still skipped when writer and reader are the same schema.
     """
 
     __slots__ = ("label", "read", "reader", "reader_name", "whole", "writer", "writer_name")
@@ -117,8 +117,9 @@ class _Plan:
             self.reader = None if writer.canonical_form == reader.canonical_form else reader.reader
         else:
             self.writer, self.reader = prefix
-        self.read = compile_reader(self.writer) if self.reader is None and generated else None
-        """The reader generated for this layout (no resolution needed), or None: fastavro reads it."""
+        self.read = compile_reader(self.writer, needed) if self.reader is None and generated else None
+        """The reader generated for this layout (no resolution needed), or None: fastavro reads it. It skips the
+        fields before the last needed one that are not needed themselves."""
 
 
 def _prefix(writer: ParsedSchema, reader: ParsedSchema, needed: frozenset[str],

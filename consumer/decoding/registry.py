@@ -35,6 +35,7 @@ import structlog
 
 from consumer.decoding.schemas import with_references
 from consumer.errors import ConfigError, FatalError, TransientError, UnknownSchema
+from consumer.sinks.base import tls_verify
 from consumer.sinks.retry import parse_retry_after, status_kind
 
 __all__ = ["REGISTRY_CONTENT_TYPE", "RegisteredSchema", "SchemaRegistryClient"]
@@ -95,6 +96,7 @@ class SchemaRegistryClient:
             auth=auth,
             transport=transport,
             headers={"Accept": _ACCEPT},
+            verify=tls_verify(url),
         )
 
     def get_schema(self, schema_id: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import orjson
 import yarl
 
 from consumer.errors import ConfigError, FatalError, Rejected
-from consumer.sinks.base import HttpSink
+from consumer.sinks.base import HttpSink, tls_verify
 from consumer.sinks.http1 import Http1Client
 from consumer.sinks.preview import MASK, Preview
 from consumer.sinks.ratelimit import TokenBucket
@@ -102,7 +102,7 @@ class FreshpaintSink(HttpSink):
         self._client: httpx.AsyncClient | None = None
         self._session: aiohttp.ClientSession | None = None
         self._http1: Http1Client | None = None
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._ssl = tls_verify(url, ssl_context)
         self._post: Callable[[bytes], Awaitable[Answer]]
         self._retryable: tuple[type[Exception], ...]
         if client is not None or transport == "httpx":

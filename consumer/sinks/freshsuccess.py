@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from consumer.errors import BadCredentials, ConfigError, FatalError, Rejected, TransientError
-from consumer.sinks.base import HttpSink
+from consumer.sinks.base import HttpSink, tls_verify
 from consumer.sinks.compress import ENCODINGS, Encoding, compress
 from consumer.sinks.preview import Preview
 from consumer.sinks.retry import (
@@ -104,7 +104,7 @@ class FreshsuccessSink(HttpSink):
         self._timeout = httpx.Timeout(timeout_s)
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(
-            timeout=self._timeout, verify=ssl_context if ssl_context is not None else True)
+            timeout=self._timeout, verify=tls_verify(base, ssl_context))
         self._headers = {"Content-Type": "application/json"}
         if encoding != "none":
             self._headers["Content-Encoding"] = encoding

@@ -41,7 +41,7 @@ import orjson
 import structlog
 from confluent_kafka import KafkaError, Producer
 
-from consumer.app.build import Sink, build_sink, judges_for
+from consumer.app.build import DESTINATIONS, Sink, build_sink, judges_for
 from consumer.app.startup import Prepared, prepare
 from consumer.config import Settings
 from consumer.errors import (
@@ -58,7 +58,7 @@ from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.offsets import Work
 from consumer.pipeline.verdict import PARK, SEND, STOP, WAIT, Decides, Decision, Judge, RecordDecoder
 from consumer.tools.common import check_once, format_time_ms, parse_time_ms
-from consumer.tools.dryrun import DESTINATIONS, DryRun
+from consumer.tools.dryrun import DryRun
 from consumer.tools.ledger import Ledger
 from consumer.tools.progress import Progress
 from consumer.tools.samples import Sample

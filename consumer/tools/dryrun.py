@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import orjson
 
-from consumer.app.build import SINKS, build_sink, judge_for, judges_for
+from consumer.app.build import DESTINATIONS, build_sink, judge_for, judges_for
 from consumer.app.startup import Prepared, PreparedStream, prepare
 from consumer.config import Settings, is_topic_pattern
 from consumer.decoding.schemas import parse
@@ -32,7 +32,6 @@ from consumer.sinks.preview import Preview
 from consumer.tools.common import check_once
 from consumer.tools.samples import Sample, load_files, load_topic
 
-DESTINATIONS = tuple(SINKS)
 Outcome = Literal["send", "skip", "dead_letter", "retry", "stop", "off"]
 
 
