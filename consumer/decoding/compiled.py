@@ -101,8 +101,23 @@ class _Generator:
         self.emit(depth, f"{target} = ({target} >> 1) ^ -({target} & 1)")
 
     def length(self, depth: int, target: str, what: str) -> None:
-        self.long(depth, target)
-        self.emit(depth, f"if {target} < 0: _bad('negative {what} length')")
+        """``target`` = the next length: a zig-zag long, refused when odd (negative), halved."""
+        self.emit(depth, f"{target} = b[i]; i += 1")
+        self.emit(depth, f"if {target} > 127: {target}, i = _tail(b, i, {target})")
+        self.emit(depth, f"if {target} & 1: _bad('negative {what} length')")
+        self.emit(depth, f"{target} >>= 1")
+
+    def branch_index(self, depth: int, branches: list[Any]) -> tuple[str, list[str]]:
+        """Read a union's branch index; returns the variable and, per branch, the value it is compared with.
+
+        Up to 64 branches every writer writes the index as one byte, zig-zag encoded (branch k is ``2k``), so that
+        byte is compared as it is; anything else (a negative index, one past the branches) is out of range."""
+        index = self.fresh()
+        if len(branches) <= 64:
+            self.emit(depth, f"{index} = b[i]; i += 1")
+            return index, [str(2 * position) for position in range(len(branches))]
+        self.long(depth, index)
+        return index, [str(position) for position in range(len(branches))]
 
     def value(self, schema: Any, depth: int, keep: frozenset[str] | None = None) -> str:
         """Emit the reading of one ``schema`` value; returns the expression that holds it. ``keep``: of a record,
@@ -174,10 +189,10 @@ class _Generator:
         return target
 
     def union(self, branches: list[Any], depth: int) -> str:
-        index, target = self.fresh(), self.fresh()
-        self.long(depth, index)
+        index, expected = self.branch_index(depth, branches)
+        target = self.fresh()
         for position, branch in enumerate(branches):
-            self.emit(depth, f"{'if' if position == 0 else 'elif'} {index} == {position}:")
+            self.emit(depth, f"{'if' if position == 0 else 'elif'} {index} == {expected[position]}:")
             self.emit(depth + 1, f"{target} = {self.value(branch, depth + 1)}")
         self.emit(depth, "else:")
         self.emit(depth + 1, f"_bad('union index out of range'); {target} = None")
@@ -213,10 +228,9 @@ class _Generator:
     def skip(self, schema: Any, depth: int) -> None:
         """Emit the stepping over of one ``schema`` value: the offset moves past it and nothing is built."""
         if isinstance(schema, list):
-            index = self.fresh()
-            self.long(depth, index)
+            index, expected = self.branch_index(depth, schema)
             for position, branch in enumerate(schema):
-                self.emit(depth, f"{'if' if position == 0 else 'elif'} {index} == {position}:")
+                self.emit(depth, f"{'if' if position == 0 else 'elif'} {index} == {expected[position]}:")
                 self.skip_or_pass(branch, depth + 1)
             self.emit(depth, "else:")
             self.emit(depth + 1, "_bad('union index out of range')")

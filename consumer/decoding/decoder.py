@@ -98,7 +98,8 @@ class _Plan:
 
     With ``needed`` (the top-level fields a lane's mapping reads), the body is read only up to the last writer
     field that holds one of them: Avro writes fields one after another, so the rest is simply not read (no
-    objects built, no bytes walked); the generated reader also steps over the unneeded fields before it. Resolution is still skipped when writer and reader are the same schema.
+    objects built, no bytes walked); the generated reader also steps over the unneeded fields before it.
+    Resolution is still skipped when writer and reader are the same schema.
     """
 
     __slots__ = ("label", "read", "reader", "reader_name", "whole", "writer", "writer_name")

@@ -202,6 +202,18 @@ def test_an_index_or_length_out_of_range_is_refused_as_undecodable(body: bytes, 
         RawDecoder(parse(schema), parse(schema)).decode(body)
 
 
+def test_union_indexes_beyond_one_byte_are_refused_or_read_as_the_union_allows() -> None:
+    """Up to 64 branches the index byte is compared as written, so an index written in two bytes is out of
+    range; a union of more branches reads it as a number, like fastavro."""
+    small = {"type": "record", "name": "R", "fields": [{"name": "u", "type": ["null", "long"]}]}
+    with pytest.raises(DecodeError, match="union index out of range"):
+        RawDecoder(parse(small), parse(small)).decode(bytes([0x80, 0x01]))  # index 64
+    wide = {"type": "record", "name": "W", "fields": [{"name": "u", "type": [
+        {"type": "fixed", "name": f"F{n}", "size": 1} for n in range(70)]}]}
+    body = bytes([0x82, 0x01, 0x2A])  # branch 65, then its one byte
+    assert RawDecoder(parse(wide), parse(wide)).decode(body) == fastavro_read(wide, body) == {"u": b"*"}
+
+
 def test_a_recursive_schema_or_an_array_of_nulls_is_left_to_fastavro() -> None:
     recursive = {"type": "record", "name": "Node", "fields": [
         {"name": "next", "type": ["null", "Node"]}]}
