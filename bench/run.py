@@ -78,6 +78,8 @@ class Run:
     steady_rss_mb: float | None = None
     processed: int = 0
     """Events the process handled in all (CPU per million is over these); 0 means ``events``."""
+    threads: dict[str, float] = field(default_factory=dict)
+    """CPU seconds by OS thread name (summed over the processes), read just before they were told to stop."""
 
     @property
     def events_per_s(self) -> float:
@@ -99,7 +101,11 @@ class Result:
     def summary(self) -> dict[str, Any]:
         eps = self.median("events_per_s") or 0.0
         cpu = statistics.median(r.cpu_s / (r.processed or r.events) * 1e6 for r in self.runs) if self.runs else None
+        names = {name for r in self.runs for name in r.threads}
+        threads = {name: round(statistics.median(r.threads.get(name, 0.0) / (r.processed or r.events) * 1e6
+                                                 for r in self.runs), 2) for name in sorted(names)}
         return {"label": self.label, "events_per_s": round(eps), "cpu_s_per_million": cpu and round(cpu, 2),
+                "cpu_s_per_million_by_thread": threads,
                 "peak_rss_mb": self.median("peak_rss_mb"), "steady_rss_mb": self.median("steady_rss_mb"),
                 "latency": self.latency, "runs": [asdict(r) | {"events_per_s": round(r.events_per_s)}
                                                   for r in self.runs], "note": self.note}
@@ -162,6 +168,27 @@ class Proc:
             time.sleep(0.05)
         out = self.popen.stdout.read().decode() if self.popen.stdout else ""
         return usage.ru_utime + usage.ru_stime, self.peak_mb or usage.ru_maxrss / 1024, out
+
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds so far by thread: usage-consumer names its threads (``lane-freshsuccess``, ``delivery``,
+        ``health``), librdkafka its own (all ``rdk:*`` summed as ``librdkafka``); the main thread, which starts
+        the service, is ``main``."""
+        found: dict[str, float] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{self.popen.pid}/task").glob("*"):
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended meanwhile
+                continue
+            if task.name == str(self.popen.pid):
+                name = "main"
+            elif name.startswith("rdk:"):
+                name = "librdkafka"
+            elif name.startswith("asyncio_"):
+                name = "compress (executor)"
+            found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        return found
 
 
 def run_loop(mode: str, stack: DevStack, topic: str, count: int, fs_url: str) -> Run:
@@ -292,6 +319,10 @@ def measure_procs(start: Callable[[], list[Proc]], targets: list[tuple[EmulatorC
         time.sleep(0.1)
     else:
         raise RuntimeError(f"only {last[1]} of {expected} outputs accepted within {timeout_s}s; see {directory}")
+    threads: dict[str, float] = {}
+    for proc in procs:
+        for name, cpu_s in proc.thread_cpu().items():
+            threads[name] = threads.get(name, 0.0) + cpu_s
     results = [p.finish(terminate=True) for p in procs]
     assert first is not None
     for emulator, _ in targets:
@@ -304,7 +335,7 @@ def measure_procs(start: Callable[[], list[Proc]], targets: list[tuple[EmulatorC
         events, elapsed = last[1], last[0] - started
     rss = [s for p in procs for s in p.rss_samples[len(p.rss_samples) // 2:]]
     return Run(round(events * scale), elapsed, sum(r[0] for r in results), max(r[1] for r in results),
-               statistics.median(rss) if rss else None, processed=source_events)
+               statistics.median(rss) if rss else None, processed=source_events, threads=threads)
 
 
 def large_property_events(count: int, *, seed: int, entries: int = 50) -> Iterator[dict[str, Any]]:
@@ -613,6 +644,11 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"({name}) {row['label']:<62}{row['events_per_s']:>11,}{row['cpu_s_per_million'] or 0:>9.2f}"
               f"{row['peak_rss_mb'] or 0:>9.0f}{(f'{steady:.0f}' if steady else '-'):>10}"
               f"{latency.get('p50_ms', '-'):>9}{latency.get('p99_ms', '-'):>9}")
+    for name in ("d", "h"):
+        by_thread = rows.get(name, {}).get("cpu_s_per_million_by_thread")
+        if by_thread:
+            print(f"({name}) CPU s/M by thread, before stopping: " + ", ".join(
+                f"{thread} {cpu:.2f}" for thread, cpu in sorted(by_thread.items(), key=lambda x: -x[1]) if cpu >= 0.05))
     ratios = report["ratios"]
     print("ratios: " + "  ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
     if "peers" in report:

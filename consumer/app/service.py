@@ -29,6 +29,7 @@ from consumer.kafka.deadletter import DeadLetter, DeadLetterProducer
 from consumer.kafka.source import KafkaSource, consumer_config
 from consumer.observability.health import HealthServer
 from consumer.observability.metrics import Metrics
+from consumer.observability.threads import name_os_thread
 from consumer.pipeline.delivery import DeliveryLoop
 from consumer.pipeline.lane import Lane
 from consumer.pipeline.ports import SourceCallbacks
@@ -149,6 +150,7 @@ class Service:
         return EXIT_FATAL if failures else EXIT_OK
 
     def _run_lane(self, lane: Lane, shutdown_timeout_s: float) -> None:
+        name_os_thread()
         try:
             lane.run(self.stop_event, shutdown_timeout_s=shutdown_timeout_s)
         except Exception as exc:  # a bug: stop everything and say so, rather than die silently in a thread

@@ -14,6 +14,8 @@ from typing import Any
 
 import structlog
 
+from consumer.observability.threads import name_os_thread
+
 log = structlog.get_logger(__name__)
 
 Check = Callable[[], tuple[bool, str]]
@@ -45,7 +47,11 @@ class HealthServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="health", daemon=True)
+
+    def _serve(self) -> None:
+        name_os_thread()
+        self._server.serve_forever()
 
     @property
     def port(self) -> int:

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
+from consumer.observability.threads import name_os_thread
+
 __all__ = ["Delivery", "DeliveryLoop"]
 
 T = TypeVar("T")
@@ -53,6 +55,7 @@ class DeliveryLoop:
         return self._loop
 
     def _run(self) -> None:
+        name_os_thread()
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._started.set)
         self.loop.run_forever()
