@@ -57,6 +57,29 @@ def server_tls_context(certfile: Path, keyfile: Path | None = None) -> ssl.SSLCo
     return context
 
 
+class _TrackedServer(web.Server):
+    """A ``web.Server`` that remembers each open connection's transport until it is lost.
+
+    aiohttp's ``Server.shutdown`` closes the connections it holds when it starts, then forgets them all: a
+    connection accepted just before the site stopped, whose ``connection_made`` comes while that shutdown
+    waits, is never closed. Its handler task, idle on keep-alive, is then only cancelled when the loop
+    ends (which does not close the transport), and the garbage-collected transport and socket raise
+    ``ResourceWarning``. :meth:`EmulatorServers.stop` aborts what is left here.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_transports: dict[RequestHandler, asyncio.Transport] = {}
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.open_transports[handler] = transport
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self.open_transports.pop(handler, None)
+        super().connection_lost(handler, exc)
+
+
 class EmulatorServers:
     """Serves each emulator on its own port of ``host``, on the running event loop; over HTTPS when given
     an ``ssl_context``."""
@@ -67,6 +90,7 @@ class EmulatorServers:
         self._emulators = emulators
         self._ssl_context = ssl_context
         self._runners: list[web.ServerRunner] = []
+        self._servers: list[_TrackedServer] = []
 
     async def start(self) -> list[str]:
         """Start listening; return each emulator's base URL (real port when 0 was asked), in order."""
@@ -83,8 +107,9 @@ class EmulatorServers:
             for emulator, port in self._emulators:
                 # auto_decompress=False: the emulators record the body exactly as sent and decode it
                 # themselves; access_log=None keeps the per-request path lean.
-                server = web.Server(emulator.handle, request_factory=make_request, access_log=None,
-                                    auto_decompress=False)
+                server = _TrackedServer(emulator.handle, request_factory=make_request, access_log=None,
+                                        auto_decompress=False)
+                self._servers.append(server)
                 runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_GRACE_S)
                 await runner.setup()
                 self._runners.append(runner)
@@ -101,8 +126,18 @@ class EmulatorServers:
     async def stop(self) -> None:
         """Stop listening, close open connections and flush the record files."""
         runners, self._runners = self._runners, []
+        servers, self._servers = self._servers, []
         for runner in reversed(runners):
             await runner.cleanup()
+        # Connections aiohttp's shutdown missed (see _TrackedServer): abort them, and let connection_lost
+        # close their sockets on the next turn of the loop, before the loop itself is closed.
+        leftover = [transport for server in servers for transport in server.open_transports.values()]
+        for server in servers:
+            server.open_transports.clear()
+        for transport in leftover:
+            transport.abort()
+        if leftover:
+            await asyncio.sleep(0)
         for emulator, _ in self._emulators:
             emulator.close()
 
