@@ -116,6 +116,10 @@ class LaneSettings:
     """A commit unanswered for this long is sent again."""
     committed_lookup_timeout_s: float = 5.0
     """At assignment, how long to wait for the group's committed offsets of the new partitions (metrics, lag)."""
+    pause_after_s: float = 1.0
+    """How long a lane whose in-flight slots are all taken (and its next batch full) waits for a delivery before
+    it pauses its partitions. Pausing makes librdkafka drop what it has prefetched for them, to be fetched again
+    after resume, so a lane only briefly full waits instead (not consuming; rebalance callbacks wait as long)."""
 
 
 @dataclass
@@ -172,6 +176,8 @@ class Lane:
         self._retry_at = 0.0
         self._retry_delay_s = settings.transient_backoff_s[0]
         self._paused: set[TopicPartitionKey] = set()
+        self._blocked_since: float | None = None
+        """When the lane last became full (every in-flight slot taken, the next batch full); None while it is not."""
         self._released: set[TopicPartitionKey] = set()
         """Partitions revoked or lost since the last ``consume`` began: its records of them are dropped."""
         self._next_progress = clock() + settings.progress_interval_s
@@ -231,17 +237,12 @@ class Lane:
             self._submit()
         if self._held and now >= self._retry_at and not self._blocked():
             self._process(self._take_held())
-        self._apply_backpressure()
+        self._apply_backpressure(now)
         self._released.clear()
-        messages = self.source.consume(self.settings.consume_batch_size, self.settings.consume_timeout_s)
-        if messages:
-            self.stats.consumed += len(messages)
-            if self._released:
-                messages = self._owned_only(messages)
-            if self._held:  # keep partition order behind messages waiting for a retry or for capacity
-                self._held.extend(messages)
-            else:
-                self._process(messages)
+        if self._full_briefly(now):  # wait for a slot: pausing would drop what librdkafka prefetched
+            self.delivery.wait([future for _, future in self._in_flight], _WAIT_SLICE_S)
+        else:
+            self._consume()
         if self.batcher.full and self._has_capacity():
             self._submit()
         self.committer.poll()
@@ -254,6 +255,24 @@ class Lane:
             self._log_progress()
         if self._lost_at is not None and now - self._lost_at > self.settings.rejoin_timeout_s:
             self._replace_source(now)
+
+    def _full_briefly(self, now: float) -> bool:
+        """Full (see :meth:`_blocked`) for less than ``pause_after_s``, and no retry pending: the lane waits for
+        a delivery rather than consume (what a full batch left over is held until a slot frees). Past that it
+        consumes again, paused, so it keeps serving its group."""
+        since = self._blocked_since
+        return since is not None and not self._retry_pending(now) and now - since < self.settings.pause_after_s
+
+    def _consume(self) -> None:
+        messages = self.source.consume(self.settings.consume_batch_size, self.settings.consume_timeout_s)
+        if messages:
+            self.stats.consumed += len(messages)
+            if self._released:
+                messages = self._owned_only(messages)
+            if self._held:  # keep partition order behind messages waiting for a retry or for capacity
+                self._held.extend(messages)
+            else:
+                self._process(messages)
 
     def _owned_only(self, messages: Sequence[Any]) -> list[Any]:
         """Drop records of partitions revoked or lost while ``consume`` ran: another member owns them now."""
@@ -459,20 +478,31 @@ class Lane:
             self.committer.halt(reason)
             log.error("lane_stopped", destination=self.name, reason=reason)
 
-    def _apply_backpressure(self) -> None:
-        """Pause fetching while the destination cannot take more; keep polling to stay in the group."""
-        if self._held or self._blocked():
+    def _apply_backpressure(self, now: float) -> None:
+        """Pause fetching while the destination cannot take more; keep polling to stay in the group.
+
+        Messages held for a retry pause the lane at once. A lane that is full pauses once it has been full for
+        ``pause_after_s``; until then :meth:`step` waits for a delivery instead of consuming."""
+        if not self._blocked():
+            self._blocked_since = None
+        elif self._blocked_since is None:
+            self._blocked_since = now
+        if self._retry_pending(now) or (self._blocked_since is not None and not self._full_briefly(now)):
             to_pause = set(self.source.assignment()) - self._paused
             if to_pause:
                 self.source.pause(to_pause)
                 self._paused |= to_pause
                 log.info("partitions_paused", destination=self.name, partitions=len(to_pause),
                          in_flight=len(self._in_flight), held=len(self._held))
-        elif self._paused:
+        elif self._paused and not self._held and self._blocked_since is None:
             owned = set(self.source.assignment())
             self.source.resume(self._paused & owned)
             log.info("partitions_resumed", destination=self.name, partitions=len(self._paused & owned))
             self._paused.clear()
+
+    def _retry_pending(self, now: float) -> bool:
+        """Messages are held for a retry that is not due yet (e.g. the schema registry is down)."""
+        return bool(self._held) and now < self._retry_at
 
     # ------------------------------------------------------------------------------ commits
 

@@ -319,6 +319,28 @@ def test_backpressure_pauses_fetching_and_nothing_is_committed_until_delivery(de
     assert source.paused == set()
 
 
+def test_a_lane_full_for_less_than_pause_after_s_waits_for_a_slot_without_pausing(delivery: SteppedDelivery) -> None:
+    """Pausing makes librdkafka drop the records it prefetched for the paused partitions (to fetch them again
+    after resume). A lane only briefly full waits for a delivery instead, consuming nothing meanwhile; it
+    pauses once it has been full for ``pause_after_s``, and then polls again to stay in its group."""
+    destination = RecordingDestination(open_gate=False)
+    lane, source = make_lane(messages(100), destination, FakeDeadLetters(), Decoder(), delivery, pause_after_s=2.0)
+    step_until(lane.step, delivery, lambda: lane.in_flight == 2 and lane.batcher.full, max_steps=50,
+               what="every in-flight slot taken and the next batch full")
+    full_at, pending = delivery.clock.now(), len(source.pending)
+    step_until(lane.step, delivery, lambda: delivery.clock.now() - full_at >= 1.9, max_steps=100,
+               what="1.9 s of waiting")
+    assert source.paused == set()
+    assert len(source.pending) == pending  # nothing consumed while waiting for a slot
+
+    step_until(lane.step, delivery, lambda: source.paused == {P0, P1}, max_steps=10, what="the pause")
+    assert delivery.clock.now() - full_at >= 2.0
+    destination.gate.set()
+    step_until(lane.step, delivery, lambda: not source.pending and source.stored() == {P0: 50, P1: 50},
+               max_steps=200, tick_s=TICK_S, what="the lane to drain and commit")
+    assert sorted(destination.delivered) == list(range(100))
+
+
 def test_transient_decode_failures_hold_messages_in_order_without_dead_letters(delivery: SteppedDelivery) -> None:
     destination = RecordingDestination()
     dead = FakeDeadLetters()
@@ -563,7 +585,7 @@ def test_a_revocation_finishes_the_revoked_partitions_work_commits_it_and_forget
         delivery: SteppedDelivery) -> None:
     destination = RecordingDestination(open_gate=False)
     lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery, max_wait_s=60.0,
-                             revoke_timeout_s=10.0)
+                             revoke_timeout_s=10.0, pause_after_s=0.0)  # full: pause and keep consuming at once
     run_steps(lane, delivery, 3)
     assert lane.tracker.pending_messages(P0)
     assert source.stored() == {}
@@ -594,7 +616,7 @@ def test_a_revocation_past_its_deadline_abandons_the_unfinished_work_uncommitted
         delivery: SteppedDelivery) -> None:
     destination = RecordingDestination(open_gate=False, let_through=1)  # the first batch only, then nothing
     lane, source = make_lane(messages(20), destination, FakeDeadLetters(), Decoder(), delivery, max_wait_s=60.0,
-                             revoke_timeout_s=2.0)
+                             revoke_timeout_s=2.0, pause_after_s=0.0)  # full: pause and keep consuming at once
     for _ in range(3):
         lane.step()  # the delivery does not run: every batch is still in flight when the revocation starts
     assert destination.batches == []
