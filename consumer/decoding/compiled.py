@@ -119,25 +119,38 @@ class _Generator:
         self.long(depth, index)
         return index, [str(position) for position in range(len(branches))]
 
+    def resolved(self, schema: Any) -> Any:
+        """``schema`` with named references and nested type objects unwrapped (registering the names it
+        defines): a list (a union), a primitive's name, or a complex type's dict."""
+        while True:
+            if isinstance(schema, list):
+                return schema
+            if isinstance(schema, str):
+                if schema in _PRIMITIVES:
+                    return schema
+                if schema not in self.named:
+                    raise Unsupported(f"unknown named type {schema}")
+                schema = self.named[schema]
+            kind = schema.get("type")
+            if isinstance(kind, (list, dict)):
+                schema = kind
+                continue
+            if kind in _PRIMITIVES:
+                return kind
+            name = schema.get("name")
+            if kind in ("record", "enum", "fixed") and isinstance(name, str):
+                self.named.setdefault(name, schema)
+            return schema
+
     def value(self, schema: Any, depth: int, keep: frozenset[str] | None = None) -> str:
         """Emit the reading of one ``schema`` value; returns the expression that holds it. ``keep``: of a record,
         the fields to read (None: every one); the others are skipped."""
+        schema = self.resolved(schema)
         if isinstance(schema, list):
             return self.union(schema, depth)
         if isinstance(schema, str):
-            if schema in _PRIMITIVES:
-                return self.primitive(schema, depth)
-            if schema not in self.named:
-                raise Unsupported(f"unknown named type {schema}")
-            schema = self.named[schema]
-        kind = schema.get("type")
-        if isinstance(kind, (list, dict)):
-            return self.value(kind, depth)
-        if kind in _PRIMITIVES:
-            return self.primitive(kind, depth)
-        name = schema.get("name")
-        if kind in ("record", "enum", "fixed") and isinstance(name, str):
-            self.named.setdefault(name, schema)
+            return self.primitive(schema, depth)
+        kind, name = schema.get("type"), schema.get("name")
         if kind == "record":
             if name in self.expanding:
                 raise Unsupported(f"recursive type {name}")
@@ -227,6 +240,7 @@ class _Generator:
 
     def skip(self, schema: Any, depth: int) -> None:
         """Emit the stepping over of one ``schema`` value: the offset moves past it and nothing is built."""
+        schema = self.resolved(schema)
         if isinstance(schema, list):
             index, expected = self.branch_index(depth, schema)
             for position, branch in enumerate(schema):
@@ -236,22 +250,9 @@ class _Generator:
             self.emit(depth + 1, "_bad('union index out of range')")
             return
         if isinstance(schema, str):
-            if schema in _PRIMITIVES:
-                self.skip_primitive(schema, depth)
-                return
-            if schema not in self.named:
-                raise Unsupported(f"unknown named type {schema}")
-            schema = self.named[schema]
-        kind = schema.get("type")
-        if isinstance(kind, (list, dict)):
-            self.skip(kind, depth)
+            self.skip_primitive(schema, depth)
             return
-        if kind in _PRIMITIVES:
-            self.skip_primitive(kind, depth)
-            return
-        name = schema.get("name")
-        if kind in ("record", "enum", "fixed") and isinstance(name, str):
-            self.named.setdefault(name, schema)
+        kind, name = schema.get("type"), schema.get("name")
         if kind == "record":
             if name in self.expanding:
                 raise Unsupported(f"recursive type {name}")
