@@ -35,7 +35,8 @@ def test_a_thread_takes_its_python_name_cut_to_what_linux_keeps() -> None:
 
 def test_the_delivery_loop_and_the_health_server_are_named() -> None:
     delivery = DeliveryLoop("delivery").start()
-    health = HealthServer("127.0.0.1", 0, live=lambda: (True, "ok"), ready=lambda: (True, "ok"), metrics=lambda: b"").start()
+    health = HealthServer("127.0.0.1", 0, live=lambda: (True, "ok"), ready=lambda: (True, "ok"),
+                          metrics=lambda: b"").start()
     try:
         wait_until(lambda: {"delivery", "health"} <= os_thread_names(), timeout_s=5, what="named threads")
     finally:
