@@ -7,6 +7,7 @@ broker is started for the whole session by ``consumer/testing/local_kafka.py`` a
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -97,6 +98,17 @@ def tool_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setenv(name, value)
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def cli_process_state() -> Iterator[None]:
+    """The CLI (``usage-consumer run``, ``ping``) configures logging and signal handlers for the process: put
+    them back."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    structlog.reset_defaults()
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")

@@ -12,15 +12,12 @@ broker check, so each failure is the one setting the test got wrong.
 from __future__ import annotations
 
 import json
-import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.app.startup import check_kafka
@@ -53,16 +50,6 @@ def topics(secured_broker: LocalKafka) -> tuple[str, str]:
     return names
 
 
-@pytest.fixture
-def cli_process_state() -> Iterator[None]:
-    """``usage-consumer run`` configures logging and signal handlers for the process: put them back."""
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    structlog.reset_defaults()
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
-
-
 def config_file(directory: Path, topics: tuple[str, str], kafka: dict[str, Any]) -> Path:
     topic, dlq = topics
     config = {"kafka": {"topics": [topic], "dead_letter_topic": dlq, "group_id": f"auth-{uuid.uuid4().hex[:6]}",
@@ -73,14 +60,20 @@ def config_file(directory: Path, topics: tuple[str, str], kafka: dict[str, Any])
     return path
 
 
-def timed_run(path: Path, secrets: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-              capsys: pytest.CaptureFixture[str]) -> tuple[int, str, float]:
+def refusal_at_once(path: Path, secrets: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture[str]) -> str:
+    """``usage-consumer run`` with ``path`` and ``secrets``: it must exit 3 within ``FAST_S`` with one error
+    line, which is returned."""
     for name, value in {**DESTINATION_SECRETS, **secrets}.items():
         monkeypatch.setenv(name, value)
     started = time.monotonic()
     code = main(["run", "--config", str(path)])
     elapsed = time.monotonic() - started
-    return code, capsys.readouterr().err, elapsed
+    err = capsys.readouterr().err
+    assert code == 3, err
+    line = the_error_line(err)
+    assert elapsed < FAST_S, f"{elapsed:.1f}s: {line}"
+    return line
 
 
 def the_error_line(err: str) -> str:
@@ -108,10 +101,7 @@ def test_a_wrong_password_fails_run_at_once_naming_the_sasl_keys(
         secured_broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     path = config_file(tmp_path, topics, scram_settings(secured_broker, pki))
-    code, err, elapsed = timed_run(path, {"KAFKA_SASL_PASSWORD": WRONG_PASSWORD}, monkeypatch, capsys)
-    assert code == 3, err
-    line = the_error_line(err)
-    assert elapsed < FAST_S, f"{elapsed:.1f}s: {line}"
+    line = refusal_at_once(path, {"KAFKA_SASL_PASSWORD": WRONG_PASSWORD}, monkeypatch, capsys)
     assert "authentication failed" in line
     assert f"kafka.sasl_mechanism ({SCRAM_MECHANISM}), kafka.sasl_username ({SCRAM_USER}) and " \
            "KAFKA_SASL_PASSWORD" in line
@@ -122,11 +112,8 @@ def test_a_broker_certificate_from_another_ca_fails_run_at_once_naming_the_ca_ke
         secured_broker: LocalKafka, pki: TestPki, topics: tuple[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     kafka = {**scram_settings(secured_broker, pki), "ssl_ca_location": str(pki.untrusted_ca.cert)}
-    code, err, elapsed = timed_run(config_file(tmp_path, topics, kafka), {"KAFKA_SASL_PASSWORD": SCRAM_PASSWORD},
-                                   monkeypatch, capsys)
-    assert code == 3, err
-    line = the_error_line(err)
-    assert elapsed < FAST_S, f"{elapsed:.1f}s: {line}"
+    line = refusal_at_once(config_file(tmp_path, topics, kafka), {"KAFKA_SASL_PASSWORD": SCRAM_PASSWORD},
+                           monkeypatch, capsys)
     assert "the broker's TLS certificate could not be verified" in line
     assert "check kafka.ssl_ca_location" in line
     assert "verify that ssl.ca.location" not in line  # librdkafka's advice, in its own property names
@@ -138,10 +125,7 @@ def test_no_client_certificate_on_an_mtls_listener_fails_run_at_once_saying_none
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     kafka = {key: value for key, value in mtls_settings(secured_broker, pki).items()
              if key not in ("ssl_certificate_location", "ssl_key_location")}
-    code, err, elapsed = timed_run(config_file(tmp_path, topics, kafka), {}, monkeypatch, capsys)
-    assert code == 3, err
-    line = the_error_line(err)
-    assert elapsed < FAST_S, f"{elapsed:.1f}s: {line}"
+    line = refusal_at_once(config_file(tmp_path, topics, kafka), {}, monkeypatch, capsys)
     assert "the broker requires a TLS client certificate and none is configured" in line
     assert "set kafka.ssl_certificate_location and kafka.ssl_key_location" in line
     assert "refused our TLS client certificate" not in line
@@ -153,11 +137,8 @@ def test_an_untrusted_client_certificate_fails_run_at_once_naming_the_certificat
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     kafka = {**mtls_settings(secured_broker, pki), "ssl_certificate_location": str(pki.untrusted_client.cert),
              "ssl_key_location": str(pki.untrusted_client.key)}
-    code, err, elapsed = timed_run(config_file(tmp_path, topics, kafka), {"KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD},
-                                   monkeypatch, capsys)
-    assert code == 3, err
-    line = the_error_line(err)
-    assert elapsed < FAST_S, f"{elapsed:.1f}s: {line}"
+    line = refusal_at_once(config_file(tmp_path, topics, kafka), {"KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD},
+                           monkeypatch, capsys)
     assert "the broker refused our TLS client certificate" in line
     assert "kafka.ssl_certificate_location" in line
 

@@ -18,7 +18,6 @@ URL-quoted and base64-encoded (the registry's basic-auth header carries ``user:p
 from __future__ import annotations
 
 import base64
-import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,6 @@ from urllib.parse import quote
 import httpx
 import orjson
 import pytest
-import structlog
 
 from consumer.app.service import Service
 from consumer.cli import main
@@ -98,16 +96,6 @@ def emulators() -> Iterator[Emulators]:
         yield running
 
 
-@pytest.fixture
-def process_state() -> Iterator[None]:
-    """The CLI and configure_logging change process-wide state: put it back."""
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    structlog.reset_defaults()
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
-
-
 def write_config(directory: Path, broker: LocalKafka, pki: TestPki, stack: DevStack, emulators: Emulators,
                  topic: str, dlq: str, **extra: dict[str, Any]) -> Path:
     config: dict[str, dict[str, Any]] = {
@@ -157,7 +145,7 @@ def service_texts(service: Service) -> list[str]:
     return texts
 
 
-@pytest.mark.usefixtures("process_state")
+@pytest.mark.usefixtures("cli_process_state")
 def test_no_secret_in_any_log_line_error_metric_dead_letter_or_repr(
         broker: LocalKafka, pki: TestPki, stack: DevStack, emulators: Emulators, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,6 @@ certificate stops ``usage-consumer run`` at start-up with a non-zero exit and on
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import Iterator
 from functools import partial
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from consumer.cli import main
 from consumer.config import Settings, load_settings
@@ -51,16 +49,6 @@ def stack(secured_broker: LocalKafka) -> Iterator[DevStack]:
 def fresh_emulators(stack: DevStack) -> None:
     for emulator in (stack.emulators.freshsuccess, stack.emulators.freshpaint):
         emulator.reset()
-
-
-@pytest.fixture
-def cli_process_state() -> Iterator[None]:
-    """``usage-consumer run`` configures logging and signal handlers for the process: put them back."""
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    structlog.reset_defaults()
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
 
 
 def scram_kafka(broker: LocalKafka, pki: TestPki) -> dict[str, Any]:
