@@ -172,7 +172,8 @@ class Proc:
     def thread_cpu(self) -> dict[str, float]:
         """CPU seconds so far by thread: usage-consumer names its threads (``lane-freshsuccess``, ``delivery``,
         ``health``), librdkafka its own (all ``rdk:*`` summed as ``librdkafka``); the main thread, which starts
-        the service, is ``main``."""
+        the service, is ``main``. Threads inherit their starter's name, so ``delivery`` includes the compression
+        threads its event loop starts."""
         found: dict[str, float] = {}
         tick = os.sysconf("SC_CLK_TCK")
         for task in Path(f"/proc/{self.popen.pid}/task").glob("*"):
@@ -185,8 +186,6 @@ class Proc:
                 name = "main"
             elif name.startswith("rdk:"):
                 name = "librdkafka"
-            elif name.startswith("asyncio_"):
-                name = "compress (executor)"
             found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
         return found
 
